@@ -1,0 +1,75 @@
+"""Backward kernel: rebuild each logits tile and scatter its gradient into dH and dW.
+
+Grid (token blocks, vocabulary blocks). A program recomputes its [BLOCK_N, BLOCK_V] logits tile,
+forms dz = g_t * (onehot(label_t) - softmax) / T from the saved log-sum-exp and the per-token
+upstream gradient g, then for each slice of the hidden dimension adds dz @ W_tile into dH and
+dz^T @ H_tile into dW. Both accumulators are float32 buffers updated with atomic adds (tiles of
+different programs overlap in dH across vocabulary blocks and in dW across token blocks).
+Tiles whose tokens all have zero gradient (ignored or masked) return before any matmul.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def logprob_bwd_kernel(
+    H, W, B, LABELS, LSE, GRAD,
+    DH, DW, DB,                       # float32 accumulators [N, D], [V, D], [V]
+    N, V, D,
+    stride_h, stride_w,
+    inv_temp,
+    HAS_BIAS: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    rd = tl.arange(0, BLOCK_D)
+    mask_n = rn < N
+    mask_v = rv < V
+    lab = tl.load(LABELS + rn, mask=mask_n, other=-1).to(tl.int64)
+    g = tl.load(GRAD + rn, mask=mask_n, other=0.0)   # zero on unscored rows (host-side mask)
+    n_live = tl.sum((g != 0.0).to(tl.int32), axis=0)
+    if n_live > 0:
+        lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            mask_d = (d0 + rd) < D
+            h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
+                        mask=mask_v[:, None] & mask_d[None, :], other=0.0)
+            if UPCAST:
+                h = h.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(B + rv, mask=mask_v, other=0.0).to(tl.float32)[None, :]
+        p = tl.exp(acc * inv_temp - lse[:, None])
+        p = tl.where(mask_v[None, :], p, 0.0)
+        hit = (rv[None, :] == lab[:, None]).to(tl.float32)
+        dz = g[:, None] * (hit - p) * inv_temp
+        if NEED_DB:
+            tl.atomic_add(DB + rv, tl.sum(dz, axis=0), mask=mask_v)
+        for d0 in range(0, D, BLOCK_D):
+            mask_d = (d0 + rd) < D
+            if NEED_DH:
+                w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
+                            mask=mask_v[:, None] & mask_d[None, :], other=0.0)
+                if UPCAST:
+                    w = w.to(tl.float32)
+                dh = tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
+                tl.atomic_add(DH + rn[:, None] * D + (d0 + rd)[None, :], dh,
+                              mask=mask_n[:, None] & mask_d[None, :])
+            if NEED_DW:
+                h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
+                            mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                if UPCAST:
+                    h = h.to(tl.float32)
+                dw = tl.dot(tl.trans(dz.to(h.dtype)), h, input_precision=PRECISION)
+                tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw,
+                              mask=mask_v[:, None] & mask_d[None, :])

@@ -1,0 +1,66 @@
+"""Forward kernel: per-token log-sum-exp and label logit straight from hidden states and the LM head.
+
+Grid (token blocks, vocabulary splits). Each program walks its vocabulary range block by block,
+forms the [BLOCK_N, BLOCK_V] logits tile with ``tl.dot`` over the hidden dimension, and keeps an
+online (max, sum-exp) pair plus the label's logit. Nothing of size [N, V] is ever written: the
+outputs are three float32 values per (split, token), combined on the host side in O(N * splits).
+Token blocks whose labels are all ignored (prompt, padding) skip the matmuls entirely.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def logprob_fwd_kernel(
+    H, W, B, LABELS,
+    MAX_OUT, SUM_OUT, LABEL_OUT,      # float32 [SPLITS, N] partial results
+    N, V, D,
+    stride_h, stride_w,
+    v_per_split, inv_temp, ignore_index,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,             # interpreter: tl.dot needs float32 operands
+    PRECISION: tl.constexpr,          # "ieee" for float32 inputs, "tf32" allowed by the caller
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = rn < N
+    lab = tl.load(LABELS + rn, mask=mask_n, other=ignore_index).to(tl.int64)
+    scored = (lab != ignore_index) & mask_n
+    n_scored = tl.sum(scored.to(tl.int32), axis=0)
+
+    m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s_i = tl.zeros([BLOCK_N], tl.float32)
+    l_i = tl.zeros([BLOCK_N], tl.float32)
+    v_start = pid_s * v_per_split
+    v_end = tl.minimum(v_start + v_per_split, V)
+    if n_scored > 0:
+        rd = tl.arange(0, BLOCK_D)
+        for v0 in range(v_start, v_end, BLOCK_V):
+            rv = v0 + tl.arange(0, BLOCK_V)
+            mask_v = rv < v_end
+            acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                mask_d = (d0 + rd) < D
+                h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
+                            mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
+                            mask=mask_v[:, None] & mask_d[None, :], other=0.0)
+                if UPCAST:
+                    h = h.to(tl.float32)
+                    w = w.to(tl.float32)
+                acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+            if HAS_BIAS:
+                acc += tl.load(B + rv, mask=mask_v, other=0.0).to(tl.float32)[None, :]
+            acc = acc * inv_temp
+            acc = tl.where(mask_v[None, :], acc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(acc, axis=1))
+            s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), axis=1)
+            m_i = m_new
+            hit = rv[None, :] == lab[:, None]
+            l_i += tl.sum(tl.where(hit, acc, 0.0), axis=1)
+    out = pid_s * N + rn
+    tl.store(MAX_OUT + out, m_i, mask=mask_n)
+    tl.store(SUM_OUT + out, s_i, mask=mask_n)
+    tl.store(LABEL_OUT + out, l_i, mask=mask_n)

@@ -1,0 +1,233 @@
+"""The whole LR-DPO objective fused with the LM head: hidden states in, loss and metrics out.
+
+``fused_lrdpo_loss`` never materializes [tokens x vocab] logits. On the torch backend it forms
+the gradient during the forward sweep (whole pairs per chunk, 3 matmuls per scored token); on the
+Triton backend a forward kernel gives the sequence log-probs, a pair-loss kernel their gradient,
+and the backward kernel rebuilds the logits tiles.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import torch_backend
+from .losses import (
+    LENGTH_NORMALIZED,
+    LOSS_TYPE_IDS,
+    check_loss_args,
+    pair_losses,
+    pair_margin,
+    pair_metrics,
+)
+from .ops import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
+from .validation import check_cu_seqlens, check_float, check_linear_inputs, check_same_device
+
+
+class _PairLossParams:
+    """The per-call constants of the objective (kept out of autograd's argument list)."""
+
+    def __init__(self, ref, lengths, beta, alpha, loss_type, gamma, label_smoothing):
+        self.ref, self.lengths = ref, lengths
+        self.beta, self.alpha, self.loss_type = beta, alpha, loss_type
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.n_pairs = lengths.numel() // 2
+
+    def margin(self, seq_logps, p0=0, p1=None):
+        p1 = self.n_pairs if p1 is None else p1
+        ref, lens = self.ref[2 * p0:2 * p1], self.lengths[2 * p0:2 * p1]
+        return pair_margin(
+            seq_logps[0::2], seq_logps[1::2], ref[0::2], ref[1::2], lens[0::2], lens[1::2],
+            beta=self.beta, alpha=self.alpha, loss_type=self.loss_type, gamma=self.gamma,
+        )
+
+    def losses(self, seq_logps, p0=0, p1=None):
+        """Per-pair losses float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
+        return pair_losses(
+            self.margin(seq_logps, p0, p1), beta=self.beta, loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def grad(self, p0, p1, seq_logps):
+        """d(mean loss over all pairs)/d logp for the sequences of pairs p0..p1-1: float32 [2k]."""
+        x = seq_logps.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            total = self.losses(x, p0, p1).sum() / self.n_pairs
+            (g,) = torch.autograd.grad(total, x)
+        return g
+
+
+class _FusedTorch(torch.autograd.Function):
+    """Torch backend: gradients formed during forward, scaled by the upstream grad in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index):
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
+            hidden, weight, bias, labels, seq_ids, params.lengths.numel(), ignore_index, 1.0,
+            params.grad if any(needs) else None, needs,
+        )
+        loss = params.losses(seq_logps).mean()
+        ctx.save_for_backward(dh, dw, db)
+        ctx.mark_non_differentiable(seq_logps)
+        return loss, seq_logps
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logps):
+        dh, dw, db = ctx.saved_tensors
+        scaled = [None if t is None else t * grad_loss.to(t.dtype) for t in (dh, dw, db)]
+        return scaled[0], scaled[1], scaled[2], None, None, None, None
+
+
+class _FusedTriton(torch.autograd.Function):
+    """Triton backend: forward kernel + pair-loss kernel; backward kernel rebuilds logits tiles."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index):
+        from . import triton_backend
+
+        logp, lse, rows = triton_backend.token_logprobs_forward(hidden, weight, bias, labels, ignore_index, 1.0)
+        seq_logps = segment_sum(logp, seq_ids, params.lengths.numel())
+        losses, dseq = triton_backend.pair_loss(
+            seq_logps, params.ref, params.lengths, beta=params.beta, alpha=params.alpha, gamma=params.gamma,
+            label_smoothing=params.label_smoothing, loss_type_id=LOSS_TYPE_IDS[params.loss_type],
+        )
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids)
+        ctx.mark_non_differentiable(seq_logps)
+        return losses.mean(), seq_logps
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logps):
+        from . import triton_backend
+
+        hidden, weight, bias, labels, lse, rows, dseq, seq_ids = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        g_tok = (dseq * grad_loss).index_select(0, seq_ids)
+        dh, dw, db = triton_backend.token_logprobs_backward(g_tok, hidden, weight, bias, labels, lse, rows, 1.0, needs)
+        return dh, dw, db, None, None, None, None
+
+
+def _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type, ignore_index,
+                     backend, device):
+    """float32 [S] reference log-probs from whichever form the caller gave (zeros for simpo)."""
+    if loss_type == "simpo":
+        return torch.zeros(n_seqs, dtype=torch.float32, device=device)
+    if ref_logps is not None and ref_hidden is not None:
+        raise ValueError("pass either ref_logps or ref_hidden, not both")
+    if ref_logps is not None:
+        if not isinstance(ref_logps, torch.Tensor) or ref_logps.dim() != 1 or ref_logps.shape[0] != n_seqs:
+            shape = tuple(ref_logps.shape) if isinstance(ref_logps, torch.Tensor) else type(ref_logps).__name__
+            raise ValueError(f"ref_logps must be a float tensor of shape [{n_seqs}] (one per sequence), got {shape}")
+        if not ref_logps.is_floating_point():
+            raise ValueError(f"ref_logps must be floating point, got {ref_logps.dtype}")
+        check_same_device("labels", labels, ref_logps=ref_logps)
+        if not bool(torch.isfinite(ref_logps).all()):
+            raise ValueError("ref_logps contains non-finite values")
+        return ref_logps.detach().float()
+    if ref_hidden is None:
+        raise ValueError(
+            f"loss_type={loss_type!r} needs the reference: pass ref_logps [S] or ref_hidden [N, d] (+ ref_weight)"
+        )
+    ref_w = weight if ref_weight is None else ref_weight
+    check_float("ref_hidden", ref_hidden, 2)
+    check_linear_inputs(ref_hidden, ref_w, labels, None, ignore_index, 1.0, "ref_hidden", "ref_weight")
+    with torch.no_grad():
+        logps, _ = sequence_logprobs(
+            ref_hidden.detach(), ref_w.detach(), labels, cu_seqlens, ignore_index=ignore_index, backend=backend
+        )
+    return logps
+
+
+def fused_lrdpo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    beta: float = 0.1,
+    alpha: float = 0.0,
+    loss_type: str = "sigmoid",
+    gamma: float = 0.0,
+    ignore_index: int = -100,
+    backend: str = "auto",
+    label_smoothing: float = 0.0,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """LR-DPO (and siblings) straight from the policy's final hidden states and LM head.
+
+    Args:
+        hidden: [N, d] float32/bf16/fp16, the policy's final hidden states of a packed batch whose
+            sequences are in pair order [c0, r0, c1, r1, ...].
+        weight: [V, d] LM head, same dtype/device as hidden. ``bias``: optional [V].
+        labels: int [N], already shifted (labels[t] = token t+1 of the same sequence), ignore_index
+            on prompt, padding and each sequence's last position.
+        cu_seqlens: int [S+1], sequence offsets; S must be even.
+        ref_logps: float [S] precomputed reference log-probs in the same order, or
+        ref_hidden: [N, d] reference hidden states (+ ``ref_weight`` [V, d], default ``weight``),
+            evaluated here without gradient. Neither is needed for ``loss_type="simpo"``.
+        beta, alpha, loss_type, gamma, label_smoothing: see ``lrdpo_fast.losses``.
+        backend: "auto" | "torch" | "triton".
+
+    Returns:
+        (loss, metrics): float32 scalar, mean over pairs, differentiable w.r.t. hidden, weight and
+        bias; metrics as in ``lrdpo_loss`` (detached 0-d tensors) plus "logps/sequences", the
+        detached float32 [S] policy log-probs (DICE's implicit reward reuses them).
+    """
+    check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, 1.0)
+    check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    n_seqs = cu_seqlens.numel() - 1
+    if n_seqs % 2:
+        raise ValueError(
+            f"cu_seqlens describes {n_seqs} sequences; a pair loss needs an even number in pair order [c0, r0, ...]"
+        )
+    impl = resolve_backend(backend, hidden.device)
+    seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
+    lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
+        0, seq_ids, (labels != ignore_index).long()
+    )
+    if loss_type in LENGTH_NORMALIZED and bool((lengths == 0).any()):
+        empty = int(torch.nonzero(lengths == 0)[0])
+        side = "chosen" if empty % 2 == 0 else "rejected"
+        raise ValueError(
+            f"pair {empty // 2} has no {side} response tokens (labels all ignore_index); "
+            f"the length-normalized loss {loss_type!r} cannot score it"
+        )
+    ref = _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type,
+                           ignore_index, impl, hidden.device)
+    params = _PairLossParams(ref, lengths, beta, alpha, loss_type, gamma, label_smoothing)
+    fn = _FusedTriton if impl == "triton" else _FusedTorch
+    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), seq_ids, params,
+                               int(ignore_index))
+    metrics = pair_metrics(seq_logps[0::2], seq_logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2],
+                           beta=beta, loss_type=loss_type)
+    metrics["logps/sequences"] = seq_logps.detach()
+    return loss, metrics
+
+
+class LRDPOLoss(nn.Module):
+    """nn.Module wrapper of ``fused_lrdpo_loss`` holding the objective's hyper-parameters.
+
+    ``forward(hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None,
+    ref_weight=None, bias=None)`` returns (loss, metrics) exactly as ``fused_lrdpo_loss``.
+    """
+
+    def __init__(self, beta: float = 0.1, alpha: float = 0.0, loss_type: str = "sigmoid", gamma: float = 0.0,
+                 label_smoothing: float = 0.0, ignore_index: int = -100, backend: str = "auto"):
+        super().__init__()
+        check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
+        self.beta, self.alpha, self.loss_type, self.gamma = beta, alpha, loss_type, gamma
+        self.label_smoothing, self.ignore_index, self.backend = label_smoothing, ignore_index, backend
+
+    def forward(self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None,
+                bias=None):
+        return fused_lrdpo_loss(
+            hidden, weight, labels, cu_seqlens, ref_logps=ref_logps, ref_hidden=ref_hidden, ref_weight=ref_weight,
+            beta=self.beta, alpha=self.alpha, loss_type=self.loss_type, gamma=self.gamma,
+            ignore_index=self.ignore_index, backend=self.backend, label_smoothing=self.label_smoothing, bias=bias,
+        )
+
+    def extra_repr(self) -> str:
+        return f"loss_type={self.loss_type!r}, beta={self.beta}, alpha={self.alpha}, gamma={self.gamma}"

@@ -1,0 +1,146 @@
+"""Differentiable LM-head log-probs with backend dispatch: the thin interface over the kernels.
+
+``linear_logprobs`` gives log p(label) per token straight from hidden states and the LM head;
+``sequence_logprobs`` sums them per packed sequence (``cu_seqlens``). Neither materializes the
+[tokens x vocab] logits: the torch backend works chunk by chunk, the Triton backend block by block.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import torch_backend
+from .validation import check_backend, check_cu_seqlens, check_linear_inputs
+
+
+def triton_usable(device: torch.device) -> bool:
+    """True if the Triton kernels can run on ``device`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to "triton" on CUDA and "torch" elsewhere; check an explicit "triton" can run."""
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+    if backend == "triton" and not triton_usable(device):
+        raise ValueError(
+            f"backend='triton' cannot run on {device}: it needs a CUDA device, or CPU tensors with "
+            "TRITON_INTERPRET=1 set before triton is imported (tests), and triton installed"
+        )
+    return backend
+
+
+def _backward_impl(backend: str):
+    if backend == "triton":
+        from . import triton_backend
+
+        return triton_backend.token_logprobs_forward, triton_backend.token_logprobs_backward
+    return torch_backend.token_logprobs_forward, torch_backend.token_logprobs_backward
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """logp[t] = log softmax(h_t W^T + b)[label_t] / T; saves only O(N) values besides inputs."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, temperature, backend):
+        fwd, _ = _backward_impl(backend)
+        logp, lse, rows = fwd(hidden, weight, bias, labels, ignore_index, temperature)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, rows)
+        ctx.temperature, ctx.backend = temperature, backend
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, labels, lse, rows = ctx.saved_tensors
+        _, bwd = _backward_impl(ctx.backend)
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        dh, dw, db = bwd(grad.contiguous(), hidden, weight, bias, labels, lse, rows, ctx.temperature, needs)
+        return dh, dw, db, None, None, None, None
+
+
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-token log p(label) from hidden states and the LM head, without [N, V] logits.
+
+    Args:
+        hidden: [N, d] float32/bfloat16/float16, final hidden states (one row per token).
+        weight: [V, d], same dtype and device as hidden (the LM head / output embedding).
+        labels: int32/int64 [N], in [0, V) or ``ignore_index``.
+        bias: optional [V] LM-head bias.
+        temperature: logits are divided by it before the softmax.
+        backend: "auto" (triton on CUDA, torch otherwise), "torch", or "triton".
+
+    Returns:
+        float32 [N]: log p(label_t); 0.0 where label == ignore_index. Differentiable w.r.t.
+        hidden, weight and bias (accumulated in float32).
+    """
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
+    impl = resolve_backend(backend, hidden.device)
+    return _LinearLogprobs.apply(
+        hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
+    )
+
+
+def sequence_ids(cu_seqlens: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """int64 [N]: the sequence index of every token of a packed batch described by cu_seqlens [S+1]."""
+    counts = cu_seqlens[1:].long() - cu_seqlens[:-1].long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=cu_seqlens.device), counts, output_size=n_tokens)
+
+
+def segment_sum(values: torch.Tensor, seq_ids: torch.Tensor, n_seqs: int) -> torch.Tensor:
+    """Differentiable per-sequence sums: values [N] -> [S] by seq_ids int64 [N]."""
+    return values.new_zeros(n_seqs).index_add(0, seq_ids, values)
+
+
+def sequence_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs per packed sequence.
+
+    Args:
+        hidden [N, d], weight [V, d], labels int [N], bias [V] or None: as in ``linear_logprobs``
+            (labels already shifted: labels[t] is the token that follows t, ignore_index on prompt
+            and padding).
+        cu_seqlens: int32/int64 [S+1], sequence offsets 0 = cu[0] <= cu[1] <= ... <= cu[S] = N.
+
+    Returns:
+        (logps float32 [S], lengths int64 [S]): per-sequence sum of log p(label) over scored
+        tokens, and the number of scored tokens (labels != ignore_index). A sequence with no
+        scored token has logp 0 and length 0. logps is differentiable.
+    """
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
+    check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    n_seqs = cu_seqlens.numel() - 1
+    seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
+    impl = resolve_backend(backend, hidden.device)
+    tok = _LinearLogprobs.apply(
+        hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
+    )
+    lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
+        0, seq_ids, (labels != ignore_index).long()
+    )
+    return segment_sum(tok, seq_ids, n_seqs), lengths

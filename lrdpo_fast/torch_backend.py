@@ -1,0 +1,233 @@
+"""The exact, chunked PyTorch path: CPU production backend and fallback everywhere.
+
+Same algorithm as the Triton kernels, expressed with chunked matmuls:
+- only scored rows (label != ignore_index) are touched; prompt and padding tokens cost nothing;
+- each chunk's logits [C, V] live only inside one loop iteration, in float32, and are turned in
+  place into the softmax and then into the logit gradient, so one chunk buffer is the whole
+  [tokens x vocab] footprint;
+- forward keeps O(N) values (the per-token log-sum-exp); backward rebuilds each chunk's logits;
+- the fused pair path (``pair_forward_backward``) processes whole pairs per chunk, so the
+  gradient of the pair loss is known while the chunk's softmax is still in hand: 3 matmuls per
+  token instead of 4 (no recompute), the way the fastest peers form gradients in forward.
+dW and db accumulate in float32 across chunks whatever the input dtype.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# One chunk of logits holds at most this many float32 values (16 MiB): small enough for the
+# memory budget, large enough that each chunk is a matmul the BLAS runs at full speed.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_rows(vocab: int, chunk_tokens: int | None = None) -> int:
+    """Rows per chunk so that a [rows, vocab] float32 block stays within CHUNK_ELEMENTS."""
+    if chunk_tokens is not None:
+        return max(1, int(chunk_tokens))
+    return max(8, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def scored_rows(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """int64 [M] indices of the rows whose label is scored (label != ignore_index)."""
+    return torch.nonzero(labels != ignore_index, as_tuple=False).flatten()
+
+
+def _chunk_logits(h_rows, w32, b32, inv_temp: float) -> torch.Tensor:
+    """float32 [C, V] logits of the rows: (h W^T + b) / T."""
+    z = torch.addmm(b32, h_rows, w32.t()) if b32 is not None else h_rows @ w32.t()
+    if inv_temp != 1.0:
+        z.mul_(inv_temp)
+    return z
+
+
+def _softmax_inplace(z: torch.Tensor, lab: torch.Tensor):
+    """Turn logits z [C, V] into softmax in place; return (label logit [C], lse [C])."""
+    label_logit = z.gather(1, lab[:, None]).squeeze(1)
+    m = z.amax(dim=1)
+    z.sub_(m[:, None]).exp_()
+    s = z.sum(dim=1)
+    z.div_(s[:, None])
+    return label_logit, m + s.log()
+
+
+def _grad_inplace(p: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp: float) -> torch.Tensor:
+    """Softmax p [C, V] -> d(sum g*logp)/d(pre-temperature logits) = g (onehot - p) / T, in place."""
+    p.mul_(-g[:, None])
+    p.scatter_add_(1, lab[:, None], g[:, None])
+    if inv_temp != 1.0:
+        p.mul_(inv_temp)
+    return p
+
+
+def _as_f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse) -> None:
+    """Fill logp[rows] and lse[rows] chunk by chunk."""
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        lab = labels.index_select(0, r).long()
+        z = _chunk_logits(hidden.index_select(0, r).float(), w32, b32, inv_temp)
+        label_logit, lse_c = _softmax_inplace(z, lab)
+        del z
+        lse.index_copy_(0, r, lse_c)
+        logp.index_copy_(0, r, label_logit - lse_c)
+
+
+def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh, dw, db) -> None:
+    """Accumulate the gradients of sum(grad * logp) over ``rows`` into dh, dw, db (in place)."""
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        lab = labels.index_select(0, r).long()
+        h = hidden.index_select(0, r).float()
+        z = _chunk_logits(h, w32, b32, inv_temp)
+        z.sub_(lse.index_select(0, r)[:, None]).exp_()
+        _accumulate(_grad_inplace(z, lab, grad.index_select(0, r), inv_temp), h, r, w32, dh, dw, db)
+
+
+def _accumulate(dz, h, r, w32, dh, dw, db) -> None:
+    """dH[r] = dz @ W; dW += dz^T @ h; db += sum(dz) (float32 accumulators)."""
+    if dh is not None:
+        dh.index_copy_(0, r, (dz @ w32).to(dh.dtype))
+    if dw is not None:
+        dw.addmm_(dz.t(), h)
+    if db is not None:
+        db.add_(dz.sum(dim=0))
+
+
+def _grad_buffers(hidden, weight, needs):
+    """Zeroed dH (hidden's dtype) and float32 dW, db accumulators, None where not needed."""
+    need_h, need_w, need_b = needs
+    dh = torch.zeros_like(hidden) if need_h else None
+    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    db = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+    return dh, dw, db
+
+
+def _cast(acc: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return None if acc is None else acc.to(like.dtype)
+
+
+def token_logprobs_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+    temperature: float,
+    chunk_tokens: int | None = None,
+):
+    """Per-token log p(label) without materializing [N, V].
+
+    hidden [N, d], weight [V, d], bias [V] or None (float32/bf16/fp16), labels int [N].
+    Returns (logp float32 [N], lse float32 [N], rows int64 [M]): 0.0 at ignored rows in both.
+    """
+    n = hidden.shape[0]
+    logp = hidden.new_zeros(n, dtype=torch.float32)
+    lse = hidden.new_zeros(n, dtype=torch.float32)
+    rows = scored_rows(labels, ignore_index)
+    step = chunk_rows(weight.shape[0], chunk_tokens)
+    _forward_rows(hidden, weight.float(), _as_f32(bias), labels, rows, 1.0 / temperature, step, logp, lse)
+    return logp, lse, rows
+
+
+def token_logprobs_backward(
+    grad: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    rows: torch.Tensor,
+    temperature: float,
+    needs: tuple[bool, bool, bool],
+    chunk_tokens: int | None = None,
+):
+    """Gradients of sum(grad * logp) w.r.t. (hidden, weight, bias), rebuilding each chunk.
+
+    grad float [N] (upstream gradient per token), lse float32 [N] and rows int64 [M] from
+    ``token_logprobs_forward``; needs = which of (hidden, weight, bias) want a gradient.
+    Returns (dH like hidden or None, dW like weight or None, db like bias or None).
+    """
+    dh, dw, db = _grad_buffers(hidden, weight, needs)
+    step = chunk_rows(weight.shape[0], chunk_tokens)
+    _backward_rows(
+        grad.float(), hidden, weight.float(), _as_f32(bias), labels, lse, rows, 1.0 / temperature, step, dh, dw, db
+    )
+    return dh, _cast(dw, weight), _cast(db, bias)
+
+
+PairGrad = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+def pair_forward_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    seq_ids: torch.Tensor,
+    n_seqs: int,
+    ignore_index: int,
+    temperature: float,
+    pair_grad: PairGrad | None,
+    needs: tuple[bool, bool, bool],
+    chunk_tokens: int | None = None,
+):
+    """Sequence log-probs of a packed pair batch and, in the same sweep, the loss gradients.
+
+    hidden [N, d], weight [V, d], labels int [N], seq_ids int64 [N] (sequence of each token, in
+    pair order c0, r0, c1, r1, ...), n_seqs = S (even). ``pair_grad(p0, p1, seq_logps)`` takes the
+    float32 log-probs [2k] of pairs p0..p1-1 (k = p1 - p0) and returns d loss / d logp [2k];
+    None means forward only. Whole pairs go into one chunk, so the chunk's softmax is turned into
+    its gradient at once; a pair larger than the chunk budget is done in two passes (recompute).
+
+    Returns (seq_logps float32 [S], dH, dW, db) with None for grads not asked or not computed.
+    """
+    n_pairs = n_seqs // 2
+    rows = scored_rows(labels, ignore_index)
+    row_seq = seq_ids.index_select(0, rows)
+    seq_logps = hidden.new_zeros(n_seqs, dtype=torch.float32)
+    if pair_grad is None:
+        logp, _, _ = token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens)
+        seq_logps.index_add_(0, seq_ids, logp)
+        return seq_logps, None, None, None
+
+    w32, b32 = weight.float(), _as_f32(bias)
+    inv_temp = 1.0 / temperature
+    dh, dw, db = _grad_buffers(hidden, weight, needs)
+    budget = chunk_rows(weight.shape[0], chunk_tokens)
+    # scored rows per pair -> row offsets of each pair in `rows` (pairs are contiguous)
+    per_pair = torch.bincount(row_seq // 2, minlength=n_pairs).tolist()
+    starts = [0]
+    for c in per_pair:
+        starts.append(starts[-1] + c)
+    p0 = 0
+    while p0 < n_pairs:
+        p1 = p0 + 1
+        while p1 < n_pairs and starts[p1 + 1] - starts[p0] <= budget:
+            p1 += 1
+        r = rows[starts[p0]:starts[p1]]
+        local = row_seq[starts[p0]:starts[p1]] - 2 * p0
+        if r.numel() <= budget:
+            lab = labels.index_select(0, r).long()
+            h = hidden.index_select(0, r).float()
+            z = _chunk_logits(h, w32, b32, inv_temp)
+            label_logit, lse_c = _softmax_inplace(z, lab)
+            group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, label_logit - lse_c)
+            g_seq = pair_grad(p0, p1, group).float()
+            _accumulate(_grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp), h, r, w32, dh, dw, db)
+            del z
+        else:  # one pair longer than the budget: forward in pieces, then recompute
+            logp = seq_logps.new_zeros(hidden.shape[0])
+            lse = torch.zeros_like(logp)
+            _forward_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse)
+            group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp.index_select(0, r))
+            g_seq = pair_grad(p0, p1, group).float()
+            g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
+            _backward_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db)
+        seq_logps[2 * p0:2 * p1] = group
+        p0 = p1
+    return seq_logps, dh, _cast(dw, weight), _cast(db, bias)

@@ -1,0 +1,121 @@
+"""Launchers for the Triton kernels: block sizes, grids, buffers and the host-side combine.
+
+Mirrors ``torch_backend``'s token-level interface so ``ops`` can dispatch to either. Kernels are
+imported lazily: importing lrdpo_fast never imports triton.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _blocks(device: torch.device) -> dict:
+    """Tile sizes: small under the interpreter (tests), tensor-core sized on a GPU."""
+    if device.type != "cuda":
+        return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_D=16, num_warps=1, sms=2)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, sms=sms)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 inputs are computed exactly (tests compare to float64 at 1e-5); 16-bit inputs run on
+    # tensor cores with float32 accumulation whatever this flag says.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _launch_opts(cfg: dict) -> dict:
+    return {} if _interpreting() else {"num_warps": cfg["num_warps"]}
+
+
+def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None):
+    """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows)."""
+    from .kernels.logprob_fwd import logprob_fwd_kernel
+
+    n, d = hidden.shape
+    v = weight.shape[0]
+    cfg = _blocks(hidden.device)
+    bn, bv = cfg["BLOCK_N"], cfg["BLOCK_V"]
+    n_blocks = triton_cdiv(n, bn)
+    v_blocks = triton_cdiv(v, bv)
+    # split the vocabulary so the grid fills the GPU even for short batches
+    want = max(1, min(v_blocks, triton_cdiv(2 * cfg["sms"], max(n_blocks, 1))))
+    v_per_split = triton_cdiv(v_blocks, want) * bv
+    splits = triton_cdiv(v, v_per_split)
+    parts = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
+    if n:
+        logprob_fwd_kernel[(n_blocks, splits)](
+            hidden, weight, bias if bias is not None else hidden, labels,
+            parts[0], parts[1], parts[2],
+            n, v, d, hidden.stride(0), weight.stride(0),
+            v_per_split, 1.0 / temperature, ignore_index,
+            HAS_BIAS=bias is not None, UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
+            BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=cfg["BLOCK_D"], **_launch_opts(cfg),
+        )
+    scored = labels != ignore_index
+    m, s, lab = parts[0], parts[1], parts[2]
+    m_all = m.amax(dim=0)
+    safe_m = torch.where(scored, m_all, torch.zeros_like(m_all))
+    lse = safe_m + torch.log((s * torch.exp(m - safe_m)).sum(dim=0))
+    lse = torch.where(scored, lse, torch.zeros_like(lse))
+    logp = torch.where(scored, lab.sum(dim=0) - lse, torch.zeros_like(lse))
+    rows = torch.nonzero(scored, as_tuple=False).flatten()
+    return logp, lse, rows
+
+
+def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, temperature, needs, chunk_tokens=None):
+    """Same contract as ``torch_backend.token_logprobs_backward``: (dH, dW, db), None where not needed."""
+    from .kernels.logprob_bwd import logprob_bwd_kernel
+
+    need_h, need_w, need_b = needs
+    n, d = hidden.shape
+    v = weight.shape[0]
+    cfg = _blocks(hidden.device)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    dh = torch.zeros((n, d), **f32) if need_h else None
+    dw = torch.zeros((v, d), **f32) if need_w else None
+    db = torch.zeros((v,), **f32) if need_b else None
+    dummy = torch.empty(1, **f32)
+    # the kernel skips rows by their gradient: zero it wherever the label is not scored
+    g_scored = torch.zeros(n, **f32).index_copy_(0, rows, grad.float().index_select(0, rows))
+    if n and rows.numel() and (need_h or need_w or need_b):
+        grid = (triton_cdiv(n, cfg["BLOCK_N"]), triton_cdiv(v, cfg["BLOCK_V"]))
+        logprob_bwd_kernel[grid](
+            hidden, weight, bias if bias is not None else hidden, labels, lse, g_scored,
+            dh if need_h else dummy, dw if need_w else dummy, db if need_b else dummy,
+            n, v, d, hidden.stride(0), weight.stride(0),
+            1.0 / temperature,
+            HAS_BIAS=bias is not None, NEED_DH=need_h, NEED_DW=need_w, NEED_DB=need_b,
+            UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_D=cfg["BLOCK_D"], **_launch_opts(cfg),
+        )
+    return (
+        None if dh is None else dh.to(hidden.dtype),
+        None if dw is None else dw.to(weight.dtype),
+        None if db is None else db.to(bias.dtype),
+    )
+
+
+def pair_loss(seq_logps, ref_logps, lengths, *, beta, alpha, gamma, label_smoothing, loss_type_id):
+    """Per-pair loss float32 [P] and d(mean loss)/d seq_logps float32 [S] from the pair kernel."""
+    from .kernels.pair_loss import pair_loss_kernel
+
+    n_seqs = seq_logps.numel()
+    n_pairs = n_seqs // 2
+    loss = torch.empty(n_pairs, dtype=torch.float32, device=seq_logps.device)
+    dlogps = torch.empty(n_seqs, dtype=torch.float32, device=seq_logps.device)
+    block = 128
+    pair_loss_kernel[(triton_cdiv(n_pairs, block),)](
+        seq_logps.float().contiguous(), ref_logps.float().contiguous(), lengths.float().contiguous(),
+        loss, dlogps, n_pairs, float(beta), float(alpha), float(gamma), float(label_smoothing), 1.0 / n_pairs,
+        LOSS_TYPE=loss_type_id, BLOCK=block,
+    )
+    return loss, dlogps
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
