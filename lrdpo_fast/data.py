@@ -9,7 +9,8 @@ A record is a mapping with ``prompt``, ``chosen`` and ``rejected`` in one of thr
   ``prompt`` key, the longest common message prefix of chosen and rejected is the prompt;
 - pre-tokenized ids (lists of ints), also under TRL's ``prompt_input_ids`` / ``chosen_input_ids``
   / ``rejected_input_ids`` keys.
-Every response gets an EOS appended (unless it already ends with one). Optional
+Every response gets an EOS appended (unless it already ends with one; a chat turn that holds the
+EOS, e.g. ChatML's <|im_end|>, ends right after it as a generation would). Optional
 ``ref_chosen_logps`` / ``ref_rejected_logps`` numbers ride along (stored reference log-probs).
 """
 from __future__ import annotations
