@@ -1,0 +1,136 @@
+"""``lrdpo-fast``: the command line.
+
+    lrdpo-fast train CONFIG.yaml [--max-steps N] [--output-dir DIR] [--resume [PATH]]
+    lrdpo-fast train --example [--max-steps N] [--output-dir DIR]
+    torchrun --nproc_per_node K -m lrdpo_fast.cli train CONFIG.yaml
+
+CONFIG.yaml holds ``TrainConfig`` fields plus three CLI-only keys:
+- ``model``: a local ``save_pretrained`` folder, or ``example`` (the embedded tiny Llama);
+- ``tokenizer``: a local tokenizer folder (default: the model folder), or ``example``;
+- ``data``: a JSONL file / local dataset file or folder of preference pairs, or ``example``;
+- ``ref_model`` (optional): a local folder for the reference (default: the initial policy).
+Relative paths are resolved against the YAML file's folder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CLI_KEYS = ("model", "tokenizer", "data", "ref_model")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrdpo-fast", description="Length-regularized DPO with fused kernels")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a policy with LR-DPO")
+    t.add_argument("config", nargs="?", help="YAML config (TrainConfig fields + model/tokenizer/data)")
+    t.add_argument("--example", action="store_true", help="train on the embedded example (tiny Llama, 64 pairs)")
+    t.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    t.add_argument("--output-dir", default=None, help="override output_dir")
+    t.add_argument("--seed", type=int, default=None, help="override seed")
+    t.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from a checkpoint folder (default: the latest in output_dir)")
+    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def _resolve(value, base: Path):
+    if value is None or value == "example":
+        return value
+    p = Path(value)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def load_run_spec(path: str | Path, **overrides):
+    """Split a CLI YAML into (TrainConfig, {model, tokenizer, data, ref_model}); paths resolved
+    against the YAML's folder. Unknown keys -> ValueError naming them."""
+    import yaml
+
+    from .config import TrainConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config path {str(p)!r} does not exist")
+    values = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config {str(p)!r} must hold a mapping")
+    spec = {k: _resolve(values.pop(k, None), p.parent) for k in CLI_KEYS}
+    if spec["model"] is None:
+        raise ValueError(f"config {str(p)!r} needs a 'model' key (a local model folder or 'example')")
+    if spec["data"] is None:
+        raise ValueError(f"config {str(p)!r} needs a 'data' key (a JSONL file or 'example')")
+    if spec["tokenizer"] is None:
+        spec["tokenizer"] = spec["model"]
+    return TrainConfig.from_dict(values, **overrides), spec
+
+
+def build_run(spec: dict):
+    """(model, tokenizer, pairs, ref_model) from a run spec (see ``load_run_spec``)."""
+    from . import example
+
+    if spec["tokenizer"] == "example":
+        tokenizer = example.example_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    if spec["model"] == "example":
+        model = example.example_model(vocab_size=len(tokenizer))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec["model"])
+    pairs = example.example_records() if spec["data"] == "example" else spec["data"]
+    ref_model = None
+    if spec.get("ref_model"):
+        from transformers import AutoModelForCausalLM
+
+        ref_model = AutoModelForCausalLM.from_pretrained(spec["ref_model"])
+    return model, tokenizer, pairs, ref_model
+
+
+def train_command(args) -> int:
+    """``lrdpo-fast train``: build, train, print the summary; returns the exit code."""
+    from . import example
+    from .trainer import Trainer
+
+    if args.example == bool(args.config):
+        raise SystemExit("lrdpo-fast train: give a CONFIG.yaml or --example (exactly one)")
+    cfg_path = example.CONFIG_PATH if args.example else args.config
+    overrides = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed}
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg, spec = load_run_spec(cfg_path, **overrides)
+    model, tokenizer, pairs, ref_model = build_run(spec)
+    trainer = Trainer(model, tokenizer, pairs, cfg, ref_model=ref_model)
+    if trainer.dist.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"lrdpo-fast: {n_params / 1e6:.2f}M parameters, {len(trainer.examples)} pairs, "
+              f"{trainer.total_steps} steps, device {trainer.device}, world size {trainer.dist.world_size}",
+              flush=True)
+    trainer.train(resume_from_checkpoint=args.resume)
+    if trainer.dist.is_main:
+        print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}  checkpoint: {trainer.last_checkpoint}")
+        print(trainer.summary(), flush=True)
+    if trainer.dist.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lrdpo-fast`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train_command(args)
+    except ValueError as e:
+        print(f"lrdpo-fast: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

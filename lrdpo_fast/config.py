@@ -1,0 +1,200 @@
+"""TrainConfig: every knob of an LR-DPO training run, loadable from YAML.
+
+One flat dataclass, validated on construction: a bad value raises ``ValueError`` naming the
+field, and an unknown key in a YAML file or dict raises ``ValueError`` naming the key (a typo
+never silently falls back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LR_SCHEDULES = ("linear", "cosine", "constant")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one LR-DPO training run (one iteration of the iterative loop).
+
+    Objective (see ALGORITHMS.md): ``beta``, ``alpha`` (length term, tokens), ``loss_type`` (one of
+    ``lrdpo_fast.LOSS_TYPES``), ``gamma`` (SimPO margin), ``label_smoothing``.
+
+    Optimisation: AdamW (``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_eps``),
+    gradient clipping at ``max_grad_norm`` (``None`` or 0 disables it), a learning-rate schedule
+    ``lr_scheduler`` in (linear, cosine, constant) decaying to 0 at the last step, after a linear
+    warm-up of ``warmup_steps`` steps or ``warmup_ratio`` of all steps (not both).
+
+    Length of the run: ``max_steps`` when set, else ``num_epochs`` passes over the pairs. One step
+    consumes ``pairs_per_step`` pairs (the last step of an epoch takes the remainder), split into
+    packed micro-batches of at most ``max_tokens_per_batch`` tokens (gradient accumulation).
+
+    Data: ``max_length`` / ``max_prompt_length`` truncate at tokenization, ``shuffle`` reshuffles
+    the pairs every epoch with ``seed``.
+
+    Numerics and devices: ``dtype`` "auto" = bf16 autocast on CUDA and fp32 on CPU; ``device``
+    None = cuda when available; ``backend`` for the fused kernels ("auto", "torch", "triton");
+    ``gradient_checkpointing`` on the decoder layers.
+
+    Reference: log-probs precomputed once from the reference model unless ``live_reference``,
+    which runs the reference forward on every micro-batch (no precompute pass, more compute).
+
+    Output: ``output_dir`` receives metrics.jsonl, checkpoints (``save_steps``: every N steps,
+    None = only the final one when ``save_final``), ``logging_steps`` between metrics rows,
+    ``progress`` toggles the tqdm bar, ``plot`` writes training_curves.png at the end.
+    """
+
+    # objective
+    beta: float = 0.1
+    alpha: float = 0.0
+    loss_type: str = "sigmoid"
+    gamma: float = 0.0
+    label_smoothing: float = 0.0
+    # optimiser and schedule
+    learning_rate: float = 5e-7
+    lr_scheduler: str = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    # length of the run and batching
+    num_epochs: int = 1
+    max_steps: int | None = None
+    pairs_per_step: int = 32
+    max_tokens_per_batch: int = 8192
+    # data
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+    shuffle: bool = True
+    seed: int = 0
+    # numerics and devices
+    dtype: str = "auto"
+    device: str | None = None
+    backend: str = "auto"
+    gradient_checkpointing: bool = False
+    # reference
+    live_reference: bool = False
+    # output
+    output_dir: str = "out"
+    save_steps: int | None = None
+    save_final: bool = True
+    logging_steps: int = 1
+    progress: bool = True
+    plot: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
+
+    def __post_init__(self) -> None:
+        from .losses import check_loss_args
+
+        try:
+            check_loss_args(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)
+        except ValueError as e:  # already names the field
+            raise ValueError(f"TrainConfig: {e}") from None
+        _positive("learning_rate", self.learning_rate, allow_zero=True)
+        if self.lr_scheduler not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig: lr_scheduler must be one of {LR_SCHEDULES}, got {self.lr_scheduler!r}")
+        _int_at_least("warmup_steps", self.warmup_steps, 0)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"TrainConfig: warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("TrainConfig: set warmup_steps or warmup_ratio, not both")
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"TrainConfig: {name} must be in [0, 1), got {v!r}")
+        _positive("adam_eps", self.adam_eps)
+        if self.max_grad_norm is not None:
+            _positive("max_grad_norm", self.max_grad_norm, allow_zero=True)
+        _int_at_least("num_epochs", self.num_epochs, 1)
+        if self.max_steps is not None:
+            _int_at_least("max_steps", self.max_steps, 1)
+        _int_at_least("pairs_per_step", self.pairs_per_step, 1)
+        _int_at_least("max_tokens_per_batch", self.max_tokens_per_batch, 2)
+        for name in ("max_length", "max_prompt_length", "save_steps"):
+            if getattr(self, name) is not None:
+                _int_at_least(name, getattr(self, name), 1)
+        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"TrainConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})"
+            )
+        _int_at_least("logging_steps", self.logging_steps, 1)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"TrainConfig: seed must be an int, got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"TrainConfig: backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
+        if self.loss_type == "simpo" and self.live_reference:
+            raise ValueError("TrainConfig: live_reference is meaningless with loss_type='simpo' (no reference)")
+        if not isinstance(self.output_dir, (str, Path)) or not str(self.output_dir):
+            raise ValueError(f"TrainConfig: output_dir must be a non-empty path, got {self.output_dir!r}")
+        self.output_dir = str(self.output_dir)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"TrainConfig: extra must be a mapping, got {type(self.extra).__name__}")
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of every config field, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> "TrainConfig":
+        """Build from a mapping; unknown keys raise ValueError naming them. ``overrides`` win."""
+        if not isinstance(values, dict):
+            raise ValueError(f"TrainConfig: expected a mapping of field -> value, got {type(values).__name__}")
+        merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+        known = set(cls.field_names())
+        unknown = sorted(k for k in merged if k not in known)
+        if unknown:
+            raise ValueError(
+                f"TrainConfig: unknown key(s) {unknown}; valid keys are {sorted(known)}"
+            )
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Load a YAML mapping (see ``lrdpo_fast/examples/config.yaml``); unknown keys -> ValueError."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config path {str(p)!r} does not exist")
+        values = yaml.safe_load(p.read_text()) or {}
+        return cls.from_dict(values, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The config as YAML text; written to ``path`` when given. ``from_yaml`` reads it back equal."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed (unknown names -> ValueError)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _positive(name: str, v: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        raise ValueError(f"TrainConfig: {name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {v!r}")
+
+
+def _int_at_least(name: str, v: Any, lo: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"TrainConfig: {name} must be an int >= {lo}, got {v!r}")

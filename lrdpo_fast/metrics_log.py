@@ -1,0 +1,125 @@
+"""Per-step metric rows: metrics.jsonl, peak memory, the end-of-run summary and plot."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training_curves.png"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA ``max_memory_allocated`` on a CUDA device, else the
+    CPU resident-set high-water mark (``ru_maxrss``)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 1024 if os.uname().sysname != "Darwin" else rss / 2**20  # KiB on Linux, bytes on macOS
+    except (ImportError, AttributeError):  # Windows
+        return float("nan")
+
+
+class MetricsWriter:
+    """Appends one JSON row per logged step to ``output_dir/metrics.jsonl`` (main process only)."""
+
+    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def reset(self, keep_until_step: int = 0) -> None:
+        """Start the file afresh, keeping rows with ``step <= keep_until_step`` (used on resume)."""
+        if not self.enabled:
+            return
+        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_until_step] if self.path.exists() else []
+        with open(self.path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    def write(self, row: dict) -> None:
+        """Append ``row`` (floats/ints/strings) as one JSON line."""
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+
+
+def _jsonable(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl file (or of ``path/metrics.jsonl`` for a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS_FILE
+    if not p.is_file():
+        raise ValueError(f"path {str(p)!r} is not a metrics file")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summary_line(history: Sequence[dict]) -> str:
+    """One line describing the end of a run: final loss, reward accuracy, mean lengths."""
+    if not history:
+        return "no steps were run"
+    last = history[-1]
+    first = history[0]
+
+    def f(row, key, fmt="{:.4f}"):
+        v = row.get(key)
+        return "n/a" if v is None else fmt.format(v)
+
+    return (
+        f"done: {last['step']} steps | loss {f(first, 'loss')} -> {f(last, 'loss')} | "
+        f"reward acc {f(last, 'rewards/accuracies', '{:.2f}')} | margin {f(last, 'rewards/margins')} | "
+        f"mean length chosen {f(last, 'length/chosen', '{:.1f}')} / rejected {f(last, 'length/rejected', '{:.1f}')} | "
+        f"{f(last, 'tokens_per_s', '{:.0f}')} tok/s"
+    )
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike) -> str | None:
+    """Loss, reward margins/accuracy and policy log-probs per step as a PNG; None when matplotlib
+    is missing or there is nothing to plot. Returns the written path."""
+    if not history:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [r["step"] for r in history]
+    panels = [
+        ("loss", ["loss"]),
+        ("rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+        ("accuracy", ["rewards/accuracies"]),
+        ("policy log-probs", ["logps/chosen", "logps/rejected"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, keys) in zip(axes, panels):
+        for k in keys:
+            ax.plot(steps, [r.get(k) for r in history], label=k.split("/")[-1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
