@@ -49,8 +49,9 @@ def logprob_bwd_kernel(
             acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(B + rv, mask=mask_v, other=0.0).to(tl.float32)[None, :]
-        p = tl.exp(acc * inv_temp - lse[:, None])
-        p = tl.where(mask_v[None, :], p, 0.0)
+        p = tl.exp(tl.minimum(acc * inv_temp - lse[:, None], 0.0))  # logit <= lse; no overflow
+        # rows without gradient (ignored, lse 0) may overflow here: select them away, never multiply
+        p = tl.where((g != 0.0)[:, None] & mask_v[None, :], p, 0.0)
         hit = (rv[None, :] == lab[:, None]).to(tl.float32)
         dz = g[:, None] * (hit - p) * inv_temp
         if NEED_DB:

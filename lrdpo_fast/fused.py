@@ -18,6 +18,7 @@ from .losses import (
     pair_losses,
     pair_margin,
     pair_metrics,
+    wide,
 )
 from .ops import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
 from .validation import check_cu_seqlens, check_float, check_linear_inputs, check_same_device
@@ -49,7 +50,7 @@ class _PairLossParams:
 
     def grad(self, p0, p1, seq_logps):
         """d(mean loss over all pairs)/d logp for the sequences of pairs p0..p1-1: float32 [2k]."""
-        x = seq_logps.detach().float().requires_grad_(True)
+        x = wide(seq_logps.detach()).requires_grad_(True)
         with torch.enable_grad():
             total = self.losses(x, p0, p1).sum() / self.n_pairs
             (g,) = torch.autograd.grad(total, x)
@@ -122,7 +123,7 @@ def _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqle
         check_same_device("labels", labels, ref_logps=ref_logps)
         if not bool(torch.isfinite(ref_logps).all()):
             raise ValueError("ref_logps contains non-finite values")
-        return ref_logps.detach().float()
+        return wide(ref_logps.detach())
     if ref_hidden is None:
         raise ValueError(
             f"loss_type={loss_type!r} needs the reference: pass ref_logps [S] or ref_hidden [N, d] (+ ref_weight)"
@@ -183,7 +184,7 @@ def fused_lrdpo_loss(
         raise ValueError(
             f"cu_seqlens describes {n_seqs} sequences; a pair loss needs an even number in pair order [c0, r0, ...]"
         )
-    impl = resolve_backend(backend, hidden.device)
+    impl = resolve_backend(backend, hidden.device, hidden.dtype)
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
     lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()
@@ -192,7 +193,7 @@ def fused_lrdpo_loss(
         empty = int(torch.nonzero(lengths == 0)[0])
         side = "chosen" if empty % 2 == 0 else "rejected"
         raise ValueError(
-            f"pair {empty // 2} has no {side} response tokens (labels all ignore_index); "
+            f"labels: pair {empty // 2} has no {side} response tokens (all ignore_index); "
             f"the length-normalized loss {loss_type!r} cannot score it"
         )
     ref = _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type,

@@ -52,6 +52,11 @@ def check_loss_args(loss_type: str, beta: float, alpha: float, gamma: float, lab
         raise ValueError(f"label_smoothing applies to the sigmoid losses, not loss_type={loss_type!r}")
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 view of a 16/32-bit tensor; float64 stays float64 (exact gradient checks)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _check_pair_tensor(name: str, t: torch.Tensor, n_pairs: int, ref: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -138,7 +143,7 @@ def implicit_rewards(pi, ref, lengths, *, beta, loss_type):
 @torch.no_grad()
 def pair_metrics(pi_w, pi_l, ref_w, ref_l, len_w, len_l, *, beta, loss_type) -> dict[str, torch.Tensor]:
     """Batch-mean metrics under TRL's names plus lengths; detached 0-d float32 tensors."""
-    pi_w, pi_l, ref_w, ref_l = (t.detach().float() for t in (pi_w, pi_l, ref_w, ref_l))
+    pi_w, pi_l, ref_w, ref_l = (wide(t.detach()) for t in (pi_w, pi_l, ref_w, ref_l))
     rc = implicit_rewards(pi_w, ref_w, len_w, beta=beta, loss_type=loss_type)
     rr = implicit_rewards(pi_l, ref_l, len_l, beta=beta, loss_type=loss_type)
     return {
@@ -186,8 +191,8 @@ def lrdpo_loss(
     check_pair_values(
         chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths, rejected_lengths, loss_type
     )
-    pi_w, pi_l = chosen_logps.float(), rejected_logps.float()
-    ref_w, ref_l = ref_chosen_logps.detach().float(), ref_rejected_logps.detach().float()
+    pi_w, pi_l = wide(chosen_logps), wide(rejected_logps)
+    ref_w, ref_l = wide(ref_chosen_logps.detach()), wide(ref_rejected_logps.detach())
     margin = pair_margin(
         pi_w, pi_l, ref_w, ref_l, chosen_lengths, rejected_lengths,
         beta=beta, alpha=alpha, loss_type=loss_type, gamma=gamma,

@@ -25,11 +25,14 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """Map "auto" to "triton" on CUDA and "torch" elsewhere; check an explicit "triton" can run."""
     check_backend(backend)
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+        use_triton = device.type == "cuda" and dtype != torch.float64 and triton_usable(device)
+        return "triton" if use_triton else "torch"
+    if backend == "triton" and dtype == torch.float64:
+        raise ValueError("backend='triton' takes float32/bfloat16/float16 hidden states; float64 runs on 'torch'")
     if backend == "triton" and not triton_usable(device):
         raise ValueError(
             f"backend='triton' cannot run on {device}: it needs a CUDA device, or CPU tensors with "
@@ -91,7 +94,7 @@ def linear_logprobs(
         hidden, weight and bias (accumulated in float32).
     """
     check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
-    impl = resolve_backend(backend, hidden.device)
+    impl = resolve_backend(backend, hidden.device, hidden.dtype)
     return _LinearLogprobs.apply(
         hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
     )
@@ -136,7 +139,7 @@ def sequence_logprobs(
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
     n_seqs = cu_seqlens.numel() - 1
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
-    impl = resolve_backend(backend, hidden.device)
+    impl = resolve_backend(backend, hidden.device, hidden.dtype)
     tok = _LinearLogprobs.apply(
         hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
     )

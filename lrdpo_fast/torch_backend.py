@@ -19,7 +19,7 @@ import torch
 
 # One chunk of logits holds at most this many float32 values (16 MiB): small enough for the
 # memory budget, large enough that each chunk is a matmul the BLAS runs at full speed.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 24
 
 
 def chunk_rows(vocab: int, chunk_tokens: int | None = None) -> int:
@@ -61,8 +61,13 @@ def _grad_inplace(p: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp:
     return p
 
 
-def _as_f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float32 for fp32/bf16/fp16 inputs, float64 for float64 (gradcheck)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _as_acc(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.to(_acc_dtype(like))
 
 
 def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse) -> None:
@@ -70,7 +75,7 @@ def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse) -> 
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
         lab = labels.index_select(0, r).long()
-        z = _chunk_logits(hidden.index_select(0, r).float(), w32, b32, inv_temp)
+        z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp)
         label_logit, lse_c = _softmax_inplace(z, lab)
         del z
         lse.index_copy_(0, r, lse_c)
@@ -82,7 +87,7 @@ def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
         lab = labels.index_select(0, r).long()
-        h = hidden.index_select(0, r).float()
+        h = hidden.index_select(0, r).to(w32.dtype)
         z = _chunk_logits(h, w32, b32, inv_temp)
         z.sub_(lse.index_select(0, r)[:, None]).exp_()
         _accumulate(_grad_inplace(z, lab, grad.index_select(0, r), inv_temp), h, r, w32, dh, dw, db)
@@ -102,8 +107,9 @@ def _grad_buffers(hidden, weight, needs):
     """Zeroed dH (hidden's dtype) and float32 dW, db accumulators, None where not needed."""
     need_h, need_w, need_b = needs
     dh = torch.zeros_like(hidden) if need_h else None
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    db = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+    acc = _acc_dtype(weight)
+    dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+    db = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
     return dh, dw, db
 
 
@@ -126,11 +132,11 @@ def token_logprobs_forward(
     Returns (logp float32 [N], lse float32 [N], rows int64 [M]): 0.0 at ignored rows in both.
     """
     n = hidden.shape[0]
-    logp = hidden.new_zeros(n, dtype=torch.float32)
-    lse = hidden.new_zeros(n, dtype=torch.float32)
+    logp = hidden.new_zeros(n, dtype=_acc_dtype(weight))
+    lse = torch.zeros_like(logp)
     rows = scored_rows(labels, ignore_index)
     step = chunk_rows(weight.shape[0], chunk_tokens)
-    _forward_rows(hidden, weight.float(), _as_f32(bias), labels, rows, 1.0 / temperature, step, logp, lse)
+    _forward_rows(hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, rows, 1.0 / temperature, step, logp, lse)
     return logp, lse, rows
 
 
@@ -155,7 +161,7 @@ def token_logprobs_backward(
     dh, dw, db = _grad_buffers(hidden, weight, needs)
     step = chunk_rows(weight.shape[0], chunk_tokens)
     _backward_rows(
-        grad.float(), hidden, weight.float(), _as_f32(bias), labels, lse, rows, 1.0 / temperature, step, dh, dw, db
+        grad.to(_acc_dtype(weight)), hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, lse, rows, 1.0 / temperature, step, dh, dw, db
     )
     return dh, _cast(dw, weight), _cast(db, bias)
 
@@ -189,13 +195,13 @@ def pair_forward_backward(
     n_pairs = n_seqs // 2
     rows = scored_rows(labels, ignore_index)
     row_seq = seq_ids.index_select(0, rows)
-    seq_logps = hidden.new_zeros(n_seqs, dtype=torch.float32)
+    seq_logps = hidden.new_zeros(n_seqs, dtype=_acc_dtype(weight))
     if pair_grad is None:
         logp, _, _ = token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens)
         seq_logps.index_add_(0, seq_ids, logp)
         return seq_logps, None, None, None
 
-    w32, b32 = weight.float(), _as_f32(bias)
+    w32, b32 = _as_acc(weight, weight), _as_acc(bias, weight)
     inv_temp = 1.0 / temperature
     dh, dw, db = _grad_buffers(hidden, weight, needs)
     budget = chunk_rows(weight.shape[0], chunk_tokens)
@@ -213,11 +219,11 @@ def pair_forward_backward(
         local = row_seq[starts[p0]:starts[p1]] - 2 * p0
         if r.numel() <= budget:
             lab = labels.index_select(0, r).long()
-            h = hidden.index_select(0, r).float()
+            h = hidden.index_select(0, r).to(w32.dtype)
             z = _chunk_logits(h, w32, b32, inv_temp)
             label_logit, lse_c = _softmax_inplace(z, lab)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, label_logit - lse_c)
-            g_seq = pair_grad(p0, p1, group).float()
+            g_seq = pair_grad(p0, p1, group).to(group.dtype)
             _accumulate(_grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp), h, r, w32, dh, dw, db)
             del z
         else:  # one pair longer than the budget: forward in pieces, then recompute
@@ -225,7 +231,7 @@ def pair_forward_backward(
             lse = torch.zeros_like(logp)
             _forward_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp.index_select(0, r))
-            g_seq = pair_grad(p0, p1, group).float()
+            g_seq = pair_grad(p0, p1, group).to(group.dtype)
             g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
             _backward_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db)
         seq_logps[2 * p0:2 * p1] = group

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # float64: torch backend only
 INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -17,7 +17,7 @@ def check_float(name: str, t: torch.Tensor, ndim: int) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+        raise ValueError(f"{name} must be float32, bfloat16, float16 (or float64 on the torch backend), got {t.dtype}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
 
