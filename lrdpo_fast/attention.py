@@ -18,6 +18,7 @@ Without ``cu_seq_lens_*`` (e.g. ``generate``), the function derives sequences fr
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
@@ -104,11 +105,19 @@ def varlen_attention(
             )
         tv = _torch_varlen()
         if tv is not None and dropout == 0.0:
+            params = inspect.signature(tv).parameters
             try:
-                return tv(
-                    query, key, value, cu, cu, int(max_seqlen), int(max_seqlen),
-                    scale=scale, window_size=(left, 0), enable_gqa=n_kv != n_heads,
-                )
+                if "window_size" in params:  # torch >= 2.11: causal is window (-1, 0)
+                    return tv(
+                        query, key, value, cu, cu, int(max_seqlen), int(max_seqlen),
+                        scale=scale, window_size=(left, 0), enable_gqa=n_kv != n_heads,
+                    )
+                if "is_causal" in params and sliding_window is None:  # the first API (torch 2.9/2.10)
+                    rep = n_heads // n_kv
+                    return tv(
+                        query, _repeat_kv(key, rep, 1), _repeat_kv(value, rep, 1), cu, cu,
+                        int(max_seqlen), int(max_seqlen), is_causal=True, scale=scale,
+                    )
             except (RuntimeError, TypeError, NotImplementedError):
                 pass  # unsupported GPU / build: fall through to the exact path
     rep = n_heads // n_kv
