@@ -1,4 +1,5 @@
-"""2 processes (torchrun, FSDP2 on gloo) vs 1 process on the same data: the same trajectory."""
+"""2 processes (torchrun, FSDP2 on gloo) vs 1 process on the same data: the same trajectory;
+and a 2-process resume from a checkpoint continues it."""
 from __future__ import annotations
 
 import json
@@ -11,20 +12,20 @@ import torch
 
 from lrdpo_fast import cli
 from lrdpo_fast.checkpoint import load_model_weights
-from lrdpo_fast.example import PAIRS_PATH
+from helpers import random_records, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 CONFIG = """\
-model: example
-tokenizer: example
+model: model
 data: pairs.jsonl
 alpha: 0.02
 learning_rate: 1.0e-3
 lr_scheduler: linear
 pairs_per_step: 5
-max_tokens_per_batch: 100
+max_tokens_per_batch: 120
 max_steps: 3
+save_steps: 2
 plot: false
 progress: false
 """
@@ -35,9 +36,12 @@ def _rows(path):
 
 
 def test_two_processes_match_one(tmp_path):
-    # 8 pairs, 5 per step: ranks get 3 and 2 pairs, steps cross an epoch, and the 100-token
+    # 8 pairs, 5 per step: ranks get 3 and 2 pairs, steps cross an epoch, and the 120-token
     # budget gives each rank a different number of micro-batches.
-    (tmp_path / "pairs.jsonl").write_text("\n".join(PAIRS_PATH.read_text().splitlines()[:8]) + "\n")
+    tiny_model("llama", seed=0).save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    records = random_records(8, seed=21, max_words=6)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
@@ -46,6 +50,10 @@ def test_two_processes_match_one(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout
+    # resume the 2-process run from its step-2 checkpoint (full optimizer state re-sharded)
+    resume = cmd[:-1] + [str(tmp_path / "two_resumed"), "--resume", str(tmp_path / "two" / "checkpoint-2")]
+    proc = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     assert cli.main(["train", str(tmp_path / "cfg.yaml"), "--output-dir", str(tmp_path / "one")]) == 0
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
@@ -56,6 +64,10 @@ def test_two_processes_match_one(tmp_path):
                     "logps/chosen", "logps/rejected", "length/chosen", "length/rejected", "grad_norm"):
             assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (a["step"], key)
         assert a["pairs"] == b["pairs"] and a["tokens"] == b["tokens"]
+    (resumed,) = _rows(tmp_path / "two_resumed")
+    assert resumed["step"] == 3
+    assert resumed["loss"] == pytest.approx(two[2]["loss"], abs=1e-6)
+    assert resumed["rewards/margins"] == pytest.approx(two[2]["rewards/margins"], abs=1e-6)
     w1 = load_model_weights(tmp_path / "one" / "checkpoint-3")
     w2 = load_model_weights(tmp_path / "two" / "checkpoint-3")
     assert w1.keys() == w2.keys()

@@ -170,3 +170,29 @@ def test_explicit_ref_model(tmp_path):
     tr = Trainer(_model(), tok, records, _cfg(tmp_path, max_steps=1), ref_model=copy.deepcopy(ref))
     h = tr.train()
     assert abs(h[0]["rewards/margins"]) > 1e-4  # a different reference: non-zero rewards at step 1
+
+
+def test_gradient_checkpointing_and_dataset_source(tmp_path):
+    from datasets import Dataset
+
+    tok = tiny_tokenizer()
+    records = random_records(4, seed=8)
+    grads = []
+    for gc in (False, True):
+        model = _model()
+        pairs = Dataset.from_list(records) if gc else records
+        tr = Trainer(model, tok, pairs, _cfg(tmp_path, gradient_checkpointing=gc))
+        tr.accumulate_gradients([0, 1, 2, 3])
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert model.is_gradient_checkpointing
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type, kw", [("simpo", dict(beta=2.0, gamma=0.5)), ("ipo", dict(alpha=0.0)),
+                                           ("sigmoid_norm", {}), ("hinge", {})])
+def test_other_objectives_train(tmp_path, loss_type, kw):
+    tok = tiny_tokenizer()
+    cfg = _cfg(tmp_path, loss_type=loss_type, max_steps=2, **kw)
+    h = Trainer(_model(), tok, random_records(4, seed=9), cfg).train()
+    assert len(h) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in h)
