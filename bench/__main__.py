@@ -1,0 +1,97 @@
+"""`python -m bench [--profile cpu|gpu|smoke] [--only kernel,scaling,train] [--out DIR]`
+
+Runs the comparisons of the chosen profile (default: gpu when CUDA is available, else cpu), each
+contender in its own worker process on the same seeded inputs; prints markdown tables with ratios
+to lrdpo-fast and PASS/FAIL goal lines; writes results.json, results.md and scaling PNGs under
+bench/results/<device>/ (sections not re-run are kept from the previous results.json there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import report
+from .env import REPO, default_device, device_slug, metadata_record
+from .profiles import get_profile
+
+SECTIONS = ("kernel", "scaling", "train")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
+    ap.add_argument("--profile", choices=["cpu", "gpu", "smoke"], default=None,
+                    help="sizes (default: gpu if torch.cuda.is_available() else cpu)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of kernel,scaling,train")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
+    ap.add_argument("--contenders", default=None, help="comma list overriding the profile's kernel contenders")
+    ap.add_argument("--trainers", default=None, help="comma list of lrdpo_fast,trl,trl_liger")
+    ap.add_argument("--in-process", action="store_true", help="no worker processes (debugging; memory less exact)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    device = default_device()
+    profile = args.profile or ("gpu" if device == "cuda" else "cpu")
+    if profile == "gpu" and device != "cuda":
+        print("profile gpu needs CUDA (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    prof = get_profile(profile, device="cuda" if profile == "gpu" else "cpu")
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        print(f"--only: unknown section(s) {unknown}; choose from {SECTIONS}", file=sys.stderr)
+        return 2
+    contenders = args.contenders.split(",") if args.contenders else None
+    trainers = args.trainers.split(",") if args.trainers else None
+    isolate = not args.in_process
+    out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / device_slug(prof["device"])
+    t_start = time.perf_counter()
+
+    from .cells import run_cell
+
+    meta = metadata_record(prof["device"])
+    print(f"lrdpo-fast bench, profile {profile}: {meta['device_name']}, commit {meta['git_commit']}")
+    mm_spec = {"kind": "matmul", "device": prof["device"], **prof["matmul"]}
+    matmul = run_cell(mm_spec, isolate=isolate, timeout=300)
+    matmul = matmul if matmul.get("status") == "ok" else None
+    if matmul:
+        print(f"matmul {matmul['dtype']} {matmul['shape'][0]}^3: {matmul['flops_per_s'] / 1e12:.3f} TFLOP/s")
+
+    old = out_dir / "results.json"
+    results = json.loads(old.read_text()) if old.is_file() and args.out is None or (args.out and old.is_file()) else {}
+    if results.get("profile") not in (None, profile):
+        results = {}  # never mix profiles in one file
+    results.update(profile=profile, meta=meta, matmul=matmul)
+    section_meta = {"git_commit": meta["git_commit"], "date_utc": meta["date_utc"]}
+    if "kernel" in only:
+        from .kernel import run_kernel
+
+        results["kernel"] = run_kernel(prof, isolate=isolate, contenders=contenders) | {"meta": section_meta}
+        results["goals"] = report.goals(results["kernel"], matmul, prof["device"])
+    if "scaling" in only:
+        from .plots import plot_scaling
+        from .scaling import run_scaling
+
+        results["scaling"] = run_scaling(prof, isolate=isolate, contenders=contenders) | {"meta": section_meta}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results["scaling"]["plots"] = plot_scaling(results["scaling"], matmul, out_dir, meta["device_slug"])
+    if "train" in only:
+        from .train_step import run_train
+
+        results["train"] = run_train(prof, isolate=isolate, trainers=trainers) | {"meta": section_meta}
+    results["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report.write(results, out_dir)
+    print()
+    print(report.render(results))
+    for line in results.get("goals", []):
+        print(line)
+    print(f"\nwrote {out_dir}/results.json, results.md ({results['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

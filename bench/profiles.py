@@ -1,0 +1,63 @@
+"""Benchmark sizes. `cpu` finishes in under 10 minutes on 2 cores; `gpu` is the bf16 table at
+LLM scale (d=4096, V=128256, N up to 32768); `smoke` is the CI-sized toy."""
+from __future__ import annotations
+
+ALL_KERNEL = ["lrdpo_fast", "lrdpo_fast_unfused", "naive", "torch_lce", "liger", "liger_pairs", "cce", "cce_compile"]
+SCALING = ["lrdpo_fast", "naive", "torch_lce", "liger", "cce", "cce_compile"]
+
+PROFILES: dict[str, dict] = {
+    "cpu": {
+        "device": "cpu",
+        "dtype": "fp32",
+        "matmul": {"size": 2048, "dtype": "fp32"},
+        "kernel": {"N": 4096, "d": 512, "V": 32000, "warmup": 1, "repeats": 3, "contenders": ALL_KERNEL},
+        "scaling": {
+            "contenders": [c for c in SCALING if c != "cce"],  # cce: Triton/CUDA only (a row in the kernel table)
+            "warmup": 1, "repeats": 2,
+            "N": {"values": [512, 1024, 2048, 4096], "d": 512, "V": 8192},
+            "V": {"values": [4096, 8192, 16384, 32000], "N": 1024, "d": 512},
+        },
+        "train": {"n_pairs": 24, "pairs_per_step": 8, "epochs": 1, "max_tokens_per_batch": 4096,
+                  "trainers": ["lrdpo_fast", "trl", "trl_liger"]},
+        "cell_timeout": 600,
+    },
+    "gpu": {
+        "device": "cuda",
+        "dtype": "bf16",
+        "matmul": {"size": 8192, "dtype": "bf16"},
+        "kernel": {"N": 16384, "d": 4096, "V": 128256, "warmup": 2, "repeats": 5, "contenders": ALL_KERNEL},
+        "scaling": {
+            "contenders": SCALING,
+            "warmup": 2, "repeats": 5,
+            "N": {"values": [2048, 4096, 8192, 16384, 32768], "d": 4096, "V": 128256},
+            "V": {"values": [32000, 65536, 128256, 262144], "N": 8192, "d": 4096},
+        },
+        "train": {"n_pairs": 256, "pairs_per_step": 32, "epochs": 1, "max_tokens_per_batch": 16384,
+                  "trainers": ["lrdpo_fast", "trl", "trl_liger"]},
+        "cell_timeout": 900,
+    },
+    "smoke": {
+        "device": "cpu",
+        "dtype": "fp32",
+        "matmul": {"size": 256, "dtype": "fp32"},
+        "kernel": {"N": 64, "d": 16, "V": 100, "warmup": 0, "repeats": 1, "contenders": ["lrdpo_fast", "naive"]},
+        "scaling": {
+            "contenders": ["lrdpo_fast", "naive"], "warmup": 0, "repeats": 1,
+            "N": {"values": [32, 64], "d": 16, "V": 100},
+            "V": {"values": [50, 100], "N": 64, "d": 16},
+        },
+        "train": {"n_pairs": 4, "pairs_per_step": 2, "epochs": 1, "max_tokens_per_batch": 1024,
+                  "trainers": ["lrdpo_fast", "trl"], "tiny": True},
+        "cell_timeout": 300,
+    },
+}
+
+
+def get_profile(name: str, device: str | None = None) -> dict:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {sorted(PROFILES)}")
+    prof = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PROFILES[name].items()}
+    prof["name"] = name
+    if device is not None:
+        prof["device"] = device
+    return prof

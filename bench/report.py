@@ -1,0 +1,176 @@
+"""Markdown tables, goal verdicts and JSON for the results folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .contenders import PEERS
+
+MIB = 2**20
+
+
+def _ok(r: dict | None) -> bool:
+    return bool(r) and r.get("status") == "ok"
+
+
+def _t(r: dict) -> float:
+    return r["timing"]["median_s"]
+
+
+def _m(r: dict) -> float:
+    return r["memory"]["peak_bytes"]
+
+
+def flops(r: dict) -> float:
+    """6*N*d*V: forward 2NdV + backward 4NdV, N = every token of the batch (prompt included)."""
+    return 6.0 * r["N"] * r["d"] * r["V"]
+
+
+def _ratio(x: float, base: float) -> str:
+    return f"{x / base:.2f}x" if base > 0 else "-"
+
+
+def kernel_table(rows: list[dict]) -> str:
+    """One markdown table: time, memory, ratios to lrdpo-fast, effective TFLOP/s, check, notes."""
+    base = next((r for r in rows if r["contender"] == "lrdpo_fast" and _ok(r)), None)
+    out = [
+        "| contender | time (ms) | time / lrdpo-fast | peak mem (MiB) | mem / lrdpo-fast | 6NdV TFLOP/s | check | notes |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        if not _ok(r):
+            out.append(f"| {r.get('name', r['contender'])} | {r.get('status', 'n/a')} | | | | | | |")
+            continue
+        t, m = _t(r), _m(r)
+        tr = _ratio(t, _t(base)) if base else "-"
+        mr = _ratio(m, _m(base)) if base else "-"
+        chk = r.get("check", {}).get("verdict", "-")
+        if r.get("check") and r["check"]["reference"] != "naive":
+            chk += f" vs {r['check']['reference']}"
+        notes = "; ".join(r.get("notes", []))
+        out.append(f"| {r['name']} | {t * 1e3:.1f} | {tr} | {m / MIB:.1f} | {mr} | {flops(r) / t / 1e12:.3f} | {chk} | "
+                   f"{notes} |")
+    return "\n".join(out)
+
+
+def scaling_table(rows: list[dict], sizes: list[list[int]], axis: str) -> str:
+    """Time (ms) / peak MiB per contender (rows) and size (columns)."""
+    keys = list(dict.fromkeys(r["contender"] for r in rows))
+    idx = {"N": 0, "V": 2}[axis]
+    head = "| contender | " + " | ".join(f"{axis}={s[idx]}" for s in sizes) + " |"
+    out = [head, "|---|" + "---:|" * len(sizes)]
+    for key in keys:
+        cells = []
+        name = key
+        for s in sizes:
+            r = next((x for x in rows if x["contender"] == key and [x["N"], x["d"], x["V"]] == list(s)), None)
+            if r is not None:
+                name = r.get("name", key)
+            cells.append(f"{_t(r) * 1e3:.1f} ms / {_m(r) / MIB:.0f} MiB" if _ok(r) else
+                         (r or {}).get("status", "n/a")[:40])
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def train_table(rows: list[dict]) -> str:
+    base = next((r for r in rows if r.get("trainer") == "lrdpo_fast" and _ok(r)), None)
+    out = ["| trainer | tokens/s (steady) | tokens/s / lrdpo-fast | tokens/s (end to end) | peak mem (MiB) | "
+           "mem / lrdpo-fast |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if not _ok(r):
+            out.append(f"| {r.get('name', r.get('trainer'))} | {r.get('status')} | | | | |")
+            continue
+        tr = _ratio(r["tokens_per_s"], base["tokens_per_s"]) if base else "-"
+        mr = _ratio(_m(r), _m(base)) if base else "-"
+        out.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {tr} | {r['end_to_end_tokens_per_s']:.0f} | "
+                   f"{_m(r) / MIB:.1f} | {mr} |")
+    return "\n".join(out)
+
+
+def goals(kernel: dict | None, matmul: dict | None, device: str) -> list[str]:
+    """PASS/FAIL lines for the kernel goals (CPU or GPU set)."""
+    if not kernel:
+        return []
+    rows = kernel["rows"]
+    cfg = kernel["config"]
+    me = next((r for r in rows if r["contender"] == "lrdpo_fast"), None)
+    peers = [r for r in rows if r["contender"] in PEERS and _ok(r)]
+    size = f"N={cfg['N']}, d={cfg['d']}, V={cfg['V']}, {cfg['dtype']}"
+    if not _ok(me):
+        return [f"FAIL  lrdpo-fast did not run at {size}: {me.get('status') if me else 'missing'}"]
+    lines = []
+    if not peers:
+        return [f"n/a   no peer ran at {size}: nothing to compare with"]
+    fastest = min(peers, key=_t)
+    leanest = min(peers, key=_m)
+    gpu = device.startswith("cuda")
+    if gpu:
+        ok = all(_t(me) < _t(p) for p in peers)
+        lines.append(f"{'PASS' if ok else 'FAIL'}  GPU time at {size}: lrdpo-fast {_t(me) * 1e3:.1f} ms vs fastest peer "
+                     f"{fastest['name']} {_t(fastest) * 1e3:.1f} ms (goal: faster than every peer)")
+        if matmul:
+            eff = flops(me) / _t(me)
+            scored = eff * me["scored_tokens"] / me["N"]
+            frac = eff / matmul["flops_per_s"]
+            lines.append(
+                f"{'PASS' if frac >= 0.75 else 'FAIL'}  GPU throughput: 6NdV/t = {eff / 1e12:.0f} TFLOP/s = "
+                f"{frac:.0%} of measured {matmul['dtype']} matmul {matmul['flops_per_s'] / 1e12:.0f} TFLOP/s (goal >= 75%;"
+                f" N counts all tokens, counting only the {me['scored_tokens']} scored ones: "
+                f"{scored / matmul['flops_per_s']:.0%})")
+    else:
+        ok = _t(me) <= _t(fastest)
+        lines.append(f"{'PASS' if ok else 'FAIL'}  CPU time at {size}: lrdpo-fast {_t(me) * 1e3:.0f} ms vs fastest peer "
+                     f"{fastest['name']} {_t(fastest) * 1e3:.0f} ms (goal: <= fastest peer)")
+    ok = _m(me) <= 1.2 * _m(leanest)
+    lines.append(f"{'PASS' if ok else 'FAIL'}  {'GPU' if gpu else 'CPU'} peak memory at {size}: lrdpo-fast "
+                 f"{_m(me) / MIB:.1f} MiB vs leanest peer {leanest['name']} {_m(leanest) / MIB:.1f} MiB "
+                 f"(goal: <= 1.2x = {1.2 * _m(leanest) / MIB:.1f} MiB)")
+    bad = [r["name"] for r in rows if _ok(r) and "MISMATCH" in r.get("check", {}).get("verdict", "")]
+    if bad:
+        lines.append(f"FAIL  correctness: {', '.join(bad)} disagree with the reference beyond tolerance")
+    return lines
+
+
+def header(meta: dict, matmul: dict | None) -> str:
+    v = meta["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "transformers", "trl", "liger_kernel",
+                                              "cut_cross_entropy", "lrdpo_fast") if k in v)
+    lines = [f"Device: **{meta['device_name']}** ({meta['device']}, {meta['torch_threads']} torch threads, "
+             f"{meta['host_cpus']} CPUs visible); commit `{meta['git_commit']}`; {meta['date_utc']}.",
+             f"Libraries: {libs}."]
+    if matmul:
+        lines.append(f"Measured matmul throughput ({matmul['dtype']} {matmul['shape'][0]}^3): "
+                     f"{matmul['flops_per_s'] / 1e12:.3f} TFLOP/s.")
+    return "\n".join(lines)
+
+
+def render(results: dict) -> str:
+    """The whole markdown report of a results dict (sections that ran)."""
+    meta, mm = results["meta"], results.get("matmul")
+    parts = [f"# lrdpo-fast benchmark: {meta['device_slug']} (profile {results['profile']})", "", header(meta, mm)]
+    if results.get("kernel"):
+        c = results["kernel"]["config"]
+        parts += ["", f"## Loss kernel: forward + backward, N={c['N']} tokens, d={c['d']}, V={c['V']}, {c['dtype']}",
+                  "", "Median of " f"{c['repeats']} after {c['warmup']} warm-up; peak memory = growth over the "
+                  "inputs (gradients included); ratios > 1 mean lrdpo-fast is better; check = max relative error "
+                  "of loss and sampled dH/dW rows vs the naive contender.", "",
+                  kernel_table(results["kernel"]["rows"])]
+    if results.get("goals"):
+        parts += ["", "## Goals", "", "```", *results["goals"], "```"]
+    if results.get("scaling"):
+        s = results["scaling"]
+        parts += ["", "## Scaling (time / peak memory)", "", "Token sweep:", "",
+                  scaling_table(s["rows"], s["sweeps"]["N"], "N"), "", "Vocabulary sweep:", "",
+                  scaling_table(s["rows"], s["sweeps"]["V"], "V"), "",
+                  "Plots: scaling_N.png, scaling_V.png (dashed: roofline 6NdV / measured matmul FLOP/s)."]
+    if results.get("train"):
+        t = results["train"]
+        parts += ["", f"## Train step end to end ({t['config']['n_pairs']} pairs, "
+                  f"{t['config']['pairs_per_step']} pairs/step, tiny Llama)", "", train_table(t["rows"])]
+    return "\n".join(parts) + "\n"
+
+
+def write(results: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out_dir / "results.md").write_text(render(results))

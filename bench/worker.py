@@ -1,0 +1,128 @@
+"""One benchmark cell in a fresh process: `python -m bench.worker '<json spec>'`.
+
+Prints one line ``BENCH_RESULT {json}`` on stdout. A kernel cell builds the seeded problem,
+prepares one contender, warms it up, times it, measures its peak memory (bench/memory.py) and
+saves sampled gradient rows for the correctness check; a train cell delegates to
+bench/train_step.py. Failures become {"status": "n/a: reason"}, never a crash without a result.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import traceback
+
+import torch
+
+MARK = "BENCH_RESULT "
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return "n/a: out of memory"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"n/a: {type(e).__name__}: {msg[:200]}"
+
+
+def _sample_rows(n: int, k: int, gen: torch.Generator, pool: torch.Tensor | None = None) -> torch.Tensor:
+    if pool is not None:
+        return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
+    return torch.randperm(n, generator=gen)[:k]
+
+
+def save_check(path: str, p, loss, dh, dw) -> None:
+    """Sampled rows of dH (scored tokens) and dW (label ids and random ids) plus norms, on CPU."""
+    gen = torch.Generator().manual_seed(1234)
+    scored = torch.nonzero(p.labels.cpu() != -100).flatten()
+    rows_h = _sample_rows(p.n_tokens, 64, gen, scored)
+    rows_w = torch.cat([_sample_rows(0, 32, gen, p.labels.cpu()[scored]), _sample_rows(p.weight.shape[0], 32, gen)])
+    torch.save({
+        "loss": float(loss),
+        "dh_rows": dh.detach().float().cpu()[rows_h],
+        "dw_rows": dw.detach().float().cpu()[rows_w],
+        "dh_norm": float(dh.detach().float().norm()),
+        "dw_norm": float(dw.detach().float().norm()),
+    }, path)
+
+
+def kernel_cell(spec: dict, isolated: bool = True) -> dict:
+    from .contenders import CONTENDERS, DISPLAY, Unavailable
+    from .inputs import make_problem
+    from .memory import peak_growth
+    from .timing import time_step
+
+    key, device = spec["contender"], spec["device"]
+    out = {"contender": key, "name": DISPLAY.get(key, key), "N": spec["N"], "d": spec["d"], "V": spec["V"],
+           "dtype": spec["dtype"], "device": device}
+    torch.manual_seed(0)
+    p = make_problem(spec["N"], spec["d"], spec["V"], spec["dtype"], device, spec.get("seed", 0))
+    out["n_pairs"], out["scored_tokens"] = p.n_pairs, p.scored_tokens
+    try:
+        c = CONTENDERS[key](p, device)
+    except Unavailable as e:
+        return {**out, "status": f"n/a: {e}"}
+    except Exception as e:  # noqa: BLE001
+        return {**out, "status": _reason(e), "traceback": traceback.format_exc(limit=4)}
+    out["notes"] = c.notes
+    try:
+        out["timing"] = time_step(c.step, device, spec.get("warmup", 1), spec.get("repeats", 3))
+        c.zero_grad()
+        last = {}
+        out["memory"] = peak_growth(lambda: last.setdefault("loss", c.step()), device, isolated=isolated)
+        if spec.get("check_path"):
+            if c.check_fn is None:  # the measured step's loss and gradients are the check
+                loss, dh, dw = last["loss"], c.packed_grad_hidden(c.leaves[0].grad), c.leaves[1].grad
+            else:
+                c.zero_grad()
+                loss, dh, dw = c.check()
+            save_check(spec["check_path"], p, loss, dh, dw)
+        c.zero_grad()
+    except Exception as e:  # noqa: BLE001
+        return {**out, "status": _reason(e), "traceback": traceback.format_exc(limit=6)}
+    out["status"] = "ok"
+    return out
+
+
+def kernel_cells(spec: dict, isolated: bool = True) -> dict:
+    """Several sizes of one contender in this process (the scaling sweeps): one import and
+    compile cache per contender; memory is still measured per cell (bench/memory.py)."""
+    rows = []
+    for cell in spec["cells"]:
+        try:
+            rows.append(kernel_cell(cell, isolated))
+        except Exception as e:  # noqa: BLE001
+            rows.append({k: cell[k] for k in ("contender", "N", "d", "V", "dtype", "device")} | {"status": _reason(e)})
+        gc.collect()
+    return {"status": "ok", "rows": rows}
+
+
+def run(spec: dict, isolated: bool = True) -> dict:
+    if spec["kind"] == "kernel":
+        return kernel_cell(spec, isolated)
+    if spec["kind"] == "kernel_cells":
+        return kernel_cells(spec, isolated)
+    if spec["kind"] == "train":
+        from .train_step import train_cell
+
+        return train_cell(spec)
+    if spec["kind"] == "matmul":
+        from .env import matmul_throughput
+        from .inputs import DTYPES
+
+        return {"status": "ok", **matmul_throughput(spec["device"], DTYPES[spec["dtype"]], spec["size"])}
+    raise ValueError(f"unknown cell kind {spec['kind']!r}")
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    try:
+        result = run(spec)
+    except Exception as e:  # noqa: BLE001
+        result = {"status": _reason(e), "traceback": traceback.format_exc(limit=8)}
+    sys.stdout.flush()
+    print(MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
