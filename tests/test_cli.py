@@ -43,3 +43,12 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert "betaa" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train"])  # neither CONFIG nor --example
+
+
+def test_module_entry_point():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lrdpo_fast", "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--example" in proc.stdout

@@ -196,3 +196,19 @@ def test_other_objectives_train(tmp_path, loss_type, kw):
     cfg = _cfg(tmp_path, loss_type=loss_type, max_steps=2, **kw)
     h = Trainer(_model(), tok, random_records(4, seed=9), cfg).train()
     assert len(h) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in h)
+
+
+def test_iterative_reuse_reference_is_previous_policy(tmp_path):
+    """Phase 2 calls Trainer once per iteration on the live policy: the reference of iteration
+    i+1 is the policy trained in iteration i, so its first-step rewards are zero again."""
+    tok = tiny_tokenizer()
+    records = random_records(4, seed=10)
+    model = _model()
+    h1 = Trainer(model, tok, records, _cfg(tmp_path / "it0", max_steps=3)).train()
+    assert abs(h1[-1]["rewards/margins"]) > 1e-3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr2 = Trainer(model, tok, records, _cfg(tmp_path / "it1", max_steps=1, gradient_checkpointing=True))
+    h2 = tr2.train()
+    assert tr2.model is model
+    assert abs(h2[0]["rewards/margins"]) < 1e-4
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
