@@ -103,10 +103,14 @@ class PolicyLoss(nn.Module):
         self.cfg = cfg
         self.compute_dtype = compute_dtype
 
-    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None):
+    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None, logps_only: bool = False):
         """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo).
-        Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors)."""
+        Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors);
+        with ``logps_only`` the policy's (logps float32 [S], lengths int64 [S]) instead (used to
+        precompute reference log-probs through the sharded root)."""
         cfg = self.cfg
+        if logps_only:
+            return model_sequence_logprobs(self.policy, batch, backend=cfg.backend)
         hidden = packed_hidden_states(self.policy, batch)
         weight, bias = lm_head_params(self.policy)
         dt = self.compute_dtype or weight.dtype
@@ -167,6 +171,7 @@ class Trainer:
         self.scheduler = None
         self.loss_module: PolicyLoss | None = None
         self._prepared = False
+        self._precompute_after_sharding = False
         self._order_cache: tuple[int, list[int]] | None = None
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.dist.is_main)
 
@@ -194,6 +199,9 @@ class Trainer:
             return
         if self.ref_model is None and all(ex.has_ref for ex in self.examples):
             return  # stored reference log-probs
+        if self.ref_model is None and self.dist.enabled:
+            self._precompute_after_sharding = True  # the policy itself, through the sharded root
+            return
         ref = self.ref_model if self.ref_model is not None else self.model
         ref.to(self.device)
         with self._autocast():
@@ -216,12 +224,48 @@ class Trainer:
             enable_varlen_attention(self.model)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
-        self.loss_module = PolicyLoss(self.model, self.cfg, self.compute_dtype)
-        if self.dist.enabled:
-            dist_utils.shard_policy(self.loss_module, self.model, self.dist)
+        # A policy trained by an earlier Trainer (iterative loop) keeps its root wrapper: when
+        # distributed it is already sharded, and FSDP cannot shard a module twice.
+        root = self.model.__dict__.get("_lrdpo_policy_loss")
+        if root is None:
+            root = PolicyLoss(self.model, self.cfg, self.compute_dtype)
+            if self.dist.enabled:
+                dist_utils.shard_policy(root, self.model, self.dist)
+            object.__setattr__(self.model, "_lrdpo_policy_loss", root)  # not a registered submodule
+        root.cfg, root.compute_dtype = self.cfg, self.compute_dtype
+        self.loss_module = root
+        if self._precompute_after_sharding:
+            self._precompute_through_root()
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
         self._prepared = True
+
+    @torch.no_grad()
+    def _precompute_through_root(self) -> None:
+        """Reference log-probs = the (sharded) policy before training, every rank computing every
+        batch in the same order so FSDP's collectives line up."""
+        budget = self.cfg.max_tokens_per_batch
+        stripped = [PairExample(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, ex.num_truncated_tokens)
+                    for ex in self.examples]
+        out = list(self.examples)
+        self.model.eval()
+        try:
+            for idx in token_budget_batches(stripped, budget):
+                batch = pack_pairs([stripped[i] for i in idx]).to(self.device)
+                with self._autocast():
+                    logps, _ = self.loss_module(batch, None, logps_only=True)
+                vals = logps.float().cpu().tolist()
+                for j, i in enumerate(idx):
+                    out[i] = self.examples[i].with_ref(vals[2 * j], vals[2 * j + 1])
+        finally:
+            self.model.train()
+        # FSDP keeps the root unsharded after a forward: reshard so the optimizer is built on the
+        # sharded parameters.
+        reshard = getattr(self.loss_module, "reshard", None)
+        if reshard is not None:
+            reshard()
+        self.examples = out
+        self._precompute_after_sharding = False
 
     # ---- data order --------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:

@@ -73,3 +73,54 @@ def test_two_processes_match_one(tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+ITERATIVE_SCRIPT = """\
+import json, sys
+import torch.distributed as dist
+from helpers import random_records, tiny_model, tiny_tokenizer
+from lrdpo_fast.config import TrainConfig
+from lrdpo_fast.trainer import Trainer
+
+out = sys.argv[1]
+model, tok = tiny_model("llama", seed=0), tiny_tokenizer()
+records = random_records(6, seed=22, max_words=6)
+rows = []
+for it in range(2):  # iteration 1 trains the live (already sharded) policy against itself
+    cfg = TrainConfig(alpha=0.01, learning_rate=1e-3, lr_scheduler="constant", pairs_per_step=3, max_steps=2,
+                      max_tokens_per_batch=120, output_dir=f"{out}/it{it}", progress=False, plot=False,
+                      save_final=False)
+    trainer = Trainer(model, tok, records, cfg)
+    rows += trainer.train()
+    model = trainer.model
+state = trainer.export_state_dict()
+if trainer.dist.is_main:
+    json.dump({"rows": rows, "norm": float(sum(v.double().pow(2).sum() for v in state.values()))},
+              open(f"{out}/result.json", "w"))
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def test_iterative_loop_two_processes_match_one(tmp_path):
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "iterate.py"
+    script.write_text(ITERATIVE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = tests_dir + os.pathsep + env.get("PYTHONPATH", "")
+    results = {}
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        (tmp_path / name).mkdir()
+        proc = subprocess.run(launcher + [str(script), str(tmp_path / name)], env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "result.json").read_text())
+    one, two = results["one"]["rows"], results["two"]["rows"]
+    assert len(one) == len(two) == 4
+    assert abs(two[2]["rewards/margins"]) < 1e-4  # iteration 1: reference = the iteration-0 policy
+    for a, b in zip(one, two):
+        for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (key, a["step"])
+    assert results["two"]["norm"] == pytest.approx(results["one"]["norm"], rel=1e-6)
