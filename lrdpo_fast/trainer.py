@@ -193,7 +193,17 @@ class Trainer:
             return
         if cfg.live_reference:
             if self.ref_model is None:
-                self.ref_model = copy.deepcopy(self.model)
+                root = self.model.__dict__.pop("_lrdpo_policy_loss", None)
+                try:
+                    if root is not None and self.dist.enabled:
+                        raise ValueError(
+                            "live_reference on a policy already sharded by an earlier Trainer: pass ref_model "
+                            "(an unsharded copy of the previous policy) explicitly"
+                        )
+                    self.ref_model = copy.deepcopy(self.model)
+                finally:
+                    if root is not None:
+                        object.__setattr__(self.model, "_lrdpo_policy_loss", root)
             self.ref_model.to(self.device).eval().requires_grad_(False)
             disable_dropout(self.ref_model)
             return
