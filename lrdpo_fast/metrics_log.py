@@ -92,7 +92,8 @@ def summary_line(history: Sequence[dict]) -> str:
 
 
 def plot_history(history: Sequence[dict], path: str | os.PathLike) -> str | None:
-    """Loss, reward margins/accuracy and policy log-probs per step as a PNG; None when matplotlib
+    """Loss, rewards/margins, accuracy, policy log-probs and the batch's mean chosen/rejected
+    response lengths per step as a PNG; None when matplotlib
     is missing or there is nothing to plot. Returns the written path."""
     if not history:
         return None
@@ -109,8 +110,9 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> str | None
         ("rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
         ("accuracy", ["rewards/accuracies"]),
         ("policy log-probs", ["logps/chosen", "logps/rejected"]),
+        ("response length (tokens)", ["length/chosen", "length/rejected"]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
             ax.plot(steps, [r.get(k) for r in history], label=k.split("/")[-1])
