@@ -10,6 +10,8 @@ Tiles whose tokens all have zero gradient (ignored or masked) return before any 
 import triton
 import triton.language as tl
 
+from .tiles import logits_tile
+
 
 @triton.jit
 def logprob_bwd_kernel(
@@ -36,21 +38,10 @@ def logprob_bwd_kernel(
     n_live = tl.sum((g != 0.0).to(tl.int32), axis=0)
     if n_live > 0:
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            mask_d = (d0 + rd) < D
-            h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
-                        mask=mask_v[:, None] & mask_d[None, :], other=0.0)
-            if UPCAST:
-                h = h.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
-        if HAS_BIAS:
-            acc += tl.load(B + rv, mask=mask_v, other=0.0).to(tl.float32)[None, :]
-        p = tl.exp(tl.minimum(acc * inv_temp - lse[:, None], 0.0))  # logit <= lse; no overflow
-        # rows without gradient (ignored, lse 0) may overflow here: select them away, never multiply
+        logits = logits_tile(H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
+                             HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+        p = tl.exp(tl.minimum(logits - lse[:, None], 0.0))  # logit <= lse; no overflow
+        # rows without gradient (ignored: lse stored as 0) and padded vocab columns contribute nothing
         p = tl.where((g != 0.0)[:, None] & mask_v[None, :], p, 0.0)
         hit = (rv[None, :] == lab[:, None]).to(tl.float32)
         dz = g[:, None] * (hit - p) * inv_temp

@@ -9,6 +9,8 @@ Token blocks whose labels are all ignored (prompt, padding) skip the matmuls ent
 import triton
 import triton.language as tl
 
+from .tiles import logits_tile
+
 
 @triton.jit
 def logprob_fwd_kernel(
@@ -36,24 +38,11 @@ def logprob_fwd_kernel(
     v_start = pid_s * v_per_split
     v_end = tl.minimum(v_start + v_per_split, V)
     if n_scored > 0:
-        rd = tl.arange(0, BLOCK_D)
         for v0 in range(v_start, v_end, BLOCK_V):
             rv = v0 + tl.arange(0, BLOCK_V)
             mask_v = rv < v_end
-            acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                mask_d = (d0 + rd) < D
-                h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
-                            mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
-                            mask=mask_v[:, None] & mask_d[None, :], other=0.0)
-                if UPCAST:
-                    h = h.to(tl.float32)
-                    w = w.to(tl.float32)
-                acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
-            if HAS_BIAS:
-                acc += tl.load(B + rv, mask=mask_v, other=0.0).to(tl.float32)[None, :]
-            acc = acc * inv_temp
+            acc = logits_tile(H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
+                              HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
             acc = tl.where(mask_v[None, :], acc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(acc, axis=1))
             s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), axis=1)

@@ -22,33 +22,43 @@ CHAT_TEMPLATE = (
 )
 
 
+def train_bpe_tokenizer(lines, vocab_size: int, *, special_tokens, chat_template: str):
+    """A ``PreTrainedTokenizerFast`` (byte-level BPE) trained on ``lines`` (list of str).
+
+    ``special_tokens`` come first in the vocabulary and must start with pad, bos, eos, unk
+    (ids 0, 1, 2, 3); ``chat_template`` is a Jinja template. Deterministic for the same inputs.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size must be an int >= {256 + len(special_tokens)} (bytes + specials), got {vocab_size!r}")
+    tok = Tokenizer(models.BPE(unk_token=special_tokens[3]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(lines), trainer)
+    pad, bos, eos, unk = special_tokens[:4]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
+    hf.chat_template = chat_template
+    return hf
+
+
 def example_tokenizer(vocab_size: int = 512):
     """A ``PreTrainedTokenizerFast`` trained on the shipped corpus (byte-level BPE).
 
     pad "<pad>" = 0, bos "<s>" = 1, eos "</s>" = 2, unk "<unk>" = 3, a one-line chat template
     (``<|user|>...</s><|assistant|>...</s>``). Deterministic for a given ``vocab_size``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     if not isinstance(vocab_size, int) or vocab_size < 300:
         raise ValueError(f"vocab_size must be an int >= 300 (256 bytes + specials), got {vocab_size!r}")
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     lines = CORPUS_PATH.read_text(encoding="utf-8").splitlines()
-    tok.train_from_iterator(lines, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    hf.chat_template = CHAT_TEMPLATE
-    return hf
+    return train_bpe_tokenizer(lines, vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=CHAT_TEMPLATE)
 
 
 def example_model(vocab_size: int = 512, *, seed: int = 0, hidden_size: int = 192, num_layers: int = 4):

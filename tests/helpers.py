@@ -34,24 +34,9 @@ def tiny_tokenizer(vocab_size: int = 320):
     bos "<s>" (id 1), eos "</s>" (id 2), pad "<pad>" (id 0), ChatML chat template.
     Cached: treat it as read-only.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from lrdpo_fast.example import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TRAIN_LINES * 4, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    hf.chat_template = CHATML_TEMPLATE
-    return hf
+    return train_bpe_tokenizer(TRAIN_LINES * 4, vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=CHATML_TEMPLATE)
 
 
 def tiny_config(kind: str = "llama", *, vocab_size: int = 320, tie_word_embeddings: bool = False, **overrides):
