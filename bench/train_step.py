@@ -154,10 +154,16 @@ def train_cell(spec: dict) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         out["memory"] = peak_growth(work, device)
-    except RuntimeError as e:
-        if str(e).startswith("n/a:"):
-            return {**out, "status": str(e)}
-        raise
+    except Exception as e:  # noqa: BLE001 - a trainer that cannot run here is an n/a row
+        msg = str(e).strip()
+        if msg.startswith("n/a:"):
+            return {**out, "status": msg}
+        first = (msg.splitlines() or [""])[0][:160]
+        if key == "trl_liger" and not device.startswith("cuda") and "active drivers" in msg:
+            return {**out, "status": f"n/a: Liger's Triton kernels need a GPU ({type(e).__name__}: {first})"}
+        if isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg.lower():
+            return {**out, "status": "n/a: out of memory"}
+        return {**out, "status": f"n/a: {type(e).__name__}: {first}"}
     finally:
         meter.close()
     steady = meter.steady()

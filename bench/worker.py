@@ -45,7 +45,9 @@ def save_check(path: str, p, loss, dh, dw) -> None:
     }, path)
 
 
-def kernel_cell(spec: dict, isolated: bool = True) -> dict:
+def kernel_cell(spec: dict, isolated: bool = True, phase: str = "all") -> dict:
+    """phase "all": warm-up, timing, then memory + check; "time": warm-up and timing only;
+    "memory": memory + check only (after a "time" phase of the same cell warmed this process)."""
     from .contenders import CONTENDERS, DISPLAY, Unavailable
     from .inputs import make_problem
     from .memory import peak_growth
@@ -65,17 +67,19 @@ def kernel_cell(spec: dict, isolated: bool = True) -> dict:
         return {**out, "status": _reason(e), "traceback": traceback.format_exc(limit=4)}
     out["notes"] = c.notes
     try:
-        out["timing"] = time_step(c.step, device, spec.get("warmup", 1), spec.get("repeats", 3))
-        c.zero_grad()
-        last = {}
-        out["memory"] = peak_growth(lambda: last.setdefault("loss", c.step()), device, isolated=isolated)
-        if spec.get("check_path"):
-            if c.check_fn is None:  # the measured step's loss and gradients are the check
-                loss, dh, dw = last["loss"], c.packed_grad_hidden(c.leaves[0].grad), c.leaves[1].grad
-            else:
-                c.zero_grad()
-                loss, dh, dw = c.check()
-            save_check(spec["check_path"], p, loss, dh, dw)
+        if phase in ("all", "time"):
+            out["timing"] = time_step(c.step, device, spec.get("warmup", 1), spec.get("repeats", 3))
+        if phase in ("all", "memory"):
+            c.zero_grad()
+            last = {}
+            out["memory"] = peak_growth(lambda: last.setdefault("loss", c.step()), device, isolated=isolated)
+            if spec.get("check_path"):
+                if c.check_fn is None:  # the measured step's loss and gradients are the check
+                    loss, dh, dw = last["loss"], c.packed_grad_hidden(c.leaves[0].grad), c.leaves[1].grad
+                else:
+                    c.zero_grad()
+                    loss, dh, dw = c.check()
+                save_check(spec["check_path"], p, loss, dh, dw)
         c.zero_grad()
     except Exception as e:  # noqa: BLE001
         return {**out, "status": _reason(e), "traceback": traceback.format_exc(limit=6)}
@@ -85,15 +89,27 @@ def kernel_cell(spec: dict, isolated: bool = True) -> dict:
 
 def kernel_cells(spec: dict, isolated: bool = True) -> dict:
     """Several sizes of one contender in this process (the scaling sweeps): one import and
-    compile cache per contender; memory is still measured per cell (bench/memory.py)."""
-    rows = []
-    for cell in spec["cells"]:
-        try:
-            rows.append(kernel_cell(cell, isolated))
-        except Exception as e:  # noqa: BLE001
-            rows.append({k: cell[k] for k in ("contender", "N", "d", "V", "dtype", "device")} | {"status": _reason(e)})
-        gc.collect()
+    compile cache per contender. Every size is timed first, then every size's memory is
+    measured: the memory pass changes malloc's settings (bench/memory.py), which must not touch
+    a later timing."""
+    cells = spec["cells"]
+    if len(cells) == 1:
+        return {"status": "ok", "rows": [_guarded(kernel_cell, cells[0], isolated, "all")]}
+    rows = [_guarded(kernel_cell, cell, isolated, "time") for cell in cells]
+    for i, cell in enumerate(cells):
+        if rows[i].get("status") == "ok":
+            mem = _guarded(kernel_cell, cell, isolated, "memory")
+            rows[i] = {**rows[i], **{k: v for k, v in mem.items() if k != "timing"}}
     return {"status": "ok", "rows": rows}
+
+
+def _guarded(fn, cell: dict, isolated: bool, phase: str) -> dict:
+    try:
+        return fn(cell, isolated, phase)
+    except Exception as e:  # noqa: BLE001
+        return {k: cell[k] for k in ("contender", "N", "d", "V", "dtype", "device")} | {"status": _reason(e)}
+    finally:
+        gc.collect()
 
 
 def run(spec: dict, isolated: bool = True) -> dict:
