@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     contenders = args.contenders.split(",") if args.contenders else None
     trainers = args.trainers.split(",") if args.trainers else None
     isolate = not args.in_process
-    out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / device_slug(prof["device"])
+    default_dir = device_slug(prof["device"]) + ("-smoke" if profile == "smoke" else "")
+    out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / default_dir
     t_start = time.perf_counter()
 
     from .cells import run_cell
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matmul {matmul['dtype']} {matmul['shape'][0]}^3: {matmul['flops_per_s'] / 1e12:.3f} TFLOP/s")
 
     old = out_dir / "results.json"
-    results = json.loads(old.read_text()) if old.is_file() and args.out is None or (args.out and old.is_file()) else {}
+    results = json.loads(old.read_text()) if old.is_file() else {}
     if results.get("profile") not in (None, profile):
         results = {}  # never mix profiles in one file
     results.update(profile=profile, meta=meta, matmul=matmul)

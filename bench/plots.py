@@ -30,7 +30,11 @@ def plot_scaling(scaling: dict, matmul: dict | None, out_dir: Path, title: str) 
         if matmul:
             xs = [s[idx] for s in sizes]
             ax_t.plot(xs, [6.0 * n * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes], "k--",
-                      label=f"roofline 6NdV / {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s")
+                      label=f"roofline 6NdV / {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s (all N tokens)")
+            scored = {(r["N"], r["d"], r["V"]): r["scored_tokens"] for r in scaling["rows"] if "scored_tokens" in r}
+            if all(s in scored for s in sizes):
+                ax_t.plot(xs, [6.0 * scored[(n, d, v)] * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes],
+                          "k:", label="roofline counting scored tokens only")
         fixed = {"N": f"d={sizes[0][1]}, V={sizes[0][2]}", "V": f"N={sizes[0][0]}, d={sizes[0][1]}"}[axis]
         for ax, ylabel in ((ax_t, "forward+backward time (ms)"), (ax_m, "peak memory growth (MiB)")):
             ax.set_xscale("log", base=2)

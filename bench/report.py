@@ -139,22 +139,40 @@ def header(meta: dict, matmul: dict | None) -> str:
              f"{meta['host_cpus']} CPUs visible); commit `{meta['git_commit']}`; {meta['date_utc']}.",
              f"Libraries: {libs}."]
     if matmul:
-        lines.append(f"Measured matmul throughput ({matmul['dtype']} {matmul['shape'][0]}^3): "
-                     f"{matmul['flops_per_s'] / 1e12:.3f} TFLOP/s.")
+        med = matmul.get("median_flops_per_s")
+        lines.append(f"Measured matmul throughput ({matmul['dtype']} {matmul['shape'][0]}^3, best of "
+                     f"{len(matmul['times_s'])}): {matmul['flops_per_s'] / 1e12:.3f} TFLOP/s"
+                     + (f" (median {med / 1e12:.3f})." if med else "."))
     return "\n".join(lines)
+
+
+def _provenance(section: dict, meta: dict) -> list[str]:
+    """A line when a kept section came from another run than the header's."""
+    m = section.get("meta") or {}
+    if m and (m.get("git_commit"), m.get("date_utc")) != (meta.get("git_commit"), meta.get("date_utc")):
+        return ["", f"(this section: commit `{m.get('git_commit')}`, {m.get('date_utc')})"]
+    return []
 
 
 def render(results: dict) -> str:
     """The whole markdown report of a results dict (sections that ran)."""
     meta, mm = results["meta"], results.get("matmul")
-    parts = [f"# lrdpo-fast benchmark: {meta['device_slug']} (profile {results['profile']})", "", header(meta, mm)]
+    parts = [f"# lrdpo-fast benchmark: {meta['device_slug']} (profile {results['profile']})", "",
+             f"Reproduce: `python -m bench --profile {results['profile']}` (or `./dev bench --profile "
+             f"{results['profile']}`); raw numbers in results.json.", "", header(meta, mm)]
     if results.get("kernel"):
         c = results["kernel"]["config"]
+        any_row = next((r for r in results["kernel"]["rows"] if "n_pairs" in r), {})
+        batch = (f" ({any_row['n_pairs']} pairs of long-tailed length, {any_row['scored_tokens']} scored response "
+                 "tokens; prompt and each sequence's last position are ignore_index)") if any_row else ""
         parts += ["", f"## Loss kernel: forward + backward, N={c['N']} tokens, d={c['d']}, V={c['V']}, {c['dtype']}",
-                  "", "Median of " f"{c['repeats']} after {c['warmup']} warm-up; peak memory = growth over the "
-                  "inputs (gradients included); ratios > 1 mean lrdpo-fast is better; check = max relative error "
-                  "of loss and sampled dH/dW rows vs the naive contender.", "",
-                  kernel_table(results["kernel"]["rows"])]
+                  "", f"DPO objective from hidden [N, d] and LM head [V, d]{batch}, gradients w.r.t. both, "
+                  "precomputed reference log-probs. Time: median of "
+                  f"{c['repeats']} after {c['warmup']} warm-up. Peak memory: growth over the inputs (gradients "
+                  "included) in a fresh worker process per contender. Ratios > 1 mean lrdpo-fast is better. "
+                  "6NdV TFLOP/s counts all N tokens. Check: max relative error of the loss and sampled dH/dW rows "
+                  "vs the naive contender.", "",
+                  kernel_table(results["kernel"]["rows"]), *_provenance(results["kernel"], meta)]
     if results.get("goals"):
         parts += ["", "## Goals", "", "```", *results["goals"], "```"]
     if results.get("scaling"):
@@ -162,11 +180,19 @@ def render(results: dict) -> str:
         parts += ["", "## Scaling (time / peak memory)", "", "Token sweep:", "",
                   scaling_table(s["rows"], s["sweeps"]["N"], "N"), "", "Vocabulary sweep:", "",
                   scaling_table(s["rows"], s["sweeps"]["V"], "V"), "",
-                  "Plots: scaling_N.png, scaling_V.png (dashed: roofline 6NdV / measured matmul FLOP/s)."]
+                  "Plots: scaling_N.png, scaling_V.png (dashed: roofline 6NdV / measured matmul FLOP/s).",
+                  *_provenance(s, meta)]
     if results.get("train"):
         t = results["train"]
-        parts += ["", f"## Train step end to end ({t['config']['n_pairs']} pairs, "
-                  f"{t['config']['pairs_per_step']} pairs/step, tiny Llama)", "", train_table(t["rows"])]
+        any_row = next((r for r in t["rows"] if "params_m" in r), {})
+        model = f"{any_row['params_m']}M-parameter Llama, " if any_row else ""
+        parts += ["", f"## Train step end to end ({model}{t['config']['n_pairs']} long-tailed pairs, "
+                  f"{t['config']['pairs_per_step']} pairs/step, {t['config']['epochs']} epoch)", "",
+                  "Same model init, tokenizer, pairs, learning rate, precision and precomputed reference for "
+                  "both trainers. Steady tokens/s: real (unpadded) tokens through the model's training forwards "
+                  "between the first and the last optimizer step; end to end: the epoch's tokens over trainer "
+                  "construction + train() (tokenization and reference precompute included). Peak memory: growth "
+                  "over the built model and data.", "", train_table(t["rows"]), *_provenance(t, meta)]
     return "\n".join(parts) + "\n"
 
 
