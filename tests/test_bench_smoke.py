@@ -1,9 +1,14 @@
 """The benchmark harness still runs: toy-sized kernel comparison, naive vs lrdpo-fast, in-process."""
 from __future__ import annotations
 
-from bench import report
-from bench.kernel import run_matrix
-from bench.profiles import get_profile
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root, not in the package
+
+from bench import report  # noqa: E402
+from bench.kernel import run_matrix  # noqa: E402
+from bench.profiles import get_profile  # noqa: E402
 
 
 def test_kernel_comparison_toy():
