@@ -45,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--only: unknown section(s) {unknown}; choose from {SECTIONS}", file=sys.stderr)
         return 2
+    from .contenders import CONTENDERS
+    from .train_step import TRAINERS
+
     contenders = args.contenders.split(",") if args.contenders else None
     trainers = args.trainers.split(",") if args.trainers else None
+    for flag, given, known in (("--contenders", contenders, CONTENDERS), ("--trainers", trainers, TRAINERS)):
+        bad = [k for k in given or [] if k not in known]
+        if bad:
+            print(f"{flag}: unknown {bad}; choose from {list(known)}", file=sys.stderr)
+            return 2
     isolate = not args.in_process
     default_dir = device_slug(prof["device"]) + ("-smoke" if profile == "smoke" else "")
     out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / default_dir
