@@ -97,7 +97,7 @@ def test_packing_invariants(spec):
 
 
 @settings(max_examples=30, deadline=None)
-@given(spec=pairs, budget=st.integers(30, 80), shuffle=st.booleans(), cap=st.one_of(st.none(), st.integers(1, 3)))
+@given(spec=pairs, budget=st.integers(36, 80), shuffle=st.booleans(), cap=st.one_of(st.none(), st.integers(1, 3)))
 def test_token_budget_invariants(spec, budget, shuffle, cap):
     exs = make(spec)
     batches = token_budget_batches(exs, budget, shuffle=shuffle, seed=3, max_pairs_per_batch=cap)
