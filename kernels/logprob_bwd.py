@@ -5,7 +5,8 @@ forms dz = g_t * (onehot(label_t) - softmax) / T from the saved log-sum-exp and 
 upstream gradient g, then for each slice of the hidden dimension adds dz @ W_tile into dH and
 dz^T @ H_tile into dW. Both accumulators are float32 buffers updated with atomic adds (tiles of
 different programs overlap in dH across vocabulary blocks and in dW across token blocks).
-Tiles whose tokens all have zero gradient (ignored or masked) return before any matmul.
+Tiles whose tokens all have zero gradient (ignored or masked) return before any matmul, and
+tiles whose gradient is entirely below ``skip_below`` (0.0 = exact) skip the two update matmuls.
 """
 import triton
 import triton.language as tl
@@ -19,7 +20,7 @@ def logprob_bwd_kernel(
     DH, DW, DB,                       # float32 accumulators [N, D], [V, D], [V]
     N, V, D,
     stride_h, stride_w,
-    inv_temp,
+    inv_temp, skip_below,
     HAS_BIAS: tl.constexpr,
     NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -28,8 +29,8 @@ def logprob_bwd_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # int64: N*D may pass 2**31
+    rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
     rd = tl.arange(0, BLOCK_D)
     mask_n = rn < N
     mask_v = rv < V
@@ -47,21 +48,25 @@ def logprob_bwd_kernel(
         dz = g[:, None] * (hit - p) * inv_temp
         if NEED_DB:
             tl.atomic_add(DB + rv, tl.sum(dz, axis=0), mask=mask_v)
-        for d0 in range(0, D, BLOCK_D):
-            mask_d = (d0 + rd) < D
-            if NEED_DH:
-                w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
-                            mask=mask_v[:, None] & mask_d[None, :], other=0.0)
-                if UPCAST:
-                    w = w.to(tl.float32)
-                dh = tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
-                tl.atomic_add(DH + rn[:, None] * D + (d0 + rd)[None, :], dh,
-                              mask=mask_n[:, None] & mask_d[None, :])
-            if NEED_DW:
-                h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
-                            mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                if UPCAST:
-                    h = h.to(tl.float32)
-                dw = tl.dot(tl.trans(dz.to(h.dtype)), h, input_precision=PRECISION)
-                tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw,
-                              mask=mask_v[:, None] & mask_d[None, :])
+        # a tile whose gradient is all below skip_below adds nothing worth two matmuls; with the
+        # default 0.0 only exactly-zero tiles are skipped (exact mode)
+        live_tile = tl.max(tl.max(tl.abs(dz), axis=1), axis=0) > skip_below
+        if live_tile:
+            for d0 in range(0, D, BLOCK_D):
+                mask_d = (d0 + rd) < D
+                if NEED_DH:
+                    w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
+                                mask=mask_v[:, None] & mask_d[None, :], other=0.0)
+                    if UPCAST:
+                        w = w.to(tl.float32)
+                    dh = tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
+                    tl.atomic_add(DH + rn[:, None] * D + (d0 + rd)[None, :], dh,
+                                  mask=mask_n[:, None] & mask_d[None, :])
+                if NEED_DW:
+                    h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
+                                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                    if UPCAST:
+                        h = h.to(tl.float32)
+                    dw = tl.dot(tl.trans(dz.to(h.dtype)), h, input_precision=PRECISION)
+                    tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw,
+                                  mask=mask_v[:, None] & mask_d[None, :])

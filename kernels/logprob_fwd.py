@@ -26,7 +26,7 @@ def logprob_fwd_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # int64: N*D may pass 2**31
     mask_n = rn < N
     lab = tl.load(LABELS + rn, mask=mask_n, other=ignore_index).to(tl.int64)
     scored = (lab != ignore_index) & mask_n
@@ -39,7 +39,7 @@ def logprob_fwd_kernel(
     v_end = tl.minimum(v_start + v_per_split, V)
     if n_scored > 0:
         for v0 in range(v_start, v_end, BLOCK_V):
-            rv = v0 + tl.arange(0, BLOCK_V)
+            rv = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
             mask_v = rv < v_end
             acc = logits_tile(H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
                               HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)

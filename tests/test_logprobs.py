@@ -151,3 +151,20 @@ def test_auto_backend_is_torch_on_cpu():
     from lrdpo_fast.ops import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_triton_gradient_tile_skipping(monkeypatch):
+    from lrdpo_fast import triton_backend
+
+    hidden, weight, labels, _, _ = make_case(20, 16, 70)
+
+    def grads():
+        h, w = leaf(hidden, weight)
+        lf.linear_logprobs(h, w, labels, backend="triton").sum().backward()
+        return h.grad, w.grad
+
+    exact = grads()
+    monkeypatch.setattr(triton_backend, "GRAD_SKIP_THRESHOLD", 1e-30)  # nothing is that small here
+    assert all(torch.equal(a, b) for a, b in zip(grads(), exact))
+    monkeypatch.setattr(triton_backend, "GRAD_SKIP_THRESHOLD", 1e9)  # every tile skipped
+    assert all((g == 0).all() for g in grads())
