@@ -2,7 +2,7 @@
 LLM scale (d=4096, V=128256, N up to 32768); `smoke` is the CI-sized toy."""
 from __future__ import annotations
 
-ALL_KERNEL = ["lrdpo_fast", "lrdpo_fast_unfused", "naive", "torch_lce", "liger", "liger_pairs", "cce", "cce_compile"]
+ALL_KERNEL = ["lrdpo_fast", "lrdpo_fast_lean", "lrdpo_fast_unfused", "naive", "torch_lce", "liger", "liger_pairs", "cce", "cce_compile"]
 SCALING = ["lrdpo_fast", "naive", "torch_lce", "liger", "liger_pairs", "cce", "cce_compile"]
 
 PROFILES: dict[str, dict] = {
@@ -29,7 +29,8 @@ PROFILES: dict[str, dict] = {
         "device": "cuda",
         "dtype": "bf16",
         "matmul": {"size": 8192, "dtype": "bf16"},
-        "kernel": {"N": 16384, "d": 4096, "V": 128256, "warmup": 2, "repeats": 5, "contenders": ALL_KERNEL},
+        "kernel": {"N": 16384, "d": 4096, "V": 128256, "warmup": 2, "repeats": 5,
+                   "contenders": [c for c in ALL_KERNEL if c != "lrdpo_fast_lean"]},  # chunks: torch only
         "scaling": {
             "contenders": SCALING,
             "warmup": 2, "repeats": 5,

@@ -68,15 +68,20 @@ class _FusedTorch(torch.autograd.Function):
             params.grad if any(needs) else None, needs,
         )
         loss = params.losses(seq_logps).mean()
-        ctx.save_for_backward(dh, dw, db)
+        # The gradients are outputs, not inputs: kept as plain attributes (not saved tensors) and
+        # handed over in backward, so autograd can take them as .grad without another copy.
+        ctx.grads = (dh, dw, db)
         ctx.mark_non_differentiable(seq_logps)
         return loss, seq_logps
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logps):
-        dh, dw, db = ctx.saved_tensors
-        scaled = [None if t is None else t * grad_loss.to(t.dtype) for t in (dh, dw, db)]
-        return scaled[0], scaled[1], scaled[2], None, None, None, None
+        if ctx.grads is None:
+            raise RuntimeError("fused_lrdpo_loss (torch backend) supports one backward per forward")
+        grads, ctx.grads = ctx.grads, None
+        if not bool(grad_loss == 1):  # loss.backward() passes exactly 1: no scaling, no copy
+            grads = tuple(None if t is None else t.mul_(grad_loss.to(t.dtype)) for t in grads)
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 class _FusedTriton(torch.autograd.Function):

@@ -13,13 +13,18 @@ dW and db accumulate in float32 across chunks whatever the input dtype.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 
-# One chunk of logits holds at most this many float32 values (16 MiB): small enough for the
-# memory budget, large enough that each chunk is a matmul the BLAS runs at full speed.
-CHUNK_ELEMENTS = 1 << 24
+# One chunk of logits holds at most CHUNK_ELEMENTS values (64 MiB of float32 by default; set
+# LRDPO_TORCH_CHUNK_MB or this variable to change it). The fused pair path needs a whole pair's
+# [rows, V] block in one chunk to form its gradient without recomputing the logits (3 matmuls per
+# scored token instead of 4), so the chunk trades memory for time: at N=4096, d=512, V=32000 on
+# 2 CPU cores, 64 MiB chunks take ~2.0 s at ~140 MiB peak, 16 MiB chunks ~2.9 s at ~95 MiB
+# (dW alone is 62.5 MiB there). Results are identical either way.
+CHUNK_ELEMENTS = int(float(os.environ.get("LRDPO_TORCH_CHUNK_MB", "64")) * 2**20) // 4
 
 
 def chunk_rows(vocab: int, chunk_tokens: int | None = None) -> int:
@@ -34,31 +39,40 @@ def scored_rows(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return torch.nonzero(labels != ignore_index, as_tuple=False).flatten()
 
 
-def _chunk_logits(h_rows, w32, b32, inv_temp: float) -> torch.Tensor:
-    """float32 [C, V] logits of the rows: (h W^T + b) / T."""
-    z = torch.addmm(b32, h_rows, w32.t()) if b32 is not None else h_rows @ w32.t()
+def _chunk_logits(h_rows, w32, b32, inv_temp: float, buf: torch.Tensor | None = None) -> torch.Tensor:
+    """[C, V] logits of the rows, (h W^T + b) / T, in the accumulation dtype; written into the
+    reusable flat ``buf`` when given (no fresh 10-100 MB allocation and page faults per chunk)."""
+    out = None if buf is None else buf[: h_rows.shape[0] * w32.shape[0]].view(h_rows.shape[0], w32.shape[0])
+    if b32 is not None:
+        z = torch.addmm(b32, h_rows, w32.t(), out=out) if out is not None else torch.addmm(b32, h_rows, w32.t())
+    else:
+        z = torch.mm(h_rows, w32.t(), out=out) if out is not None else h_rows @ w32.t()
     if inv_temp != 1.0:
         z.mul_(inv_temp)
     return z
 
 
-def _softmax_inplace(z: torch.Tensor, lab: torch.Tensor):
-    """Turn logits z [C, V] into softmax in place; return (label logit [C], lse [C])."""
+def _exp_inplace(z: torch.Tensor, lab: torch.Tensor):
+    """Turn logits z [C, V] into exp(z - max) in place; return (label logit, lse, 1/sum) [C].
+
+    The softmax is z * (1/sum); the division is folded into the gradient's per-row scale."""
     label_logit = z.gather(1, lab[:, None]).squeeze(1)
     m = z.amax(dim=1)
     z.sub_(m[:, None]).exp_()
     s = z.sum(dim=1)
-    z.div_(s[:, None])
-    return label_logit, m + s.log()
+    return label_logit, m + s.log(), s.reciprocal()
 
 
-def _grad_inplace(p: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp: float) -> torch.Tensor:
-    """Softmax p [C, V] -> d(sum g*logp)/d(pre-temperature logits) = g (onehot - p) / T, in place."""
-    p.mul_(-g[:, None])
-    p.scatter_add_(1, lab[:, None], g[:, None])
+def _grad_inplace(e: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp: float,
+                  inv_sum: torch.Tensor | None = None) -> torch.Tensor:
+    """e [C, V] = softmax * sum (or the softmax itself when inv_sum is None) -> g (onehot - p) / T
+    in place: the gradient of sum(g * logp) w.r.t. the pre-temperature logits."""
+    scale = -g if inv_sum is None else -g * inv_sum
+    e.mul_(scale[:, None])
+    e.scatter_add_(1, lab[:, None], g[:, None])
     if inv_temp != 1.0:
-        p.mul_(inv_temp)
-    return p
+        e.mul_(inv_temp)
+    return e
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -70,25 +84,31 @@ def _as_acc(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if t is None else t.to(_acc_dtype(like))
 
 
-def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse) -> None:
-    """Fill logp[rows] and lse[rows] chunk by chunk."""
+def _chunk_buffer(rows: int, w32: torch.Tensor) -> torch.Tensor:
+    """One flat buffer for every chunk's [C, V] block of a call."""
+    return torch.empty(rows * w32.shape[0], dtype=w32.dtype, device=w32.device)
+
+
+def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf=None) -> None:
+    """Fill logp[rows] and lse[rows] chunk by chunk (in ``buf`` if given)."""
+    buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
         lab = labels.index_select(0, r).long()
-        z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp)
-        label_logit, lse_c = _softmax_inplace(z, lab)
-        del z
+        z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp, buf)
+        label_logit, lse_c, _ = _exp_inplace(z, lab)
         lse.index_copy_(0, r, lse_c)
         logp.index_copy_(0, r, label_logit - lse_c)
 
 
-def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh, dw, db) -> None:
+def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None) -> None:
     """Accumulate the gradients of sum(grad * logp) over ``rows`` into dh, dw, db (in place)."""
+    buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
         lab = labels.index_select(0, r).long()
         h = hidden.index_select(0, r).to(w32.dtype)
-        z = _chunk_logits(h, w32, b32, inv_temp)
+        z = _chunk_logits(h, w32, b32, inv_temp, buf)
         z.sub_(lse.index_select(0, r)[:, None]).exp_()
         _accumulate(_grad_inplace(z, lab, grad.index_select(0, r), inv_temp), h, r, w32, dh, dw, db)
 
@@ -210,6 +230,7 @@ def pair_forward_backward(
     starts = [0]
     for c in per_pair:
         starts.append(starts[-1] + c)
+    buf = _chunk_buffer(min(budget, rows.numel()), w32)
     p0 = 0
     while p0 < n_pairs:
         p1 = p0 + 1
@@ -220,20 +241,19 @@ def pair_forward_backward(
         if r.numel() <= budget:
             lab = labels.index_select(0, r).long()
             h = hidden.index_select(0, r).to(w32.dtype)
-            z = _chunk_logits(h, w32, b32, inv_temp)
-            label_logit, lse_c = _softmax_inplace(z, lab)
+            z = _chunk_logits(h, w32, b32, inv_temp, buf)
+            label_logit, lse_c, inv_sum = _exp_inplace(z, lab)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, label_logit - lse_c)
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
-            _accumulate(_grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp), h, r, w32, dh, dw, db)
-            del z
+            _accumulate(_grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp, inv_sum), h, r, w32, dh, dw, db)
         else:  # one pair longer than the budget: forward in pieces, then recompute
             logp = seq_logps.new_zeros(hidden.shape[0])
             lse = torch.zeros_like(logp)
-            _forward_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse)
+            _forward_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse, buf)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp.index_select(0, r))
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
             g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
-            _backward_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db)
+            _backward_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf)
         seq_logps[2 * p0:2 * p1] = group
         p0 = p1
     return seq_logps, dh, _cast(dw, weight), _cast(db, bias)
