@@ -1,0 +1,53 @@
+"""Compile every kernel variant for a CUDA architecture without a GPU (Triton's frontend, its
+LLVM passes and the bundled ptxas), so compiled-mode errors that the interpreter tolerates show
+up in CPU CI. Usage: python compile_kernels.py SM (e.g. 90 for H100, 80 for A100); run it with
+TRITON_INTERPRET unset. Prints one line per variant with its shared-memory use."""
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from lrdpo_fast.kernels.logprob_bwd import logprob_bwd_kernel
+from lrdpo_fast.kernels.logprob_fwd import logprob_fwd_kernel
+from lrdpo_fast.kernels.pair_loss import pair_loss_kernel
+
+BLOCKS = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64)  # what triton_backend launches on CUDA
+
+
+def compile_one(fn, signature, constexprs, target, num_warps):
+    kernel = triton.compile(ASTSource(fn, signature, constexprs), target=target, options={"num_warps": num_warps})
+    flags = {k: v for k, v in constexprs.items() if not k.startswith("BLOCK")}
+    print(f"{fn.__name__} {flags} shared={kernel.metadata.shared}")
+
+
+def main(sm: int) -> None:
+    target = GPUTarget("cuda", sm, 32)
+    for dt, label_t in (("bf16", "i64"), ("fp16", "i32"), ("fp32", "i64")):
+        prec = "ieee" if dt == "fp32" else "tf32"
+        common = {"H": f"*{dt}", "W": f"*{dt}", "B": f"*{dt}", "LABELS": f"*{label_t}"}
+        fwd = {**common, "MAX_OUT": "*fp32", "SUM_OUT": "*fp32", "LABEL_OUT": "*fp32", "N": "i32", "V": "i32",
+               "D": "i32", "stride_h": "i32", "stride_w": "i32", "v_per_split": "i32", "inv_temp": "fp32",
+               "ignore_index": "i32", "HAS_BIAS": "constexpr", "UPCAST": "constexpr", "PRECISION": "constexpr",
+               "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr"}
+        for has_bias in (False, True):
+            compile_one(logprob_fwd_kernel, fwd, dict(HAS_BIAS=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS),
+                        target, 8)
+        bwd = {**common, "LSE": "*fp32", "GRAD": "*fp32", "DH": "*fp32", "DW": "*fp32", "DB": "*fp32", "N": "i32",
+               "V": "i32", "D": "i32", "stride_h": "i32", "stride_w": "i32", "inv_temp": "fp32",
+               "skip_below": "fp32", "HAS_BIAS": "constexpr", "NEED_DH": "constexpr", "NEED_DW": "constexpr",
+               "NEED_DB": "constexpr", "UPCAST": "constexpr", "PRECISION": "constexpr",
+               "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr"}
+        for has_bias, need_w in ((False, True), (True, True), (False, False)):
+            compile_one(logprob_bwd_kernel, bwd, dict(HAS_BIAS=has_bias, NEED_DH=True, NEED_DW=need_w,
+                                                      NEED_DB=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS),
+                        target, 8)
+    loss = {"LOGPS": "*fp32", "REF": "*fp32", "LENS": "*fp32", "LOSS": "*fp32", "DLOGPS": "*fp32", "P": "i32",
+            "beta": "fp32", "alpha": "fp32", "gamma": "fp32", "smoothing": "fp32", "inv_pairs": "fp32",
+            "LOSS_TYPE": "constexpr", "BLOCK": "constexpr"}
+    for loss_type in range(5):
+        compile_one(pair_loss_kernel, loss, dict(LOSS_TYPE=loss_type, BLOCK=128), target, 4)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
