@@ -4,7 +4,7 @@ Public API (``import lrdpo_fast as lf``):
 
 - kernels and losses: ``linear_logprobs``, ``sequence_logprobs``, ``lrdpo_loss``,
   ``fused_lrdpo_loss``, ``LRDPOLoss``, ``LOSS_TYPES``;
-- data and packing: ``tokenize_pair``, ``tokenize_pairs``, ``PairExample``, ``load_jsonl``,
+- data and packing: ``tokenize_pair``, ``tokenize_record``, ``tokenize_pairs``, ``PairExample``, ``load_jsonl``,
   ``read_jsonl``, ``save_jsonl``, ``load_hf_dataset``, ``pack_pairs``, ``PackedBatch``,
   ``split_pairs``, ``token_budget_batches``, ``packed_batches``, ``packing_stats``;
 - the model path: ``register_varlen_attention``, ``enable_varlen_attention``,
@@ -23,7 +23,7 @@ from .ops import linear_logprobs, sequence_logprobs
 __version__ = "0.1.0"
 
 _LAZY = {
-    "data": ["PairExample", "tokenize_pair", "tokenize_pairs", "read_jsonl", "load_jsonl", "save_jsonl",
+    "data": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs", "read_jsonl", "load_jsonl", "save_jsonl",
              "load_hf_dataset"],
     "packing": ["PackedBatch", "pack_pairs", "split_pairs", "token_budget_batches", "packed_batches",
                 "packing_stats"],

@@ -71,7 +71,7 @@ class PairExample:
         return replace(self, ref_chosen_logps=float(ref_chosen_logps), ref_rejected_logps=float(ref_rejected_logps))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict in the pre-tokenized record format (re-loadable with ``tokenize_pair``)."""
+        """A JSON-ready dict in the pre-tokenized record format (re-loadable with ``tokenize_record``)."""
         d = asdict(self)
         return {
             "prompt_input_ids": d["prompt_ids"],
@@ -175,7 +175,7 @@ def _check_length(name: str, value: int | None, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum} or None, got {value!r}")
 
 
-def tokenize_pair(
+def tokenize_record(
     record: Mapping[str, Any],
     tokenizer=None,
     *,
@@ -184,7 +184,7 @@ def tokenize_pair(
     add_bos: bool | None = None,
     eos_token_id: int | None = None,
 ) -> PairExample:
-    """Tokenize one preference record into a ``PairExample`` (see the module docstring for forms).
+    """Tokenize one preference record (a mapping) into a ``PairExample`` (forms: module docstring).
 
     Args:
         record: mapping with prompt/chosen/rejected (strings, chat messages or token-id lists),
@@ -257,15 +257,43 @@ def tokenize_pair(
     )
 
 
-def tokenize_pairs(records: Iterable[Mapping[str, Any]], tokenizer=None, **kwargs) -> list[PairExample]:
-    """``tokenize_pair`` over an iterable of records; errors name the failing record's index.
+def tokenize_pair(
+    tokenizer,
+    prompt,
+    chosen,
+    rejected,
+    *,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    add_bos: bool | None = None,
+    eos_token_id: int | None = None,
+) -> PairExample:
+    """Tokenize one pair: prompt ids + response ids + EOS, labels later -100 on the prompt.
 
-    Returns list[PairExample]; kwargs are ``tokenize_pair``'s (max_length, max_prompt_length, ...).
+    Args:
+        tokenizer: a transformers tokenizer (None only for pre-tokenized ids).
+        prompt: str, chat messages [{"role", "content"}...], or list[int].
+        chosen, rejected: str, assistant message(s), or list[int]; must not be empty.
+        max_length, max_prompt_length, add_bos, eos_token_id: as in ``tokenize_record``.
+
+    Returns:
+        PairExample (int token lists, ``num_truncated_tokens``). ValueError names a bad argument.
+    """
+    return tokenize_record(
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected}, tokenizer, max_length=max_length,
+        max_prompt_length=max_prompt_length, add_bos=add_bos, eos_token_id=eos_token_id,
+    )
+
+
+def tokenize_pairs(records: Iterable[Mapping[str, Any]], tokenizer=None, **kwargs) -> list[PairExample]:
+    """``tokenize_record`` over an iterable of records; errors name the failing record's index.
+
+    Returns list[PairExample]; kwargs are ``tokenize_record``'s (max_length, max_prompt_length, ...).
     """
     out = []
     for i, rec in enumerate(records):
         try:
-            out.append(tokenize_pair(rec, tokenizer, **kwargs))
+            out.append(tokenize_record(rec, tokenizer, **kwargs))
         except ValueError as e:
             raise ValueError(f"record {i}: {e}") from e
     return out
@@ -294,7 +322,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def load_jsonl(path: str | os.PathLike, tokenizer=None, **kwargs) -> list[PairExample]:
-    """Read a JSONL file of preference records and tokenize them (kwargs: ``tokenize_pair``'s).
+    """Read a JSONL file of preference records and tokenize them (kwargs: ``tokenize_record``'s).
 
     Returns list[PairExample].
     """
@@ -320,7 +348,7 @@ def load_hf_dataset(dataset, tokenizer=None, *, split: str = "train", **kwargs) 
         dataset: ``datasets.Dataset``, ``datasets.DatasetDict`` (``split`` is taken), or a local
             path: a .json/.jsonl/.parquet/.csv/.arrow file or a folder written by
             ``save_to_disk``. Nothing is fetched from the Hub.
-        tokenizer, kwargs: as for ``tokenize_pair``.
+        tokenizer, kwargs: as for ``tokenize_record``.
 
     Returns list[PairExample].
     """

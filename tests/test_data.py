@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import random_records, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from lrdpo_fast.data import (
     load_jsonl,
     read_jsonl,
     save_jsonl,
-    tokenize_pair,
+    tokenize_record,
     tokenize_pairs,
 )
 
@@ -31,7 +32,7 @@ def enc(tok, text):
 
 
 def test_string_record(tok):
-    ex = tokenize_pair({"prompt": "What is the capital?", "chosen": "Paris.", "rejected": "No idea at all"}, tok)
+    ex = tokenize_record({"prompt": "What is the capital?", "chosen": "Paris.", "rejected": "No idea at all"}, tok)
     assert ex.prompt_ids == [BOS] + enc(tok, "What is the capital?")
     assert ex.chosen_ids == enc(tok, "Paris.") + [EOS]
     assert ex.rejected_ids == enc(tok, "No idea at all") + [EOS]
@@ -41,9 +42,9 @@ def test_string_record(tok):
 
 
 def test_add_bos_false_and_no_double_eos(tok):
-    ex = tokenize_pair({"prompt": "hi", "chosen": "yes", "rejected": "no"}, tok, add_bos=False)
+    ex = tokenize_record({"prompt": "hi", "chosen": "yes", "rejected": "no"}, tok, add_bos=False)
     assert ex.prompt_ids == enc(tok, "hi")
-    ex = tokenize_pair({"prompt": [BOS, 5], "chosen": [7, EOS], "rejected": [8]}, tok)
+    ex = tokenize_record({"prompt": [BOS, 5], "chosen": [7, EOS], "rejected": [8]}, tok)
     assert ex.chosen_ids == [7, EOS] and ex.rejected_ids == [8, EOS] and ex.prompt_ids == [BOS, 5]
 
 
@@ -54,13 +55,13 @@ def test_chat_messages(tok):
         "chosen": [{"role": "assistant", "content": "Paris."}],
         "rejected": "I do not know",  # a bare string is one assistant turn
     }
-    ex = tokenize_pair(rec, tok)
+    ex = tokenize_record(rec, tok)
     head = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     assert ex.prompt_ids == enc(tok, head)  # no extra BOS: the template decides
     assert tok.decode(ex.chosen_ids) == "Paris.<|im_end|>\n</s>"
     assert tok.decode(ex.rejected_ids) == "I do not know<|im_end|>\n</s>"
     # chosen/rejected as whole conversations without "prompt": the shared prefix is the prompt
-    implicit = tokenize_pair(
+    implicit = tokenize_record(
         {"chosen": prompt + [{"role": "assistant", "content": "Paris."}],
          "rejected": prompt + [{"role": "assistant", "content": "I do not know"}]},
         tok,
@@ -71,17 +72,17 @@ def test_chat_messages(tok):
 def test_chat_turn_is_cut_after_eos(tok):
     # A ChatML-style model whose EOS is <|im_end|>: the template's trailing newline is dropped.
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    ex = tokenize_pair(
+    ex = tokenize_record(
         {"prompt": [{"role": "user", "content": "hi"}], "chosen": "yes", "rejected": "no"}, tok, eos_token_id=im_end
     )
     assert ex.chosen_ids[-1] == im_end and tok.decode(ex.chosen_ids) == "yes<|im_end|>"
 
 
 def test_pretokenized_records(tok):
-    ex = tokenize_pair({"prompt": [1, 10, 11], "chosen": [20, 21], "rejected": [30]}, eos_token_id=EOS)
+    ex = tokenize_record({"prompt": [1, 10, 11], "chosen": [20, 21], "rejected": [30]}, eos_token_id=EOS)
     assert ex == PairExample([1, 10, 11], [20, 21, EOS], [30, EOS])
     # TRL's column names, refs carried along, no tokenizer and no EOS: nothing appended
-    ex = tokenize_pair(
+    ex = tokenize_record(
         {"prompt_input_ids": [1, 10], "chosen_input_ids": [20], "rejected_input_ids": [30, 31],
          "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.0}
     )
@@ -95,35 +96,35 @@ def test_empty_response_raises_naming_it(tok, field, empty):
     rec = {"prompt": "hello", "chosen": "yes", "rejected": "no"}
     rec[field] = empty
     with pytest.raises(ValueError, match=field):
-        tokenize_pair(rec, tok)
+        tokenize_record(rec, tok)
 
 
 def test_bad_records(tok):
     with pytest.raises(ValueError, match="rejected"):
-        tokenize_pair({"prompt": "a", "chosen": "b"}, tok)
+        tokenize_record({"prompt": "a", "chosen": "b"}, tok)
     with pytest.raises(ValueError, match="prompt"):
-        tokenize_pair({"prompt": [], "chosen": [5], "rejected": [6]}, eos_token_id=EOS)
+        tokenize_record({"prompt": [], "chosen": [5], "rejected": [6]}, eos_token_id=EOS)
     with pytest.raises(ValueError, match="tokenizer"):
-        tokenize_pair({"prompt": "a", "chosen": "b", "rejected": "c"}, None)
+        tokenize_record({"prompt": "a", "chosen": "b", "rejected": "c"}, None)
     with pytest.raises(ValueError, match="chosen"):
-        tokenize_pair({"prompt": "a", "chosen": 3.5, "rejected": "c"}, tok)
+        tokenize_record({"prompt": "a", "chosen": 3.5, "rejected": "c"}, tok)
     with pytest.raises(ValueError, match="max_length"):
-        tokenize_pair({"prompt": "a", "chosen": "b", "rejected": "c"}, tok, max_length=1)
+        tokenize_record({"prompt": "a", "chosen": "b", "rejected": "c"}, tok, max_length=1)
     with pytest.raises(ValueError, match="ref_chosen_logps"):
-        tokenize_pair({"prompt": [1], "chosen": [5], "rejected": [6], "ref_chosen_logps": float("nan")})
+        tokenize_record({"prompt": [1], "chosen": [5], "rejected": [6], "ref_chosen_logps": float("nan")})
     with pytest.raises(ValueError, match="record 1"):
         tokenize_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "", "rejected": "c"}], tok)
 
 
 def test_truncation_keeps_prompt_end_and_response_start():
     rec = {"prompt": list(range(10, 20)), "chosen": list(range(30, 38)), "rejected": [40, 41]}
-    ex = tokenize_pair(rec, eos_token_id=EOS, max_prompt_length=4, max_length=7)
+    ex = tokenize_record(rec, eos_token_id=EOS, max_prompt_length=4, max_length=7)
     assert ex.prompt_ids == [16, 17, 18, 19]
     assert ex.chosen_ids == [30, 31, 32]  # EOS cut off: a truncated response does not end
     assert ex.rejected_ids == [40, 41, EOS]
     assert ex.num_truncated_tokens == 6 + (9 - 3)
     # A prompt longer than max_length leaves room for one response token
-    ex = tokenize_pair(rec, eos_token_id=EOS, max_length=5)
+    ex = tokenize_record(rec, eos_token_id=EOS, max_length=5)
     assert ex.prompt_ids == [16, 17, 18, 19] and ex.chosen_ids == [30] and ex.rejected_ids == [40]
 
 
@@ -134,7 +135,7 @@ def test_truncation_keeps_prompt_end_and_response_start():
 )
 def test_truncation_invariants(p, c, r, max_length, max_prompt):
     prompt, chosen, rejected = list(range(100, 100 + p)), list(range(200, 200 + c)), list(range(300, 300 + r))
-    ex = tokenize_pair({"prompt": prompt, "chosen": chosen, "rejected": rejected}, eos_token_id=EOS,
+    ex = tokenize_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}, eos_token_id=EOS,
                        max_length=max_length, max_prompt_length=max_prompt)
     full_c, full_r = chosen + [EOS], rejected + [EOS]
     assert prompt[len(prompt) - len(ex.prompt_ids):] == ex.prompt_ids  # a suffix
@@ -192,3 +193,21 @@ def test_datasets_loading(tmp_path, tok):
         load_hf_dataset(datasets.DatasetDict({"test": ds}), tok, split="train")
     with pytest.raises(ValueError, match="dataset"):
         load_hf_dataset(str(tmp_path / "nope.json"), tok)
+
+
+def test_tokenize_pair_contract_signature():
+    # lf.tokenize_pair(tokenizer, prompt, chosen, rejected, *, max_length, max_prompt_length)
+    import lrdpo_fast as lf
+
+    tok = tiny_tokenizer()
+    rec = {"prompt": "What is the capital?", "chosen": "Paris.", "rejected": "No idea at all"}
+    ex = lf.tokenize_pair(tok, rec["prompt"], rec["chosen"], rec["rejected"])
+    assert ex == tokenize_record(rec, tok)
+    short = lf.tokenize_pair(tok, rec["prompt"], rec["chosen"], rec["rejected"], max_length=6, max_prompt_length=3)
+    assert short == tokenize_record(rec, tok, max_length=6, max_prompt_length=3) and short.num_truncated_tokens > 0
+    chat = [{"role": "user", "content": "hi"}]
+    assert lf.tokenize_pair(tok, chat, "yes", "no").chosen_ids[-1] == tok.eos_token_id
+    with pytest.raises(ValueError, match="chosen"):
+        lf.tokenize_pair(tok, "hi", "", "no")
+    batch = lf.pack_pairs([ex, short])
+    assert batch.num_pairs == 2 and batch.cu_seqlens.dtype == torch.int32

@@ -7,7 +7,7 @@ from helpers import random_records, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrdpo_fast.data import PairExample, tokenize_pair, tokenize_pairs
+from lrdpo_fast.data import PairExample, tokenize_record, tokenize_pairs
 from lrdpo_fast.packing import (
     PackedBatch,
     pack_pairs,
@@ -128,11 +128,11 @@ def test_token_budget_fills_and_shuffles():
 def test_pair_longer_than_budget():
     tok = tiny_tokenizer()
     rec = {"prompt": "What is the capital of France?", "chosen": "The capital of France is Paris.", "rejected": "No"}
-    ex = tokenize_pair(rec, tok)
+    ex = tokenize_record(rec, tok)
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         token_budget_batches([ex], ex.num_tokens - 1)
     # the truncation policy makes it fit
-    short = tokenize_pair(rec, tok, max_length=8)
+    short = tokenize_record(rec, tok, max_length=8)
     assert short.num_tokens <= 16 and token_budget_batches([short], 16) == [[0]]
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         token_budget_batches([ex], 0)
@@ -143,8 +143,8 @@ def test_pair_longer_than_budget():
 def test_shared_prompt_prefix_and_identical_responses():
     """chosen and rejected that overlap (same first tokens, or identical) stay separate sequences."""
     tok = tiny_tokenizer()
-    ex = tokenize_pair({"prompt": "Answer:", "chosen": "yes yes", "rejected": "yes no"}, tok)
-    same = tokenize_pair({"prompt": "Answer:", "chosen": "maybe", "rejected": "maybe"}, tok)
+    ex = tokenize_record({"prompt": "Answer:", "chosen": "yes yes", "rejected": "yes no"}, tok)
+    same = tokenize_record({"prompt": "Answer:", "chosen": "maybe", "rejected": "maybe"}, tok)
     b = pack_pairs([ex, same])
     cu = b.cu_seqlens.tolist()
     assert b.response_lengths.tolist() == [len(ex.chosen_ids), len(ex.rejected_ids)] + [len(same.chosen_ids)] * 2
