@@ -21,7 +21,7 @@ from .losses import (
     wide,
 )
 from .ops import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
-from .validation import check_cu_seqlens, check_float, check_linear_inputs, check_same_device
+from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
 
 
 class _PairLossParams:
@@ -134,7 +134,6 @@ def _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqle
             f"loss_type={loss_type!r} needs the reference: pass ref_logps [S] or ref_hidden [N, d] (+ ref_weight)"
         )
     ref_w = weight if ref_weight is None else ref_weight
-    check_float("ref_hidden", ref_hidden, 2)
     check_linear_inputs(ref_hidden, ref_w, labels, None, ignore_index, 1.0, "ref_hidden", "ref_weight")
     with torch.no_grad():
         logps, _ = sequence_logprobs(
