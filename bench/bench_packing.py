@@ -111,10 +111,10 @@ def run_worker(args, name):
     import torch
 
     torch.set_num_threads(args.threads)
-    from lrdpo_fast.data import PairExample
-    from lrdpo_fast.losses import lrdpo_loss
-    from lrdpo_fast.model import lm_head_params, model_sequence_logprobs, packed_hidden_states
-    from lrdpo_fast.packing import pack_pairs, split_pairs
+    from lrdpo_fast.data.records import PairExample
+    from lrdpo_fast.ops.losses import lrdpo_loss
+    from lrdpo_fast.model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states
+    from lrdpo_fast.data.packing import pack_pairs, split_pairs
 
     model = build_model(args, torch)
     steps = make_pairs(args)

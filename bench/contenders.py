@@ -226,7 +226,7 @@ def prepare_lrdpo_fast(p: Problem, device: str) -> Contender:
 def prepare_lrdpo_fast_lean(p: Problem, device: str) -> Contender:
     """fused_lrdpo_loss with 16 MiB torch chunks: pairs larger than a chunk rebuild their logits
     (4 matmuls per token instead of 3) for a lower peak. No effect on CUDA (Triton backend)."""
-    from lrdpo_fast import torch_backend
+    from lrdpo_fast.ops import torch_backend
 
     torch_backend.CHUNK_ELEMENTS = 16 * 2**20 // 4
     c = prepare_lrdpo_fast(p, device)

@@ -1,38 +1,41 @@
-"""lrdpo-fast: fused kernels and a thin trainer for iterative length-regularized DPO.
+"""lrdpo-fast: fused kernels, a thin trainer and an iterative loop for length-regularized DPO.
 
-Public API (``import lrdpo_fast as lf``):
+Public API (``import lrdpo_fast as lf``), by layer (each sub-package imports only those above it
+in this list):
 
-- kernels and losses: ``linear_logprobs``, ``sequence_logprobs``, ``lrdpo_loss``,
-  ``fused_lrdpo_loss``, ``LRDPOLoss``, ``LOSS_TYPES``;
-- data and packing: ``tokenize_pair``, ``tokenize_record``, ``tokenize_pairs``, ``PairExample``, ``load_jsonl``,
-  ``read_jsonl``, ``save_jsonl``, ``load_hf_dataset``, ``pack_pairs``, ``PackedBatch``,
-  ``split_pairs``, ``token_budget_batches``, ``packed_batches``, ``packing_stats``;
-- the model path: ``register_varlen_attention``, ``enable_varlen_attention``,
-  ``packed_hidden_states``, ``lm_head_params``, ``model_sequence_logprobs``,
-  ``precompute_reference_logps``;
-- training: ``TrainConfig``, ``Trainer``.
+- ``ops``: ``linear_logprobs``, ``sequence_logprobs``, ``lrdpo_loss``, ``fused_lrdpo_loss``,
+  ``LRDPOLoss``, ``LOSS_TYPES``;
+- ``data``: ``tokenize_pair``, ``tokenize_record``, ``tokenize_pairs``, ``PairExample``,
+  ``load_jsonl``, ``read_jsonl``, ``save_jsonl``, ``load_hf_dataset``, ``load_pairs``,
+  ``pack_pairs``, ``PackedBatch``, ``split_pairs``, ``token_budget_batches``, ``packed_batches``,
+  ``packing_stats``;
+- ``model``: ``register_varlen_attention``, ``enable_varlen_attention``, ``packed_hidden_states``,
+  ``lm_head_params``, ``model_sequence_logprobs``, ``precompute_reference_logps``;
+- ``train``: ``TrainConfig``, ``Trainer``;
+- ``loop``: ``VLLMSampler``, ``Sample`` (the only vllm importer) and the iterative loop.
 
-Everything past the kernels is imported on first use, so ``import lrdpo_fast`` stays light.
+Only ``ops`` is imported eagerly (torch); everything else on first use, so ``import lrdpo_fast``
+loads neither transformers nor vllm.
 """
 from importlib import import_module
 
-from .fused import LRDPOLoss, fused_lrdpo_loss
-from .losses import LOSS_TYPES, lrdpo_loss
-from .ops import linear_logprobs, sequence_logprobs
+from .ops import LOSS_TYPES, LRDPOLoss, fused_lrdpo_loss, linear_logprobs, lrdpo_loss, sequence_logprobs
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "data": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs", "read_jsonl", "load_jsonl", "save_jsonl",
-             "load_hf_dataset"],
-    "packing": ["PackedBatch", "pack_pairs", "split_pairs", "token_budget_batches", "packed_batches",
-                "packing_stats"],
-    "attention": ["ATTN_IMPLEMENTATION", "register_varlen_attention", "enable_varlen_attention",
-                  "varlen_attention_enabled"],
-    "model": ["decoder_body", "lm_head_params", "packed_hidden_states", "model_sequence_logprobs",
-              "precompute_reference_logps"],
-    "config": ["TrainConfig"],
-    "trainer": ["Trainer"],
+    "data.records": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs"],
+    "data.files": ["read_jsonl", "load_jsonl", "save_jsonl", "load_hf_dataset", "load_pairs"],
+    "data.packing": ["PackedBatch", "pack_pairs", "split_pairs", "token_budget_batches", "packed_batches",
+                     "packing_stats"],
+    "model.attention": ["ATTN_IMPLEMENTATION", "register_varlen_attention", "enable_varlen_attention",
+                        "varlen_attention_enabled"],
+    "model.packed": ["decoder_body", "lm_head_params", "packed_hidden_states", "model_sequence_logprobs",
+                     "precompute_reference_logps"],
+    "train.config": ["TrainConfig"],
+    "train.trainer": ["Trainer"],
+    "loop.samples": ["Sample"],
+    "loop.sampler": ["VLLMSampler"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

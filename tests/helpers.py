@@ -34,58 +34,32 @@ def tiny_tokenizer(vocab_size: int = 320):
     bos "<s>" (id 1), eos "</s>" (id 2), pad "<pad>" (id 0), ChatML chat template.
     Cached: treat it as read-only.
     """
-    from lrdpo_fast.example import train_bpe_tokenizer
+    from lrdpo_fast.model.tiny import train_bpe_tokenizer
 
     return train_bpe_tokenizer(TRAIN_LINES * 4, vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=CHATML_TEMPLATE)
 
 
 def tiny_config(kind: str = "llama", *, vocab_size: int = 320, tie_word_embeddings: bool = False, **overrides):
-    """A transformers config for a tiny decoder: hidden 64, 2 heads x 32, 1 KV head, 2 layers."""
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    common.update(overrides)
-    if kind == "llama":
-        from transformers import LlamaConfig
+    """A transformers config for a tiny decoder: hidden 64, 2 heads x 32, 1 KV head, 2 layers
+    (``lrdpo_fast.model.tiny.tiny_config``)."""
+    from lrdpo_fast.model.tiny import tiny_config as config
 
-        return LlamaConfig(**common)
-    if kind == "qwen2":
-        from transformers import Qwen2Config
-
-        return Qwen2Config(**common)
-    if kind == "mistral":
-        from transformers import MistralConfig
-
-        common.setdefault("sliding_window", 4096)
-        return MistralConfig(**common)
-    raise ValueError(f"kind must be 'llama', 'qwen2' or 'mistral', got {kind!r}")
+    return config(kind, vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings, **overrides)
 
 
 def tiny_model(kind: str = "llama", *, seed: int = 0, dtype=torch.float32, **config_kwargs):
     """A random-weight causal LM from ``tiny_config`` (eval mode, ``attn_implementation='sdpa'``)."""
-    from transformers import AutoModelForCausalLM
+    from lrdpo_fast.model.tiny import tiny_causal_lm
 
-    torch.manual_seed(seed)
-    cfg = tiny_config(kind, **config_kwargs)
-    cfg._attn_implementation = "sdpa"
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    config_kwargs.setdefault("vocab_size", 320)
+    model = tiny_causal_lm(kind, seed=seed, dtype=dtype, **config_kwargs)
     if kind == "qwen2":
         # Qwen2 has q/k/v biases: make them non-zero so the test covers them.
+        g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("bias"):
-                    p.normal_(0, 0.1)
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
     return model.eval()
 
 

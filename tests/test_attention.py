@@ -9,7 +9,7 @@ from helpers import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrdpo_fast.attention import (
+from lrdpo_fast.model.attention import (
     ATTN_IMPLEMENTATION,
     enable_varlen_attention,
     register_varlen_attention,

@@ -22,7 +22,7 @@ def test_example_two_steps(tmp_path, capsys):
 
 
 def test_config_file_with_relative_paths_and_resume(tmp_path, capsys):
-    from lrdpo_fast.example import PAIRS_PATH
+    from lrdpo_fast.examples import PAIRS_PATH
 
     lines = PAIRS_PATH.read_text().splitlines()[:6]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")

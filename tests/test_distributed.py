@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lrdpo_fast import cli
-from lrdpo_fast.checkpoint import load_model_weights
+from lrdpo_fast.train.checkpoint import load_model_weights
 from helpers import random_records, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
@@ -79,8 +79,8 @@ ITERATIVE_SCRIPT = """\
 import json, sys
 import torch.distributed as dist
 from helpers import random_records, tiny_model, tiny_tokenizer
-from lrdpo_fast.config import TrainConfig
-from lrdpo_fast.trainer import Trainer
+from lrdpo_fast.train.config import TrainConfig
+from lrdpo_fast.train.trainer import Trainer
 
 out = sys.argv[1]
 model, tok = tiny_model("llama", seed=0), tiny_tokenizer()

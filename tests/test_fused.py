@@ -115,7 +115,7 @@ def test_upstream_gradient_scaling_and_frozen_head(backend):
 
 def test_torch_pairs_bigger_than_chunk(monkeypatch):
     # the chunk budget smaller than a pair: two-pass path (forward, then recompute) is exact too
-    from lrdpo_fast import torch_backend
+    from lrdpo_fast.ops import torch_backend
 
     hidden, weight, labels, cu = _pair_case(n_pairs=4)
     ref = -torch.rand(cu.numel() - 1) * 20

@@ -128,7 +128,7 @@ def test_sequence_logprobs_hypothesis(backend, n, d, v, n_seqs, ignore_frac, see
 
 def test_torch_backend_chunking_is_exact(monkeypatch):
     # many tiny chunks give the same answer as one chunk
-    from lrdpo_fast import torch_backend
+    from lrdpo_fast.ops import torch_backend
 
     hidden, weight, labels, cu, _ = make_case(60, 16, 50)
     full = lf.sequence_logprobs(hidden, weight, labels, cu, backend="torch")[0]
@@ -148,13 +148,13 @@ def test_gradcheck_float64_torch_backend():
 
 
 def test_auto_backend_is_torch_on_cpu():
-    from lrdpo_fast.ops import resolve_backend
+    from lrdpo_fast.ops.logprobs import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
 def test_triton_gradient_tile_skipping(monkeypatch):
-    from lrdpo_fast import triton_backend
+    from lrdpo_fast.ops import triton_backend
 
     hidden, weight, labels, _, _ = make_case(20, 16, 70)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lrdpo_fast as lf
-from lrdpo_fast.losses import LOSS_TYPE_IDS
+from lrdpo_fast.ops.losses import LOSS_TYPE_IDS
 from reference import mean_pair_loss
 
 CASES = [
@@ -81,7 +81,7 @@ def test_lrdpo_loss_gradcheck():
 
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_triton_pair_loss_kernel(kw):
-    from lrdpo_fast import triton_backend
+    from lrdpo_fast.ops import triton_backend
 
     seq, ref, lengths = _pairs(p=150)  # more than one program block
     seq32 = seq.float()

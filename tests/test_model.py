@@ -7,16 +7,16 @@ from helpers import random_records, tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrdpo_fast.attention import ATTN_IMPLEMENTATION
+from lrdpo_fast.model.attention import ATTN_IMPLEMENTATION
 from lrdpo_fast.data import PairExample, tokenize_pairs
-from lrdpo_fast.model import (
+from lrdpo_fast.model.packed import (
     decoder_body,
     lm_head_params,
     model_sequence_logprobs,
     packed_hidden_states,
     precompute_reference_logps,
 )
-from lrdpo_fast.packing import pack_pairs, split_pairs
+from lrdpo_fast.data.packing import pack_pairs, split_pairs
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 MODELS = [

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrdpo_fast.data import PairExample, tokenize_record, tokenize_pairs
-from lrdpo_fast.packing import (
+from lrdpo_fast.data.packing import (
     PackedBatch,
     pack_pairs,
     packed_batches,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import random_records, tiny_model, tiny_tokenizer
-from lrdpo_fast.config import TrainConfig
-from lrdpo_fast.trainer import PAIR_METRICS, Trainer
+from lrdpo_fast.train.config import TrainConfig
+from lrdpo_fast.train.trainer import PAIR_METRICS, Trainer
 
 
 def _cfg(tmp_path, **kw):

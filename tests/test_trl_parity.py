@@ -15,8 +15,8 @@ import torch
 trl = pytest.importorskip("trl")
 
 from helpers import random_records, tiny_model, tiny_tokenizer  # noqa: E402
-from lrdpo_fast.config import TrainConfig  # noqa: E402
-from lrdpo_fast.trainer import Trainer  # noqa: E402
+from lrdpo_fast.train.config import TrainConfig  # noqa: E402
+from lrdpo_fast.train.trainer import Trainer  # noqa: E402
 
 N_PAIRS = 6
 STEPS = 3

@@ -20,7 +20,7 @@ from .losses import (
     pair_metrics,
     wide,
 )
-from .ops import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
+from .logprobs import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
 from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
 
 

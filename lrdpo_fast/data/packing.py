@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .data import IGNORE_INDEX, PairExample
+from .records import IGNORE_INDEX, PairExample
 
 
 @dataclass

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from .attention import ATTN_IMPLEMENTATION, enable_varlen_attention, varlen_attention_enabled
-from .data import PairExample
-from .packing import PackedBatch, pack_pairs, token_budget_batches
+from ..data.records import PairExample
+from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 
 
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
@@ -126,7 +126,7 @@ def model_sequence_logprobs(
         (logps float32 [S], lengths int64 [S]), S = 2 * batch.num_pairs, chosen/rejected
         interleaved (``packing.split_pairs`` separates them). Differentiable w.r.t. the model.
     """
-    from .ops import sequence_logprobs
+    from ..ops import sequence_logprobs
 
     hidden = packed_hidden_states(model, batch)
     weight, bias = lm_head_params(model)

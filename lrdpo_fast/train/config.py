@@ -90,7 +90,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
 
     def __post_init__(self) -> None:
-        from .losses import check_loss_args
+        from ..ops.losses import check_loss_args
 
         try:
             check_loss_args(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)

@@ -40,7 +40,7 @@ def _launch_opts(cfg: dict) -> dict:
 
 def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None):
     """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows)."""
-    from .kernels.logprob_fwd import logprob_fwd_kernel
+    from ..kernels.logprob_fwd import logprob_fwd_kernel
 
     n, d = hidden.shape
     v = weight.shape[0]
@@ -75,7 +75,7 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
 
 def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, temperature, needs, chunk_tokens=None):
     """Same contract as ``torch_backend.token_logprobs_backward``: (dH, dW, db), None where not needed."""
-    from .kernels.logprob_bwd import logprob_bwd_kernel
+    from ..kernels.logprob_bwd import logprob_bwd_kernel
 
     need_h, need_w, need_b = needs
     n, d = hidden.shape
@@ -108,7 +108,7 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
 
 def pair_loss(seq_logps, ref_logps, lengths, *, beta, alpha, gamma, label_smoothing, loss_type_id):
     """Per-pair loss float32 [P] and d(mean loss)/d seq_logps float32 [S] from the pair kernel."""
-    from .kernels.pair_loss import pair_loss_kernel
+    from ..kernels.pair_loss import pair_loss_kernel
 
     n_seqs = seq_logps.numel()
     n_pairs = n_seqs // 2

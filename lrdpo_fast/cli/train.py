@@ -1,4 +1,4 @@
-"""``lrdpo-fast``: the command line.
+"""``lrdpo-fast train``: one LR-DPO training run from a YAML config or the embedded example.
 
     lrdpo-fast train CONFIG.yaml [--max-steps N] [--output-dir DIR] [--resume [PATH]]
     lrdpo-fast train --example [--max-steps N] [--output-dir DIR]
@@ -13,16 +13,13 @@ Relative paths are resolved against the YAML file's folder.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 CLI_KEYS = ("model", "tokenizer", "data", "ref_model")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lrdpo-fast", description="Length-regularized DPO with fused kernels")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_parser(sub) -> None:
+    """Register ``lrdpo-fast train`` on the subcommand parsers ``sub``."""
     t = sub.add_parser("train", help="train a policy with LR-DPO")
     t.add_argument("config", nargs="?", help="YAML config (TrainConfig fields + model/tokenizer/data)")
     t.add_argument("--example", action="store_true", help="train on the embedded example (tiny Llama, 64 pairs)")
@@ -32,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from a checkpoint folder (default: the latest in output_dir)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p
+    t.set_defaults(run=run)
 
 
 def _resolve(value, base: Path):
@@ -47,7 +44,7 @@ def load_run_spec(path: str | Path, **overrides):
     against the YAML's folder. Unknown keys -> ValueError naming them."""
     import yaml
 
-    from .config import TrainConfig
+    from ..train.config import TrainConfig
 
     p = Path(path)
     if not p.is_file():
@@ -67,7 +64,7 @@ def load_run_spec(path: str | Path, **overrides):
 
 def build_run(spec: dict):
     """(model, tokenizer, pairs, ref_model) from a run spec (see ``load_run_spec``)."""
-    from . import example
+    from .. import examples as example
 
     if spec["tokenizer"] == "example":
         tokenizer = example.example_tokenizer()
@@ -90,10 +87,10 @@ def build_run(spec: dict):
     return model, tokenizer, pairs, ref_model
 
 
-def train_command(args) -> int:
+def run(args) -> int:
     """``lrdpo-fast train``: build, train, print the summary; returns the exit code."""
-    from . import example
-    from .trainer import Trainer
+    from .. import examples as example
+    from ..train.trainer import Trainer
 
     if args.example == bool(args.config):
         raise SystemExit("lrdpo-fast train: give a CONFIG.yaml or --example (exactly one)")
@@ -118,19 +115,3 @@ def train_command(args) -> int:
 
         dist.destroy_process_group()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lrdpo-fast`` console script."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "train":
-            return train_command(args)
-    except ValueError as e:
-        print(f"lrdpo-fast: error: {e}", file=sys.stderr)
-        return 2
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

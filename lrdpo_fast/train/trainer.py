@@ -31,12 +31,13 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainConfig
-from .data import PairExample, load_hf_dataset, load_jsonl, tokenize_pairs
-from .fused import fused_lrdpo_loss
-from .metrics_log import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
-from .model import lm_head_params, model_sequence_logprobs, packed_hidden_states, precompute_reference_logps
+from ..data.files import load_pairs
+from ..data.records import PairExample
+from ..ops.fused import fused_lrdpo_loss
+from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
+from ..model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states, precompute_reference_logps
 from .optim import build_optimizer, build_scheduler
-from .packing import PackedBatch, pack_pairs, token_budget_batches
+from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 
 PAIR_METRICS = (
     "rewards/chosen",
@@ -48,35 +49,6 @@ PAIR_METRICS = (
     "length/chosen",
     "length/rejected",
 )
-
-
-def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None) -> list[PairExample]:
-    """Any supported pair source -> list[PairExample].
-
-    ``pairs``: a JSONL path (str/Path), another local data file or saved-dataset folder, a
-    ``datasets.Dataset``, a list of records (dicts with prompt/chosen/rejected as text, chat
-    messages or token ids) or a list of ``PairExample``.
-    """
-    kw = dict(max_length=max_length, max_prompt_length=max_prompt_length)
-    if isinstance(pairs, (str, os.PathLike)):
-        p = Path(pairs)
-        if p.is_file() and p.suffix == ".jsonl":
-            out = load_jsonl(p, tokenizer, **kw)
-        else:
-            out = load_hf_dataset(p, tokenizer, **kw)
-    elif isinstance(pairs, Sequence) and pairs and all(isinstance(x, PairExample) for x in pairs):
-        out = list(pairs)
-    elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
-        out = tokenize_pairs(pairs, tokenizer, **kw)
-    elif type(pairs).__module__.startswith("datasets"):
-        out = load_hf_dataset(pairs, tokenizer, **kw)
-    else:
-        raise ValueError(
-            f"pairs must be a JSONL path, a datasets.Dataset, or a list of records / PairExample, got {type(pairs).__name__}"
-        )
-    if not out:
-        raise ValueError("pairs is empty: training needs at least one preference pair")
-    return out
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -226,7 +198,7 @@ class Trainer:
         """Reference, attention, checkpointing, sharding, optimizer, schedule: once, lazily."""
         if self._prepared:
             return
-        from .attention import enable_varlen_attention
+        from ..model.attention import enable_varlen_attention
 
         self._prepare_reference()
         if self.cfg.gradient_checkpointing:
@@ -516,7 +488,7 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.last_checkpoint = str(path)
         self.writer.reset(keep_until_step=self.global_step)
-        from .metrics_log import read_metrics
+        from .metrics import read_metrics
 
         if self.writer.enabled and self.writer.path.exists():
             self.history = read_metrics(self.writer.path)

@@ -1,0 +1,115 @@
+"""Preference pairs from files and datasets: JSONL read/write, local ``datasets`` files and folders,
+and ``load_pairs``, which takes any supported source. Errors name the file and line."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .records import PairExample, tokenize_pairs
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Raw records of a JSONL file (one JSON object per non-blank line).
+
+    Raises ValueError naming ``path`` (missing file) or the line number (bad JSON / not an object).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"path {str(path)!r} is not a file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"path {str(path)!r} line {lineno}: invalid JSON ({e.msg})") from e
+            if not isinstance(rec, dict):
+                raise ValueError(f"path {str(path)!r} line {lineno}: expected a JSON object")
+            records.append(rec)
+    return records
+
+
+def load_jsonl(path: str | os.PathLike, tokenizer=None, **kwargs) -> list[PairExample]:
+    """Read a JSONL file of preference records and tokenize them (kwargs: ``tokenize_record``'s).
+
+    Returns list[PairExample].
+    """
+    return tokenize_pairs(read_jsonl(path), tokenizer, **kwargs)
+
+
+def save_jsonl(examples: Sequence[PairExample], path: str | os.PathLike) -> None:
+    """Write tokenized examples (with any stored reference log-probs) as pre-tokenized JSONL."""
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            if not isinstance(ex, PairExample):
+                raise ValueError(f"examples must hold PairExample items, got {type(ex).__name__}")
+            f.write(json.dumps(ex.to_dict()) + "\n")
+
+
+_DATASET_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def load_hf_dataset(dataset, tokenizer=None, *, split: str = "train", **kwargs) -> list[PairExample]:
+    """Tokenize a Hugging Face ``datasets`` object or a LOCAL data file / saved dataset folder.
+
+    Args:
+        dataset: ``datasets.Dataset``, ``datasets.DatasetDict`` (``split`` is taken), or a local
+            path: a .json/.jsonl/.parquet/.csv/.arrow file or a folder written by
+            ``save_to_disk``. Nothing is fetched from the Hub.
+        tokenizer, kwargs: as for ``tokenize_record``.
+
+    Returns list[PairExample].
+    """
+    import datasets  # heavy optional import
+
+    if isinstance(dataset, (str, os.PathLike)):
+        path = os.fspath(dataset)
+        if os.path.isdir(path):
+            dataset = datasets.load_from_disk(path)
+        elif os.path.isfile(path):
+            ext = os.path.splitext(path)[1].lower()
+            if ext not in _DATASET_BUILDERS:
+                raise ValueError(f"dataset file {path!r} has unsupported extension {ext!r}")
+            dataset = datasets.load_dataset(_DATASET_BUILDERS[ext], data_files=path, split="train")
+        else:
+            raise ValueError(f"dataset path {path!r} does not exist (only local files are supported)")
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"split {split!r} not in the DatasetDict (has {list(dataset)})")
+        dataset = dataset[split]
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(f"dataset must be a datasets.Dataset, DatasetDict or a local path, got {type(dataset).__name__}")
+    return tokenize_pairs(iter(dataset), tokenizer, **kwargs)
+
+
+def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None) -> list[PairExample]:
+    """Any supported pair source -> list[PairExample].
+
+    ``pairs``: a JSONL path (str/Path), another local data file or saved-dataset folder, a
+    ``datasets.Dataset``, a list of records (dicts with prompt/chosen/rejected as text, chat
+    messages or token ids) or a list of ``PairExample``.
+    """
+    kw = dict(max_length=max_length, max_prompt_length=max_prompt_length)
+    if isinstance(pairs, (str, os.PathLike)):
+        p = Path(pairs)
+        if p.is_file() and p.suffix == ".jsonl":
+            out = load_jsonl(p, tokenizer, **kw)
+        else:
+            out = load_hf_dataset(p, tokenizer, **kw)
+    elif isinstance(pairs, Sequence) and pairs and all(isinstance(x, PairExample) for x in pairs):
+        out = list(pairs)
+    elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
+        out = tokenize_pairs(pairs, tokenizer, **kw)
+    elif type(pairs).__module__.startswith("datasets"):
+        out = load_hf_dataset(pairs, tokenizer, **kw)
+    else:
+        raise ValueError(
+            f"pairs must be a JSONL path, a datasets.Dataset, or a list of records / PairExample, got {type(pairs).__name__}"
+        )
+    if not out:
+        raise ValueError("pairs is empty: training needs at least one preference pair")
+    return out

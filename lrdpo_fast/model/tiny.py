@@ -1,0 +1,110 @@
+"""The one tiny model + tokenizer factory, shared by the embedded example, the tests and the
+benchmarks (no model hub, no network, CPU-sized, deterministic).
+
+- ``train_bpe_tokenizer(lines, vocab_size, ...)``: a byte-level BPE trained on the spot;
+- ``word_tokenizer(vocab_size)``: a word-level tokenizer over ``w0 w1 ...`` (benchmarks);
+- ``tiny_config(kind, **overrides)``: a decoder config (``llama``, ``qwen2``, ``mistral``);
+- ``tiny_causal_lm(kind, *, seed, dtype, **overrides)``: random weights from that config, the same
+  ``seed`` giving bit-identical weights, the global RNG left as it was.
+"""
+from __future__ import annotations
+
+KINDS = ("llama", "qwen2", "mistral")
+WORD_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def train_bpe_tokenizer(lines, vocab_size: int, *, special_tokens, chat_template: str):
+    """A ``PreTrainedTokenizerFast`` (byte-level BPE) trained on ``lines`` (list of str).
+
+    ``special_tokens`` come first in the vocabulary and must start with pad, bos, eos, unk
+    (ids 0, 1, 2, 3); ``chat_template`` is a Jinja template. Deterministic for the same inputs.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size must be an int >= {256 + len(special_tokens)} (bytes + specials), got {vocab_size!r}")
+    tok = Tokenizer(models.BPE(unk_token=special_tokens[3]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(lines), trainer)
+    pad, bos, eos, unk = special_tokens[:4]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
+    hf.chat_template = chat_template
+    return hf
+
+
+def word_tokenizer(vocab_size: int, *, model_max_length: int = 4096):
+    """A ``PreTrainedTokenizerFast`` over a WordLevel vocabulary: ids 0-3 are <pad>, <s>, </s>,
+    <unk>, then the words ``w0``, ``w1``, ... (whitespace-split). For synthetic benchmark text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(vocab_size, int) or vocab_size <= len(WORD_SPECIALS):
+        raise ValueError(f"vocab_size must be an int > {len(WORD_SPECIALS)}, got {vocab_size!r}")
+    vocab = {tok: i for i, tok in enumerate(WORD_SPECIALS)}
+    for i in range(vocab_size - len(WORD_SPECIALS)):
+        vocab[f"w{i}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_config(kind: str = "llama", **overrides):
+    """A transformers decoder config. Defaults: vocab 320, hidden 64, 2 heads of dim 32, 1 KV head
+    (GQA), 2 layers, MLP 128, 512 positions, untied head, pad/bos/eos = 0/1/2, sdpa attention;
+    ``overrides`` replace any config field (e.g. ``hidden_size=192, num_hidden_layers=4``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    common = dict(
+        vocab_size=320,
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        attention_dropout=0.0,
+    )
+    common.update(overrides)
+    if kind == "llama":
+        from transformers import LlamaConfig as Config
+    elif kind == "qwen2":
+        from transformers import Qwen2Config as Config
+    else:
+        from transformers import MistralConfig as Config
+
+        common.setdefault("sliding_window", 4096)
+    cfg = Config(**common)
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def tiny_causal_lm(kind: str = "llama", *, seed: int = 0, dtype=None, **overrides):
+    """A random-weight ``*ForCausalLM`` from ``tiny_config(kind, **overrides)`` (train mode, fp32
+    unless ``dtype``). Same ``seed`` -> bit-identical weights; the global torch RNG is restored."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(kind, **overrides)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_config(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    return model if dtype is None else model.to(dtype)
