@@ -2,11 +2,18 @@
 
 One program per block of pairs. Sequences are in pair order [c0, r0, c1, r1, ...], so pair i reads
 index 2i (chosen) and 2i+1 (rejected). Outputs the per-pair loss and d(mean loss)/d logp for every
-sequence (already divided by the number of pairs). LOSS_TYPE follows lrdpo_fast.losses.LOSS_TYPES:
-0 sigmoid, 1 ipo, 2 hinge, 3 sigmoid_norm, 4 simpo.
+sequence (already divided by the number of pairs). LOSS_TYPE is a code of ``loss_types.py``.
 """
 import triton
 import triton.language as tl
+
+from .loss_types import HINGE, IPO, SIGMOID, SIGMOID_NORM, SIMPO
+
+_SIGMOID = tl.constexpr(SIGMOID)
+_IPO = tl.constexpr(IPO)
+_HINGE = tl.constexpr(HINGE)
+_SIGMOID_NORM = tl.constexpr(SIGMOID_NORM)
+_SIMPO = tl.constexpr(SIMPO)
 
 
 @triton.jit
@@ -37,15 +44,15 @@ def pair_loss_kernel(
     lw = tl.load(LENS + 2 * rp, mask=m, other=1.0)
     ll = tl.load(LENS + 2 * rp + 1, mask=m, other=1.0)
     length_term = alpha * (lw - ll)
-    if LOSS_TYPE == 0 or LOSS_TYPE == 2:      # sigmoid (DPO / LR-DPO), hinge
+    if LOSS_TYPE == _SIGMOID or LOSS_TYPE == _HINGE:      # sigmoid (DPO / LR-DPO), hinge
         z = beta * ((pw - rw) - (pl - rl)) + length_term
         dzw = beta + 0.0 * lw
         dzl = -beta + 0.0 * ll
-    elif LOSS_TYPE == 3:                      # sigmoid_norm (LN-DPO)
+    elif LOSS_TYPE == _SIGMOID_NORM:                      # sigmoid_norm (LN-DPO)
         z = beta * ((pw - rw) / lw - (pl - rl) / ll) + length_term
         dzw = beta / lw
         dzl = -beta / ll
-    elif LOSS_TYPE == 4:                      # simpo
+    elif LOSS_TYPE == _SIMPO:                             # simpo
         z = beta * (pw / lw - pl / ll) - gamma + length_term
         dzw = beta / lw
         dzl = -beta / ll
@@ -53,10 +60,10 @@ def pair_loss_kernel(
         z = (pw - rw) / lw - (pl - rl) / ll
         dzw = 1.0 / lw
         dzl = -1.0 / ll
-    if LOSS_TYPE == 2:
+    if LOSS_TYPE == _HINGE:
         loss = tl.maximum(1.0 - z, 0.0)
         dldz = tl.where(z < 1.0, -1.0, 0.0)
-    elif LOSS_TYPE == 1:
+    elif LOSS_TYPE == _IPO:
         diff = z - 0.5 / beta
         loss = diff * diff
         dldz = 2.0 * diff

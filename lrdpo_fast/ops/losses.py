@@ -26,12 +26,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.loss_types import LOSS_TYPE_CODES
 from .validation import check_same_device
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm", "simpo")
+LOSS_TYPES = tuple(LOSS_TYPE_CODES)  # ("sigmoid", "ipo", "hinge", "sigmoid_norm", "simpo")
 LENGTH_NORMALIZED = frozenset({"ipo", "sigmoid_norm", "simpo"})
 SIGMOID_FAMILY = frozenset({"sigmoid", "sigmoid_norm", "simpo"})
-LOSS_TYPE_IDS = {name: i for i, name in enumerate(LOSS_TYPES)}  # for the Triton pair-loss kernel
+LOSS_TYPE_IDS = LOSS_TYPE_CODES  # the Triton pair-loss kernel's codes, owned by kernels/loss_types.py
 
 
 def check_loss_args(loss_type: str, beta: float, alpha: float, gamma: float, label_smoothing: float) -> None:
