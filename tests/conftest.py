@@ -21,3 +21,32 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# ---- one vLLM engine for the whole session (the sampler and the loop tests share it) --------------
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Folder with ``helpers.tiny_model("llama", seed=0)`` (fp32) and ``helpers.tiny_tokenizer()``,
+    written with ``save_pretrained``: what the session's vLLM engine starts from."""
+    from helpers import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama", seed=0).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_sampler(tiny_model_dir):
+    """A ``VLLMSampler`` over ``tiny_model_dir`` (in-process engine, fp32, eager, max_model_len 256,
+    1 GiB KV cache on the CPU), started once per session (~5-20 s). Skipped without vllm.
+
+    Shared state: a test that calls ``load_weights`` must load ``tiny_model("llama", seed=0)``
+    back before it ends (``try/finally``), and must not ``close`` or ``sleep`` it.
+    """
+    pytest.importorskip("vllm")
+    from lrdpo_fast.loop.sampler import VLLMSampler
+
+    sampler = VLLMSampler(str(tiny_model_dir), seed=0, dtype="float32", max_model_len=256, enforce_eager=True)
+    yield sampler
+    sampler.close()

@@ -1,0 +1,268 @@
+"""VLLMSampler on a real vLLM engine (CPU backend, fp32) and a tiny local Llama: greedy equality
+with transformers before and after an in-memory weight sync, chat prompts, truncation and stop
+strings, seeded reproducibility, log-probs against a float64 forward, refusal of bad input and of
+bad state dicts before anything is loaded, the JSONL round trip, and the save-and-reload fallback
+of an engine in another process. The session's engine is ``conftest.vllm_sampler``."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import tiny_model, tiny_tokenizer
+from lrdpo_fast.loop.samples import Sample, read_samples, write_samples
+
+vllm = pytest.importorskip("vllm")
+from lrdpo_fast.loop.sampler import VLLMSampler, request_seed  # noqa: E402
+
+PROMPTS = [
+    "The quick brown fox",
+    "What is the capital of France?",
+    [{"role": "user", "content": "Write a short poem about the sea."}],
+    "Hello",
+]
+
+
+def _prompt_ids(tok, prompt) -> list[int]:
+    """How the trainer tokenizes a prompt: chat template + generation prompt, or BOS + text."""
+    if isinstance(prompt, str):
+        return [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def _hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=2, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def _greedy(sampler, prompts=PROMPTS, max_new_tokens=16):
+    return [g[0].response_ids for g in sampler.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens)]
+
+
+def _original_weights():
+    return tiny_model("llama", seed=0).state_dict()
+
+
+def test_import_is_light():
+    code = ("import sys, lrdpo_fast.loop.sampler, lrdpo_fast.loop.samples; "
+            "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_greedy_equals_transformers_before_and_after_load_weights(vllm_sampler):
+    tok = tiny_tokenizer()
+    prompt_ids = [_prompt_ids(tok, p) for p in PROMPTS]
+    samples = vllm_sampler.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=16)
+    assert [g[0].prompt_ids for g in samples] == prompt_ids  # chat template with generation prompt
+    assert tok.decode(prompt_ids[2]).endswith("<|im_start|>assistant\n")
+    base = tiny_model("llama", seed=0)
+    before = [_hf_greedy(base, ids, 16) for ids in prompt_ids]
+    assert [g[0].response_ids for g in samples] == before
+    assert all(g[0].response_ids == g[1].response_ids for g in samples)  # greedy: n equal samples
+
+    new = tiny_model("llama", seed=1)
+    after = [_hf_greedy(new, ids, 16) for ids in prompt_ids]
+    assert after != before
+    try:
+        seconds = vllm_sampler.load_weights(new)  # a module
+        assert 0 < seconds < 10
+        assert _greedy(vllm_sampler) == after
+    finally:
+        vllm_sampler.load_weights(_original_weights())  # a state dict
+    assert _greedy(vllm_sampler) == before
+
+
+def test_load_weights_from_a_trainer(vllm_sampler, tmp_path):
+    import lrdpo_fast as lf
+    from helpers import random_records
+
+    tok = tiny_tokenizer()
+    cfg = lf.TrainConfig(beta=0.1, learning_rate=5e-2, lr_scheduler="constant", pairs_per_step=4, max_steps=2,
+                         output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False)
+    trainer = lf.Trainer(tiny_model("llama", seed=0).train(), tok, random_records(8, seed=3), cfg)
+    trainer.train()
+    policy = trainer.model.eval()
+    prompt_ids = [_prompt_ids(tok, p) for p in PROMPTS]
+    expected = [_hf_greedy(policy, ids, 16) for ids in prompt_ids]
+    try:
+        vllm_sampler.load_weights(trainer.export_state_dict())
+        assert _greedy(vllm_sampler) == expected
+    finally:
+        vllm_sampler.load_weights(_original_weights())
+
+
+def test_truncated_and_stop_strings(vllm_sampler):
+    (cut,) = vllm_sampler.generate(["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=3)
+    assert cut[0].truncated and cut[0].finish_reason == "length" and len(cut[0].response_ids) == 3
+    (full,) = vllm_sampler.generate(["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=24)
+    text = full[0].text
+    k = next(k for k in range(2, len(text) - 2) if "\ufffd" not in text[k:k + 2] and text.index(text[k:k + 2]) == k)
+    (stopped,) = vllm_sampler.generate(["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=24,
+                                       stop=text[k:k + 2])
+    s = stopped[0]
+    assert s.finish_reason == "stop" and not s.truncated
+    assert s.text == text[:k]
+    assert s.response_ids == full[0].response_ids[:len(s.response_ids)] and len(s.response_ids) < 24
+
+
+def test_seeded_samples_are_reproducible(vllm_sampler):
+    kw = dict(n=3, temperature=1.0, max_new_tokens=12)
+    a = vllm_sampler.generate(PROMPTS[:3], seed=7, **kw)
+    b = vllm_sampler.generate(PROMPTS[:3], seed=7, **kw)
+    c = vllm_sampler.generate(PROMPTS[:3], seed=8, **kw)
+    ids = lambda out: [[s.response_ids for s in g] for g in out]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    assert all(len({tuple(r) for r in g}) == 3 for g in ids(a))  # n distinct samples per prompt
+    # a sample depends on (seed, prompt index, sample index) only: not on n or on the batch
+    first_two = vllm_sampler.generate(PROMPTS[:3], seed=7, n=2, temperature=1.0, max_new_tokens=12)
+    assert ids(first_two) == [g[:2] for g in ids(a)]
+    assert ids(vllm_sampler.generate(PROMPTS[:3], **kw)) == ids(vllm_sampler.generate(PROMPTS[:3], seed=0, **kw))
+    assert request_seed(7, 0, 1) != request_seed(7, 1, 0) and request_seed(7, 2, 1) == request_seed(7, 2, 1)
+
+
+def test_logprobs_match_a_float64_forward(vllm_sampler):
+    out = vllm_sampler.generate(PROMPTS, n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, logprobs=True, seed=3)
+    model = tiny_model("llama", seed=0).double()
+    for group in out:
+        for s in group:
+            assert len(s.logprobs) == len(s.response_ids) > 0
+            ids = torch.tensor([s.prompt_ids + s.response_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(s.prompt_ids) - 1:-1]
+            ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.response_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), ref, atol=2e-4, rtol=1e-4)
+    assert vllm_sampler.generate(PROMPTS[:1], n=1, max_new_tokens=4)[0][0].logprobs is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompts=[]), "prompts is empty"),
+    (dict(prompts="Hello"), "prompts must be a list"),
+    (dict(prompts=[""]), r"prompts\[0\] is an empty string"),
+    (dict(prompts=["a", []]), r"prompts\[1\] is empty"),
+    (dict(prompts=[{"role": "user", "content": "hi"}]), r"prompts\[0\] is a single chat message"),
+    (dict(prompts=["a"], n=0), "n must be"),
+    (dict(prompts=["a"], temperature=-0.5), "temperature must be"),
+    (dict(prompts=["a"], top_p=0.0), "top_p must be"),
+    (dict(prompts=["a"], max_new_tokens=0), "max_new_tokens must be"),
+    (dict(prompts=["a"], stop=[""]), "stop must be"),
+    (dict(prompts=["a"], seed=-1), "seed must be"),
+    (dict(prompts=["a", [5] * 256]), r"prompts\[1\] has 256 tokens; max_model_len=256"),
+    (dict(prompts=[[5, 100000]]), r"prompts\[0\] holds token ids outside"),
+])
+def test_generate_rejects_bad_input(vllm_sampler, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vllm_sampler.generate(**kwargs)
+
+
+def test_long_prompt_is_capped_by_max_model_len(vllm_sampler):
+    (g,) = vllm_sampler.generate([[5] * 250], n=1, temperature=0.0, max_new_tokens=64)
+    assert len(g[0].response_ids) <= 6 and g[0].truncated
+
+
+def test_bad_state_dicts_are_refused_before_loading(vllm_sampler):
+    before = _greedy(vllm_sampler)
+    good = tiny_model("llama", seed=1).state_dict()
+    partial = dict(good)
+    del partial["model.layers.1.mlp.down_proj.weight"]
+    misshaped = dict(good)
+    misshaped["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(64, 64)
+    extra = dict(good)
+    extra["model.layers.9.mlp.up_proj.weight"] = torch.zeros(128, 64)
+    nan = dict(good)
+    nan["model.norm.weight"] = torch.full((64,), float("nan"))
+    integer = dict(good)
+    integer["model.norm.weight"] = torch.ones(64, dtype=torch.int64)
+    cases = [
+        (partial, r"missing tensor 'model\.layers\.1\.mlp\.down_proj\.weight'"),
+        (misshaped, r"weights\['model\.layers\.0\.self_attn\.k_proj\.weight'\] has shape \(64, 64\); the checkpoint has \(32, 64\)"),
+        (extra, r"unexpected tensor 'model\.layers\.9\.mlp\.up_proj\.weight'"),
+        (nan, r"weights\['model\.norm\.weight'\] holds NaN"),
+        (integer, r"weights\['model\.norm\.weight'\] has dtype torch\.int64"),
+        ({"model.norm.weight": "x"}, r"must be a torch\.Tensor"),
+        (42, "weights must be a state dict"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            vllm_sampler.load_weights(bad)
+    assert _greedy(vllm_sampler) == before  # nothing of the refused dicts was loaded
+
+
+def test_samples_jsonl_round_trip_is_byte_identical(vllm_sampler, tmp_path):
+    out = vllm_sampler.generate(PROMPTS, n=2, temperature=1.0, max_new_tokens=10, logprobs=True, seed=11)
+    out[1][0] = Sample(**{**out[1][0].to_record(), "logprobs": None})
+    path = write_samples(tmp_path / "samples.jsonl", out)
+    back = read_samples(path)
+    assert back == out
+    write_samples(tmp_path / "again.jsonl", back)
+    assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()
+    first = json.loads(path.read_text().splitlines()[0])
+    assert list(first) == ["prompt_index", "sample_index", "prompt_ids", "response_ids", "text", "finish_reason",
+                           "truncated", "logprobs"]
+
+
+def test_sample_validation():
+    ok = dict(prompt_ids=[1, 5], response_ids=[7, 2], text="x", finish_reason="stop", truncated=False,
+              logprobs=[-1.0, -0.5])
+    Sample(**ok)
+    for change, match in [
+        (dict(finish_reason="abort"), "finish_reason must be"),
+        (dict(truncated=True), "disagrees with finish_reason"),
+        (dict(logprobs=[-1.0]), "logprobs has 1 values for 2"),
+        (dict(logprobs=[-1.0, float("nan")]), r"logprobs\[1\] must be a finite float"),
+        (dict(response_ids=[7, -2]), "response_ids holds a negative"),
+        (dict(text=None), "text must be a str"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Sample(**{**ok, **change})
+    with pytest.raises(ValueError, match="record is missing"):
+        Sample.from_record({"prompt_ids": [1]})
+
+
+def test_sleep_is_a_no_op_without_sleep_mode(vllm_sampler, tiny_model_dir):
+    assert not vllm_sampler.sleep_mode
+    vllm_sampler.sleep()
+    vllm_sampler.wake_up()
+    assert vllm_sampler.generate(["Hello"], n=1, max_new_tokens=2)[0][0].num_tokens == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="enable_sleep_mode=True needs a CUDA device"):
+            VLLMSampler(str(tiny_model_dir), enable_sleep_mode=True)
+
+
+def test_constructor_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="model must be a local save_pretrained folder"):
+        VLLMSampler(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="tokenizer is required when model is a module"):
+        VLLMSampler(tiny_model("llama"))
+    with pytest.raises(ValueError, match="tensor_parallel_size must be"):
+        VLLMSampler(str(tmp_path), tensor_parallel_size=0)
+    with pytest.raises(ValueError, match="gpu_memory_utilization must be"):
+        VLLMSampler(str(tmp_path), gpu_memory_utilization=1.5)
+
+
+@pytest.mark.slow
+def test_engine_in_another_process_reloads_from_a_folder(monkeypatch, caplog):
+    """A module + tokenizer object start a second engine, this one in its own process: weights then
+    go through a safetensors folder (logged once), still without a restart."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    tok = tiny_tokenizer()
+    prompt_ids = [_prompt_ids(tok, p) for p in PROMPTS]
+    new = tiny_model("llama", seed=1)
+    with VLLMSampler(tiny_model("llama", seed=0), tok, dtype="float32", max_model_len=128, enforce_eager=True) as s:
+        assert not s.in_process
+        assert _greedy(s) == [_hf_greedy(tiny_model("llama", seed=0), ids, 16) for ids in prompt_ids]
+        with caplog.at_level(logging.WARNING, logger="lrdpo_fast.loop.sampler"):
+            s.load_weights(new.state_dict())
+            s.load_weights(new)
+        assert sum("another process" in r.message for r in caplog.records) == 1
+        assert _greedy(s) == [_hf_greedy(new, ids, 16) for ids in prompt_ids]
+    assert s._tmpdirs == []
