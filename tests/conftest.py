@@ -1,11 +1,15 @@
 """Shared test set-up. TRITON_INTERPRET must be set before triton compiles any kernel, so it is the
-first thing here: the Triton backend then runs on CPU tensors through Triton's interpreter."""
+first thing here. Without CUDA the Triton backend runs on CPU tensors through Triton's interpreter
+(TRITON_INTERPRET=1); with CUDA it stays unset, so the Triton tests run the compiled kernels users
+get (tensor-core block sizes, 16-bit dots), and ``pytest -m gpu`` selects the GPU-only set."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # noqa: E402  (importing torch does not import triton)
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # CI (CI=true) replays the same examples every run so main stays green for the same code;
