@@ -92,7 +92,7 @@ for it in range(2):  # iteration 1 trains the live (already sharded) policy agai
                       save_final=False)
     trainer = Trainer(model, tok, records, cfg)
     rows += trainer.train()
-    model = trainer.model
+    model = trainer.policy_loss  # the loop keeps the (sharded) root and hands it to the next Trainer
 state = trainer.export_state_dict()
 if trainer.dist.is_main:
     json.dump({"rows": rows, "norm": float(sum(v.double().pow(2).sum() for v in state.values()))},

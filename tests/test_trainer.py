@@ -72,10 +72,10 @@ def test_uneven_micro_batches_give_full_batch_gradient(tmp_path):
     for budget in (4096, sizes[-1] + sizes[0] // 2):  # one micro-batch vs several uneven ones
         model = _model()
         tr = Trainer(model, tok, records, _cfg(tmp_path, max_tokens_per_batch=budget, pairs_per_step=7))
-        sums = tr.accumulate_gradients(list(range(7)))
-        n_micro.append(tr._last_micro_batches)
+        totals = tr.accumulate_gradients(list(range(7)))
+        n_micro.append(totals.micro_batches)
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-        assert sums[-3].item() == 7  # pairs
+        assert totals.pairs == 7
     assert n_micro[0] == 1 and n_micro[1] >= 3
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)

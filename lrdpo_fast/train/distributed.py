@@ -104,15 +104,20 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_policy(root: torch.nn.Module, policy: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def shard_policy(root: torch.nn.Module, policy: torch.nn.Module, info: DistInfo,
+                 forward_methods: tuple[str, ...] = ()) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` each decoder layer of ``policy``, then ``root`` (a module that
-    owns ``policy`` and whose forward runs the whole loss). Returns ``root`` (sharded in place).
+    owns ``policy`` and whose forward runs the whole loss); ``forward_methods`` are other methods of
+    ``root`` that run the policy (they get FSDP's all-gather hooks too). Returns ``root`` (sharded
+    in place).
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for layer in decoder_layers(policy):
         fully_shard(layer)
     fully_shard(root)
+    for method in forward_methods:
+        register_fsdp_forward_method(root, method)
     return root
 
 

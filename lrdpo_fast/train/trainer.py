@@ -10,10 +10,14 @@ One step, in order:
 4. clip the gradient norm, AdamW step, LR-schedule step;
 5. one metrics row (pair-weighted means over micro-batches and ranks) to ``metrics.jsonl``.
 
-The reference log-probs are computed once before training from ``ref_model`` (default: the
-policy itself before its first step, i.e. a frozen copy without the memory), unless
-``live_reference`` runs the reference forward on each micro-batch. ``trainer.model`` is always
-the live policy; ``trainer.export_state_dict()`` gives full weights (e.g. to sync a vLLM sampler).
+Read as a recipe: ``__init__`` reads the config and the data; ``setup()`` (run once, lazily, by
+``train``/``train_step``/checkpointing) builds the reference, the model root, the optimizer and
+the LR schedule, each in its own ``_setup_*`` method that returns its object; ``train()`` is the
+loop. The reference log-probs come from one of the sources of ``reference.py`` (default: the
+policy itself before its first step, precomputed once). ``trainer.model`` is the live policy,
+``trainer.policy_loss`` the root that owns it (sharded under FSDP2): the iterative loop passes it
+to the next iteration's Trainer as ``model``; ``trainer.export_state_dict()`` gives full weights
+(e.g. to sync a vLLM sampler).
 """
 from __future__ import annotations
 
@@ -21,85 +25,34 @@ import copy
 import math
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.files import load_pairs
+from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
+from ..data.records import PairExample
+from ..model.packed import model_sequence_logprobs, precompute_reference_logps
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainConfig
-from ..data.files import load_pairs
-from ..data.records import PairExample
-from ..ops.fused import fused_lrdpo_loss
-from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
-from ..model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states, precompute_reference_logps
+from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, read_metrics, summary_line
 from .optim import build_optimizer, build_scheduler
-from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
+from .policy import PolicyLoss, disable_dropout
+from .reference import precompute_through_root, reference_source
+from .steps import PAIR_METRICS, StepTotals
 
-PAIR_METRICS = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
-    "length/chosen",
-    "length/rejected",
-)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every ``nn.Dropout`` probability (and the config's attention dropout) to 0: DPO
-    log-prob differences must be deterministic."""
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "attention_dropout", 0.0):
-        cfg.attention_dropout = 0.0
-
-
-class PolicyLoss(nn.Module):
-    """The policy plus the objective: ``forward(batch, ref_logps) -> (loss, metrics)``.
-
-    A module of its own so FSDP2 can shard it as the root (it owns the embeddings, final norm
-    and LM head, whose weight the fused kernel reads directly).
-    """
-
-    def __init__(self, policy: nn.Module, cfg: TrainConfig, compute_dtype: torch.dtype | None):
-        super().__init__()
-        self.policy = policy
-        self.cfg = cfg
-        self.compute_dtype = compute_dtype
-
-    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None, logps_only: bool = False):
-        """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo).
-        Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors);
-        with ``logps_only`` the policy's (logps float32 [S], lengths int64 [S]) instead (used to
-        precompute reference log-probs through the sharded root)."""
-        cfg = self.cfg
-        if logps_only:
-            return model_sequence_logprobs(self.policy, batch, backend=cfg.backend)
-        hidden = packed_hidden_states(self.policy, batch)
-        weight, bias = lm_head_params(self.policy)
-        dt = self.compute_dtype or weight.dtype
-        hidden, weight = hidden.to(dt), weight.to(dt)
-        bias = None if bias is None else bias.to(dt)
-        return fused_lrdpo_loss(
-            hidden, weight, batch.labels, batch.cu_seqlens,
-            ref_logps=ref_logps, bias=bias, beta=cfg.beta, alpha=cfg.alpha, loss_type=cfg.loss_type,
-            gamma=cfg.gamma, label_smoothing=cfg.label_smoothing, backend=cfg.backend,
-        )
+__all__ = ["PAIR_METRICS", "PolicyLoss", "StepTotals", "Trainer", "disable_dropout", "load_pairs"]
 
 
 class Trainer:
     """LR-DPO training of ``model`` on preference ``pairs`` (see the module docstring).
 
     Args:
-        model: a transformers causal LM (``*ForCausalLM``); trained in place, ``trainer.model``.
+        model: a transformers causal LM (``*ForCausalLM``), trained in place (``trainer.model``),
+            or the ``PolicyLoss`` root of an earlier Trainer (``trainer.policy_loss``: the
+            iterative loop's way to keep one, possibly sharded, policy across iterations).
         tokenizer: its tokenizer (saved with every checkpoint; may be None for pre-tokenized
             pairs, then nothing tokenizer-related is saved).
         pairs: JSONL path, ``datasets.Dataset``, list of records or ``PairExample`` (see
@@ -110,7 +63,8 @@ class Trainer:
             it is before training (precomputed), or a frozen deep copy when ``live_reference``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, pairs, config: TrainConfig | None = None, *, ref_model: nn.Module | None = None):
+    def __init__(self, model: nn.Module, tokenizer, pairs, config: TrainConfig | None = None, *,
+                 ref_model: nn.Module | None = None):
         cfg = TrainConfig() if config is None else config
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"config must be a TrainConfig, got {type(cfg).__name__}")
@@ -118,20 +72,17 @@ class Trainer:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dist = dist_utils.init_distributed(self.device.type)
-        if self.device.type == "cuda" and self.dist.enabled and cfg.device is None:
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device, self.dist = self._setup_device()
         torch.manual_seed(cfg.seed)
         self.examples: list[PairExample] = load_pairs(
             pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length
         )
-        self.model = model.to(self.device)
+        self.policy_loss: PolicyLoss | None = model if isinstance(model, PolicyLoss) else None
+        self.model: nn.Module = (model.policy if self.policy_loss is not None else model).to(self.device)
         disable_dropout(self.model)
         self.ref_model = ref_model
         self.compute_dtype = self._compute_dtype()
-        n = len(self.examples)
-        self.steps_per_epoch = math.ceil(n / cfg.pairs_per_step)
+        self.steps_per_epoch = math.ceil(len(self.examples) / cfg.pairs_per_step)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * self.steps_per_epoch
         # progress through the data: the permutation of epoch e is a function of (seed, e)
         self.global_step = 0
@@ -141,13 +92,35 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
-        self.loss_module: PolicyLoss | None = None
-        self._prepared = False
-        self._precompute_after_sharding = False
+        self._is_set_up = False
         self._order_cache: tuple[int, list[int]] | None = None
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.dist.is_main)
 
-    # ---- set-up ------------------------------------------------------------------------------
+    # ---- set-up: each part in its own method, returning what it builds -----------------------
+    def setup(self) -> None:
+        """Reference, model root (checkpointing, sharding), optimizer, LR schedule: once."""
+        if self._is_set_up:
+            return
+        source = reference_source(self.cfg, self.ref_model, self.examples, self.dist.enabled)
+        self.ref_model = self._setup_reference(source)
+        self.policy_loss = self._setup_model()
+        if source == "through_root":
+            self.examples = precompute_through_root(
+                self.policy_loss, self.examples, max_tokens_per_batch=self.cfg.max_tokens_per_batch,
+                device=self.device, autocast=self._autocast,
+            )
+        self.optimizer = self._setup_optimizer()
+        self.scheduler = self._setup_lr_scheduler(self.optimizer)
+        self._is_set_up = True
+
+    def _setup_device(self) -> tuple[torch.device, dist_utils.DistInfo]:
+        cfg = self.cfg
+        device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        info = dist_utils.init_distributed(device.type)
+        if device.type == "cuda" and info.enabled and cfg.device is None:
+            device = torch.device("cuda", info.local_rank)
+        return device, info
+
     def _compute_dtype(self) -> torch.dtype | None:
         d = self.cfg.dtype
         if d == "bf16" or (d == "auto" and self.device.type == "cuda"):
@@ -159,95 +132,56 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
-    def _prepare_reference(self) -> None:
+    def _setup_reference(self, source: str) -> nn.Module | None:
+        """Acts on the reference ``source`` (see ``reference.py``); returns the model kept for a
+        live reference, else None (a precomputed reference model is freed)."""
         cfg = self.cfg
-        if cfg.loss_type == "simpo":
-            return
-        if cfg.live_reference:
-            if self.ref_model is None:
-                root = self.model.__dict__.pop("_lrdpo_policy_loss", None)
-                try:
-                    if root is not None and self.dist.enabled:
-                        raise ValueError(
-                            "live_reference on a policy already sharded by an earlier Trainer: pass ref_model "
-                            "(an unsharded copy of the previous policy) explicitly"
-                        )
-                    self.ref_model = copy.deepcopy(self.model)
-                finally:
-                    if root is not None:
-                        object.__setattr__(self.model, "_lrdpo_policy_loss", root)
-            self.ref_model.to(self.device).eval().requires_grad_(False)
-            disable_dropout(self.ref_model)
-            return
-        if self.ref_model is None and all(ex.has_ref for ex in self.examples):
-            return  # stored reference log-probs
-        if self.ref_model is None and self.dist.enabled:
-            self._precompute_after_sharding = True  # the policy itself, through the sharded root
-            return
-        ref = self.ref_model if self.ref_model is not None else self.model
-        ref.to(self.device)
-        with self._autocast():
-            self.examples = precompute_reference_logps(
-                ref, self.examples, max_tokens_per_batch=cfg.max_tokens_per_batch, backend=cfg.backend,
-                progress=cfg.progress and self.dist.is_main,
-            )
-        if self.ref_model is not None:  # not needed any more: free it
-            self.ref_model = None
+        if source == "live":
+            ref = self.ref_model
+            if ref is None:
+                if self.policy_loss is not None and self.policy_loss.sharded:
+                    raise ValueError(
+                        "live_reference on a policy already sharded by an earlier Trainer: pass ref_model "
+                        "(an unsharded copy of the previous policy) explicitly"
+                    )
+                ref = copy.deepcopy(self.model)
+            ref.to(self.device).eval().requires_grad_(False)
+            disable_dropout(ref)
+            return ref
+        if source == "precompute":
+            ref = self.ref_model if self.ref_model is not None else self.model
+            ref.to(self.device)
+            with self._autocast():
+                self.examples = precompute_reference_logps(
+                    ref, self.examples, max_tokens_per_batch=cfg.max_tokens_per_batch, backend=cfg.backend,
+                    progress=cfg.progress and self.dist.is_main,
+                )
+        return None
 
-    def _prepare(self) -> None:
-        """Reference, attention, checkpointing, sharding, optimizer, schedule: once, lazily."""
-        if self._prepared:
-            return
+    def _setup_model(self) -> PolicyLoss:
+        """Varlen attention + gradient checkpointing, train mode, and the ``PolicyLoss`` root
+        (sharded with FSDP2 when distributed; an earlier Trainer's root is reused as it is)."""
         from ..model.attention import enable_varlen_attention
 
-        self._prepare_reference()
         if self.cfg.gradient_checkpointing:
             # recomputation in backward must see the same attention as the forward
             enable_varlen_attention(self.model)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
-        # A policy trained by an earlier Trainer (iterative loop) keeps its root wrapper: when
-        # distributed it is already sharded, and FSDP cannot shard a module twice.
-        root = self.model.__dict__.get("_lrdpo_policy_loss")
+        root = self.policy_loss
         if root is None:
             root = PolicyLoss(self.model, self.cfg, self.compute_dtype)
             if self.dist.enabled:
-                dist_utils.shard_policy(root, self.model, self.dist)
-            object.__setattr__(self.model, "_lrdpo_policy_loss", root)  # not a registered submodule
+                dist_utils.shard_policy(root, self.model, self.dist, forward_methods=("sequence_logps",))
+                root.sharded = True
         root.cfg, root.compute_dtype = self.cfg, self.compute_dtype
-        self.loss_module = root
-        if self._precompute_after_sharding:
-            self._precompute_through_root()
-        self.optimizer = build_optimizer(self.model, self.cfg)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.total_steps)
-        self._prepared = True
+        return root
 
-    @torch.no_grad()
-    def _precompute_through_root(self) -> None:
-        """Reference log-probs = the (sharded) policy before training, every rank computing every
-        batch in the same order so FSDP's collectives line up."""
-        budget = self.cfg.max_tokens_per_batch
-        stripped = [PairExample(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, ex.num_truncated_tokens)
-                    for ex in self.examples]
-        out = list(self.examples)
-        self.model.eval()
-        try:
-            for idx in token_budget_batches(stripped, budget):
-                batch = pack_pairs([stripped[i] for i in idx]).to(self.device)
-                with self._autocast():
-                    logps, _ = self.loss_module(batch, None, logps_only=True)
-                vals = logps.float().cpu().tolist()
-                for j, i in enumerate(idx):
-                    out[i] = self.examples[i].with_ref(vals[2 * j], vals[2 * j + 1])
-        finally:
-            self.model.train()
-        # FSDP keeps the root unsharded after a forward: reshard so the optimizer is built on the
-        # sharded parameters.
-        reshard = getattr(self.loss_module, "reshard", None)
-        if reshard is not None:
-            reshard()
-        self.examples = out
-        self._precompute_after_sharding = False
+    def _setup_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.model, self.cfg)
+
+    def _setup_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        return build_scheduler(optimizer, self.cfg, self.total_steps)
 
     # ---- data order --------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -272,16 +206,16 @@ class Trainer:
         return idx
 
     # ---- one step ----------------------------------------------------------------------------
-    def _micro_batches(self, mine: list[int]) -> list[tuple[list[int], float]]:
+    def _micro_batches(self, mine: list[int], filler: int) -> list[tuple[list[int], float]]:
         """(example indices, weight) per micro-batch of this rank, padded with zero-weight
-        repeats so every rank runs the same number (FSDP collectives must line up)."""
+        repeats (of ``filler``, an example of the step) so every rank runs the same number (FSDP
+        collectives must line up)."""
         exs = [self.examples[i] for i in mine]
         groups = [[mine[j] for j in b] for b in token_budget_batches(exs, self.cfg.max_tokens_per_batch)] if mine else []
         out = [(g, 1.0) for g in groups]
         want = dist_utils.max_int(len(out), self.dist, self.device)
-        filler = groups[0] if groups else None
         while len(out) < want:
-            out.append((filler if filler is not None else [self._filler_index], 0.0))
+            out.append((groups[0] if groups else [filler], 0.0))
         return out
 
     def _ref_logps(self, batch: PackedBatch) -> torch.Tensor | None:
@@ -293,43 +227,38 @@ class Trainer:
             return logps.float()
         return batch.ref_logps
 
-    def accumulate_gradients(self, step_idx: list[int]) -> torch.Tensor:
+    def accumulate_gradients(self, step_idx: list[int]) -> StepTotals:
         """Forward + backward of the step made of examples ``step_idx`` (global indices, same on
-        every rank); gradients ADD into ``.grad``. Returns float64 numerators summed over ranks:
-        [loss*pairs, each PAIR_METRICS value*pairs, pairs, tokens, truncated tokens]."""
-        self._prepare()
+        every rank); gradients ADD into ``.grad``. Returns the step's ``StepTotals`` summed over
+        ranks (pair-weighted loss and metric sums, pairs, tokens, truncated tokens)."""
+        self.setup()
         info = self.dist
         if not step_idx:
             raise ValueError("step_idx is empty: a step needs at least one pair")
         global_pairs = len(step_idx)
-        self._filler_index = step_idx[0]
-        mine = dist_utils.shard_indices(step_idx, info)
-        micro = self._micro_batches(mine)
-        sums = torch.zeros(len(PAIR_METRICS) + 4, dtype=torch.float64)
+        micro = self._micro_batches(dist_utils.shard_indices(step_idx, info), filler=step_idx[0])
+        totals = StepTotals(micro_batches=len(micro))
         for j, (idx, w) in enumerate(micro):
             batch = pack_pairs([self.examples[i] for i in idx]).to(self.device)
             if info.enabled:
-                dist_utils.set_gradient_sync(self.loss_module, j == len(micro) - 1)
+                dist_utils.set_gradient_sync(self.policy_loss, j == len(micro) - 1)
             ref = self._ref_logps(batch)
             with self._autocast():
-                loss, m = self.loss_module(batch, ref)
+                loss, m = self.policy_loss(batch, ref)
             # weighted BY PAIRS over the GLOBAL step; x world size undoes FSDP's gradient averaging
             scale = w * batch.num_pairs / global_pairs * info.world_size
             (loss * scale).backward()
             if w:
-                p = batch.num_pairs
-                vals = [loss.detach()] + [m[k] for k in PAIR_METRICS]
-                sums[: len(vals)] += torch.stack([v.double().cpu() for v in vals]) * p
-                sums[len(vals):] += torch.tensor([p, batch.num_tokens, batch.num_truncated_tokens], dtype=torch.float64)
-        self._last_micro_batches = len(micro)
-        return dist_utils.all_reduce_sum(sums, info)
+                totals.add(loss, m, pairs=batch.num_pairs, tokens=batch.num_tokens,
+                           truncated_tokens=batch.num_truncated_tokens)
+        return totals.all_reduce(info, self.device)
 
     def train_step(self) -> dict:
         """One optimizer step on the next ``pairs_per_step`` pairs; returns its metrics row."""
-        self._prepare()
+        self.setup()
         cfg = self.cfg
         t0 = time.perf_counter()
-        sums = self.accumulate_gradients(self._next_step_indices())
+        totals = self.accumulate_gradients(self._next_step_indices())
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):
@@ -342,21 +271,18 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        n_pairs, n_tokens = sums[len(PAIR_METRICS) + 1].item(), sums[len(PAIR_METRICS) + 2].item()
         row = {"step": self.global_step, "epoch": round(self.epoch + self.position / len(self.examples), 4)}
-        row["loss"] = sums[0].item() / n_pairs
-        for k, v in zip(PAIR_METRICS, sums[1:len(PAIR_METRICS) + 1].tolist()):
-            row[k] = v / n_pairs
+        row.update(totals.means())
         row.update({
             "learning_rate": lr,
             "grad_norm": float(grad_norm),
-            "pairs": int(n_pairs),
-            "tokens": int(n_tokens),
-            "truncated_tokens": int(sums[-1].item()),
-            "micro_batches": self._last_micro_batches,
+            "pairs": int(totals.pairs),
+            "tokens": int(totals.tokens),
+            "truncated_tokens": int(totals.truncated_tokens),
+            "micro_batches": totals.micro_batches,
             "step_time_s": dt,
-            "tokens_per_s": n_tokens / dt,
-            "pairs_per_s": n_pairs / dt,
+            "tokens_per_s": totals.tokens / dt,
+            "pairs_per_s": totals.pairs / dt,
             "peak_memory_mb": peak_memory_mb(self.device),
         })
         return row
@@ -378,7 +304,7 @@ class Trainer:
             self.load_checkpoint(path)
         else:
             self.writer.reset(keep_until_step=0)
-        self._prepare()
+        self.setup()
         if info.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "train_config.yaml")
         from tqdm.auto import tqdm
@@ -428,13 +354,13 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
         """Weights + tokenizer + trainer state to ``path`` (default output_dir/checkpoint-<step>)."""
-        self._prepare()
+        self.setup()
         path = Path(path) if path is not None else Path(self.cfg.output_dir) / f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}"
         if self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             opt_state = get_optimizer_state_dict(
-                self.loss_module, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+                self.policy_loss, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
         else:
             opt_state = self.optimizer.state_dict()
@@ -469,15 +395,15 @@ class Trainer:
             self.examples = [ex.with_ref(float(r[0]), float(r[1])) for ex, r in zip(self.examples, ref.tolist())]
             self.ref_model = None
         weights = ckpt.load_model_weights(path)
-        if self._prepared and self.dist.enabled:
+        if self._is_set_up and self.dist.enabled:
             raise ValueError("load_checkpoint must run before training starts when distributed")
         ckpt.apply_model_weights(self.model, {k: v.to(self.device) for k, v in weights.items()})
-        self._prepare()
+        self.setup()
         if self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
-                self.loss_module, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+                self.policy_loss, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
             )
         else:
             self.optimizer.load_state_dict(state["optimizer"])

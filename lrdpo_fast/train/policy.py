@@ -1,0 +1,71 @@
+"""The trained policy plus its objective, as one module: the root that FSDP2 shards and that the
+iterative loop keeps across iterations (``trainer.policy_loss``, passed to the next ``Trainer``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.packing import PackedBatch
+from ..model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states
+from ..ops.fused import fused_lrdpo_loss
+from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SequenceLogps:
+    """Per-sequence response log-probs of a packed batch: ``logps`` float32 [S] (summed over
+    response tokens), ``lengths`` int64 [S] (response tokens), sequences in pair order."""
+
+    logps: torch.Tensor
+    lengths: torch.Tensor
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every ``nn.Dropout`` probability (and the config's attention dropout) to 0: DPO
+    log-prob differences must be deterministic."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "attention_dropout", 0.0):
+        cfg.attention_dropout = 0.0
+
+
+class PolicyLoss(nn.Module):
+    """The policy plus the objective: ``forward(batch, ref_logps) -> (loss, metrics)``.
+
+    A module of its own so FSDP2 can shard it as the root (it owns the embeddings, final norm
+    and LM head, whose weight the fused kernel reads directly). ``sequence_logps(batch)`` runs the
+    same sharded policy without the loss (registered as an FSDP forward method when sharded).
+    ``cfg`` and ``compute_dtype`` are set by each Trainer that trains it.
+    """
+
+    def __init__(self, policy: nn.Module, cfg: TrainConfig, compute_dtype: torch.dtype | None):
+        super().__init__()
+        self.policy = policy
+        self.cfg = cfg
+        self.compute_dtype = compute_dtype
+        self.sharded = False
+
+    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None):
+        """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo).
+        Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors)."""
+        cfg = self.cfg
+        hidden = packed_hidden_states(self.policy, batch)
+        weight, bias = lm_head_params(self.policy)
+        dt = self.compute_dtype or weight.dtype
+        hidden, weight = hidden.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+        return fused_lrdpo_loss(
+            hidden, weight, batch.labels, batch.cu_seqlens,
+            ref_logps=ref_logps, bias=bias, beta=cfg.beta, alpha=cfg.alpha, loss_type=cfg.loss_type,
+            gamma=cfg.gamma, label_smoothing=cfg.label_smoothing, backend=cfg.backend,
+        )
+
+    def sequence_logps(self, batch: PackedBatch) -> SequenceLogps:
+        """The policy's per-sequence log-probs of ``batch`` (no loss); see ``SequenceLogps``."""
+        logps, lengths = model_sequence_logprobs(self.policy, batch, backend=self.cfg.backend)
+        return SequenceLogps(logps, lengths)

@@ -1,0 +1,65 @@
+"""What one optimizer step adds up: pair-weighted sums of the loss and the pair metrics, and the
+pair, token and micro-batch counts, summed across ranks (a typed hand-off, not a flat vector)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import distributed as dist_utils
+
+PAIR_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "length/chosen",
+    "length/rejected",
+)
+
+
+@dataclass
+class StepTotals:
+    """Sums over one step's micro-batches (and ranks, after ``all_reduce``).
+
+    ``loss`` and ``metrics[k]`` are sums of (value x pairs of the micro-batch): divide by ``pairs``
+    for the step's mean over pairs (``means()``). ``micro_batches`` is this rank's count.
+    """
+
+    loss: float = 0.0
+    metrics: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PAIR_METRICS, 0.0))
+    pairs: float = 0.0
+    tokens: float = 0.0
+    truncated_tokens: float = 0.0
+    micro_batches: int = 0
+
+    def add(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], *, pairs: int, tokens: int,
+            truncated_tokens: int) -> None:
+        """Add one micro-batch: its mean loss and metrics (0-d tensors), weighted by its pairs."""
+        vals = torch.stack([loss.detach()] + [metrics[k].detach() for k in PAIR_METRICS]).double().cpu().tolist()
+        self.loss += vals[0] * pairs
+        for k, v in zip(PAIR_METRICS, vals[1:]):
+            self.metrics[k] += v * pairs
+        self.pairs += pairs
+        self.tokens += tokens
+        self.truncated_tokens += truncated_tokens
+
+    def all_reduce(self, info: dist_utils.DistInfo, device: torch.device) -> StepTotals:
+        """The totals summed over every rank (itself when single-process); micro_batches stays local.
+        ``device``: where the collective runs (the training device: NCCL needs CUDA tensors)."""
+        if not info.enabled:
+            return self
+        flat = torch.tensor([self.loss, *[self.metrics[k] for k in PAIR_METRICS], self.pairs, self.tokens,
+                             self.truncated_tokens], dtype=torch.float64, device=device)
+        vals = dist_utils.all_reduce_sum(flat, info).cpu().tolist()
+        n = len(PAIR_METRICS)
+        return StepTotals(vals[0], dict(zip(PAIR_METRICS, vals[1:n + 1])), vals[n + 1], vals[n + 2], vals[n + 3],
+                          self.micro_batches)
+
+    def means(self) -> dict[str, float]:
+        """``{"loss": mean loss over pairs, <each PAIR_METRICS key>: mean over pairs}``."""
+        if self.pairs <= 0:
+            raise ValueError("StepTotals has no pairs: nothing to average")
+        return {"loss": self.loss / self.pairs, **{k: v / self.pairs for k, v in self.metrics.items()}}
