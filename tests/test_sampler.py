@@ -25,10 +25,15 @@ PROMPTS = [
     [{"role": "user", "content": "Write a short poem about the sea."}],
     "Hello",
 ]
+# longer than a KV block (128 tokens on the CPU backend): the prefix cache keeps its first block,
+# so a weight sync that forgot to reset the cache would reuse KV computed by the old weights
+LONG_PROMPT = [1] + [(7 * i) % 300 + 10 for i in range(149)]
 
 
 def _prompt_ids(tok, prompt) -> list[int]:
     """How the trainer tokenizes a prompt: chat template + generation prompt, or BOS + text."""
+    if isinstance(prompt[0], int):
+        return list(prompt)
     if isinstance(prompt, str):
         return [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
     text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -59,8 +64,9 @@ def test_import_is_light():
 
 def test_greedy_equals_transformers_before_and_after_load_weights(vllm_sampler):
     tok = tiny_tokenizer()
-    prompt_ids = [_prompt_ids(tok, p) for p in PROMPTS]
-    samples = vllm_sampler.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=16)
+    prompts = PROMPTS + [LONG_PROMPT]
+    prompt_ids = [_prompt_ids(tok, p) for p in prompts]
+    samples = vllm_sampler.generate(prompts, n=2, temperature=0.0, max_new_tokens=16)
     assert [g[0].prompt_ids for g in samples] == prompt_ids  # chat template with generation prompt
     assert tok.decode(prompt_ids[2]).endswith("<|im_start|>assistant\n")
     base = tiny_model("llama", seed=0)
@@ -74,10 +80,11 @@ def test_greedy_equals_transformers_before_and_after_load_weights(vllm_sampler):
     try:
         seconds = vllm_sampler.load_weights(new)  # a module
         assert 0 < seconds < 10
-        assert _greedy(vllm_sampler) == after
+        assert _greedy(vllm_sampler, prompts) == after
     finally:
         vllm_sampler.load_weights(_original_weights())  # a state dict
-    assert _greedy(vllm_sampler) == before
+    assert _greedy(vllm_sampler, prompts) == before
+    assert torch.set_num_threads is torch._C.set_num_threads  # the engine's replacement was undone
 
 
 def test_load_weights_from_a_trainer(vllm_sampler, tmp_path):
