@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lrdpo_fast as lf
+from cases import backend_device
 from lrdpo_fast.ops.losses import LOSS_TYPE_IDS
 from reference import mean_pair_loss
 
@@ -59,6 +60,19 @@ def test_alpha_zero_is_dpo_and_length_term_sign():
     dpo, _ = lf.lrdpo_loss(*_split(seq), *_split(ref), *_split(lengths), beta=0.1)
     lr0, _ = lf.lrdpo_loss(*_split(seq), *_split(ref), *_split(lengths), beta=0.1, alpha=0.0)
     assert dpo == lr0
+    # ... and both are DPO, written out here independently of the library: mean -log sigma(beta delta)
+    s, r, n = seq.tolist(), ref.tolist(), lengths.tolist()
+    delta = [(s[i] - r[i]) - (s[i + 1] - r[i + 1]) for i in range(0, len(s), 2)]
+    d_len = [n[i] - n[i + 1] for i in range(0, len(n), 2)]
+
+    def by_hand(alpha):
+        return sum(math.log1p(math.exp(-(0.1 * d + alpha * dl))) for d, dl in zip(delta, d_len)) / len(delta)
+
+    assert float(dpo) == pytest.approx(by_hand(0.0), rel=1e-12)
+    # alpha > 0 shifts every pair's margin by alpha (|w| - |l|), and the loss by what that implies
+    lr, _ = lf.lrdpo_loss(*_split(seq), *_split(ref), *_split(lengths), beta=0.1, alpha=0.05)
+    assert float(lr) == pytest.approx(by_hand(0.05), rel=1e-12)
+    assert abs(by_hand(0.05) - by_hand(0.0)) > 1e-2 and abs(by_hand(0.05) - by_hand(-0.05)) > 1e-2
     # identical log-ratios, chosen longer: with alpha > 0 the pair sits further from the optimum
     # only if the margin includes +alpha(|w|-|l|) -> the loss falls; i.e. a longer chosen is
     # "already credited" and a longer rejected is pushed down harder
@@ -87,8 +101,10 @@ def test_triton_pair_loss_kernel(kw):
     seq32 = seq.float()
     params = dict(beta=kw["beta"], alpha=kw.get("alpha", 0.0), gamma=kw.get("gamma", 0.0),
                   label_smoothing=kw.get("label_smoothing", 0.0))
-    losses, dseq = triton_backend.pair_loss(seq32, ref.float(), lengths, loss_type_id=LOSS_TYPE_IDS[kw["loss_type"]],
-                                            **params)
+    dev = backend_device("triton")
+    losses, dseq = triton_backend.pair_loss(seq32.to(dev), ref.float().to(dev), lengths.to(dev),
+                                            loss_type_id=LOSS_TYPE_IDS[kw["loss_type"]], **params)
+    losses, dseq = losses.cpu(), dseq.cpu()
     x = seq32.double().requires_grad_()
     loss, _ = lf.lrdpo_loss(x[0::2], x[1::2], *_split(ref.float().double()), *_split(lengths), **kw)
     loss.backward()

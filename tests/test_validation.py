@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lrdpo_fast as lf
-from cases import make_case
+from cases import backend_device, make_case, to_device
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def _raises(match, fn, *args, **kw):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_label_range(case, backend):
-    hidden, weight, labels, cu = case
+    hidden, weight, labels, cu = to_device(backend_device(backend), *case)
     bad = labels.clone()
     bad[3] = 20
     _raises("labels", lf.linear_logprobs, hidden, weight, bad, backend=backend)
