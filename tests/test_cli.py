@@ -41,8 +41,8 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
     (tmp_path / "cfg.yaml").write_text("model: example\ndata: example\nbetaa: 0.1\n")
     assert cli.main(["train", str(tmp_path / "cfg.yaml")]) == 2
     assert "betaa" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["train"])  # neither CONFIG nor --example
+    assert cli.main(["train"]) == 2  # neither CONFIG nor --example: one error line, no traceback
+    assert "exactly one" in capsys.readouterr().err
 
 
 def test_module_entry_point():

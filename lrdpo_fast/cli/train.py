@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from a checkpoint folder (default: the latest in output_dir)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    t.add_argument("--iteration", type=int, default=None,
+                   help="with an iterate RUN.yaml: run the loop up to the train phase of this iteration")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --iteration: override a run key")
+    t.add_argument("--run-dir", default=None, help="with --iteration: override run_dir")
     t.set_defaults(run=run)
 
 
@@ -88,12 +92,18 @@ def build_run(spec: dict):
 
 
 def run(args) -> int:
-    """``lrdpo-fast train``: build, train, print the summary; returns the exit code."""
+    """``lrdpo-fast train``: build, train, print the summary; returns the exit code. With
+    ``--iteration I`` the config is an iterate RUN.yaml and the loop's train phase runs."""
+    if args.iteration is not None:
+        from .iterate import run_phase
+
+        args.command = "train"
+        return run_phase(args)
     from .. import examples as example
     from ..train.trainer import Trainer
 
     if args.example == bool(args.config):
-        raise SystemExit("lrdpo-fast train: give a CONFIG.yaml or --example (exactly one)")
+        raise ValueError("give a CONFIG.yaml or --example (exactly one)")
     cfg_path = example.CONFIG_PATH if args.example else args.config
     overrides = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed}
     if args.no_progress:

@@ -92,6 +92,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from ..ops.losses import check_loss_args
 
+        _check_types(self)
         try:
             check_loss_args(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)
         except ValueError as e:  # already names the field
@@ -198,3 +199,26 @@ def _positive(name: str, v: Any, allow_zero: bool = False) -> None:
 def _int_at_least(name: str, v: Any, lo: int) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
         raise ValueError(f"TrainConfig: {name} must be an int >= {lo}, got {v!r}")
+
+
+_TYPE_NAMES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str, Path), "dict[str, Any]": (dict,)}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Types before values: a string where a number belongs is named as such (``beta: "abc"``)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        ann = str(f.type)
+        optional = ann.endswith(" | None")
+        base = ann.removesuffix(" | None")
+        if v is None and optional:
+            continue
+        want = _TYPE_NAMES.get(base)
+        if want is None:
+            continue
+        ok = isinstance(v, want) and (base == "bool" or not isinstance(v, bool))
+        if not ok:
+            what = {"float": "a number", "int": "an int", "bool": "true or false", "str": "a string",
+                    "dict[str, Any]": "a mapping"}[base]
+            raise ValueError(f"TrainConfig: {f.name} must be {what}{' or null' if optional else ''}, "
+                             f"got {type(v).__name__} {v!r}")

@@ -40,17 +40,27 @@ class MetricsWriter:
         """Start the file afresh, keeping rows with ``step <= keep_until_step`` (used on resume)."""
         if not self.enabled:
             return
-        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_until_step] if self.path.exists() else []
-        with open(self.path, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a row cut short by a kill mid-append: it and anything after are redone
+                if r.get("step", 0) <= keep_until_step:
+                    rows.append(r)
+        from ..data.atomic import atomic_write_text
+
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, row: dict) -> None:
-        """Append ``row`` (floats/ints/strings) as one JSON line."""
+        """Append ``row`` (floats/ints/strings) as one JSON line, flushed to disk."""
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(_jsonable(row)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _jsonable(row: dict) -> dict:

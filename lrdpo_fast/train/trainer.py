@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.atomic import begin_dir, commit_dir, fault_point
 from ..data.files import load_pairs
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
@@ -313,6 +314,7 @@ class Trainer:
                    disable=not (cfg.progress and info.is_main))
         while self.global_step < self.total_steps:
             row = self.train_step()
+            fault_point("train_step")
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             margin=f"{row['rewards/margins']:.3f}")
@@ -353,7 +355,10 @@ class Trainer:
         return torch.tensor([[ex.ref_chosen_logps, ex.ref_rejected_logps] for ex in self.examples], dtype=torch.float64)
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
-        """Weights + tokenizer + trainer state to ``path`` (default output_dir/checkpoint-<step>)."""
+        """Weights + tokenizer + trainer state to ``path`` (default output_dir/checkpoint-<step>).
+
+        Written into ``<path>.partial`` and renamed into place once complete, so a run killed
+        mid-save never leaves a folder that ``latest_checkpoint`` would take as a checkpoint."""
         self.setup()
         path = Path(path) if path is not None else Path(self.cfg.output_dir) / f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}"
         if self.dist.enabled:
@@ -364,9 +369,11 @@ class Trainer:
             )
         else:
             opt_state = self.optimizer.state_dict()
-        self.save_model(path)
+        staging = begin_dir(path) if self.dist.is_main else path.with_name(path.name + ".partial")
+        dist_utils.barrier(self.dist)
+        self.save_model(staging)
         if self.dist.is_main:
-            ckpt.save_trainer_state(path, {
+            ckpt.save_trainer_state(staging, {
                 "optimizer": opt_state,
                 "scheduler": self.scheduler.state_dict(),
                 "global_step": self.global_step,
@@ -377,7 +384,8 @@ class Trainer:
                 "reference_logps": self._reference_table(),
                 "config": self.cfg.to_dict(),
             })
-            self.cfg.to_yaml(path / "train_config.yaml")
+            self.cfg.to_yaml(staging / "train_config.yaml")
+            commit_dir(staging, path)
         dist_utils.barrier(self.dist)
         self.last_checkpoint = str(path)
         return str(path)
