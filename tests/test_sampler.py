@@ -1,12 +1,12 @@
 """VLLMSampler on a real vLLM engine (CPU backend, fp32) and a tiny local Llama: greedy equality
 with transformers before and after an in-memory weight sync, chat prompts, truncation and stop
 strings, seeded reproducibility, log-probs against a float64 forward, refusal of bad input and of
-bad state dicts before anything is loaded, the JSONL round trip, and the save-and-reload fallback
-of an engine in another process. The session's engine is ``conftest.vllm_sampler``."""
+bad state dicts before anything is loaded, the JSONL round trip, and (slow, torchrun on 2 ranks) the
+``rank0`` and ``replicate`` layouts with engines in other processes that sync through a folder.
+The session's engine is ``conftest.vllm_sampler``."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 
@@ -255,21 +255,94 @@ def test_constructor_rejects_bad_arguments(tmp_path):
         VLLMSampler(str(tmp_path), gpu_memory_utilization=1.5)
 
 
+TORCHRUN_SCRIPT = """\
+import json, os, sys
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from helpers import tiny_model, tiny_tokenizer
+from lrdpo_fast.loop.sampler import VLLMSampler
+
+def main():
+    model_dir, out_path = sys.argv[1], sys.argv[2]
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    prompts = json.loads(sys.argv[3])
+    policy = tiny_model("llama", seed=1)  # FSDP2-sharded: load_weights gathers its DTensors
+    for layer in policy.model.layers:
+        fully_shard(layer)
+    fully_shard(policy)
+    old = tiny_model("llama", seed=0).state_dict()
+    result = {}
+    for layout in ("rank0", "replicate"):
+        os.environ["LRDPO_SAMPLER_SHARDING"] = layout
+        # rank0 starts from the folder; replicate from a module + tokenizer object (saved per rank)
+        model, tok = (model_dir, None) if layout == "rank0" else (tiny_model("llama", seed=0), tiny_tokenizer())
+        with VLLMSampler(model, tok, dtype="float32", max_model_len=128, enforce_eager=True) as s:
+            r = {"hosts_engine": s.hosts_engine, "in_process": getattr(s, "in_process", None)}
+            r["sampled"] = [[x.to_record() for x in g] for g in
+                            s.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seed=5, logprobs=True)]
+            s.load_weights(policy)
+            r["greedy_new"] = [g[0].response_ids for g in s.generate(prompts, n=1, temperature=0.0, max_new_tokens=8)]
+            if layout == "replicate":  # every engine needs the weights: {} on rank 1 fails on every rank
+                try:
+                    s.load_weights(old if rank == 0 else {})
+                except ValueError as e:
+                    r["refused"] = str(e)
+            s.load_weights(old if rank == 0 or layout == "replicate" else {})  # Trainer.export_state_dict
+            r["greedy_old"] = [g[0].response_ids for g in s.generate(prompts, n=1, temperature=0.0, max_new_tokens=8)]
+            r["fallback_logged"] = s._fallback_logged
+        result[layout] = r
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(gathered, f)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
 @pytest.mark.slow
-def test_engine_in_another_process_reloads_from_a_folder(monkeypatch, caplog):
-    """A module + tokenizer object start a second engine, this one in its own process: weights then
-    go through a safetensors folder (logged once), still without a restart."""
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+def test_torchrun_layouts_gather_samples_in_prompt_order(vllm_sampler, tiny_model_dir, tmp_path):
+    """2 ranks (gloo) on the CPU, each layout: ``rank0`` (rank 0 hosts an engine in its own
+    process, the CPU default) and ``replicate`` (an engine per rank, prompts i % 2 == rank). Both
+    give every rank the samples of one process, in prompt order (seeds follow the global prompt
+    index); the engines in other processes sync weights through a folder (logged once per
+    sampler); an FSDP2 module is gathered; a partial dict on one rank is refused on all."""
+    import os
+
+    prompts = ["The quick brown fox", "Hello", [{"role": "user", "content": "Hi there"}], "What is", "Maybe"]
+    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([tests_dir, os.path.dirname(tests_dir)]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "run.py"), str(tiny_model_dir), str(tmp_path / "out.json"), json.dumps(prompts)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = json.loads((tmp_path / "out.json").read_text())
+
+    single = vllm_sampler.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seed=5, logprobs=True)
     tok = tiny_tokenizer()
-    prompt_ids = [_prompt_ids(tok, p) for p in PROMPTS]
-    new = tiny_model("llama", seed=1)
-    with VLLMSampler(tiny_model("llama", seed=0), tok, dtype="float32", max_model_len=128, enforce_eager=True) as s:
-        assert not s.in_process
-        assert _greedy(s) == [_hf_greedy(tiny_model("llama", seed=0), ids, 16) for ids in prompt_ids]
-        with caplog.at_level(logging.WARNING, logger="lrdpo_fast.loop.sampler"):
-            s.load_weights(new.state_dict())
-            s.load_weights(new)
-        assert sum("another process" in r.message for r in caplog.records) == 1
-        assert _greedy(s) == [_hf_greedy(new, ids, 16) for ids in prompt_ids]
-    assert s._tmpdirs == []
+    new, old = tiny_model("llama", seed=1), tiny_model("llama", seed=0)
+    want_new = [_hf_greedy(new, _prompt_ids(tok, p), 8) for p in prompts]
+    want_old = [_hf_greedy(old, _prompt_ids(tok, p), 8) for p in prompts]
+    assert [r["rank0"]["hosts_engine"] for r in ranks] == [True, False]
+    assert [r["replicate"]["hosts_engine"] for r in ranks] == [True, True]
+    for layout in ("rank0", "replicate"):
+        for rank, r in enumerate(ranks):
+            got = r[layout]
+            assert got["in_process"] in (False, None)
+            assert got["fallback_logged"] == got["hosts_engine"]
+            ids = [[s["response_ids"] for s in g] for g in got["sampled"]]
+            assert ids == [[s.response_ids for s in g] for g in single], (layout, rank)
+            for g, h in zip(got["sampled"], single):
+                for s, t in zip(g, h):
+                    assert s["prompt_ids"] == t.prompt_ids
+                    assert s["logprobs"] == pytest.approx(t.logprobs, abs=1e-4)
+            assert got["greedy_new"] == want_new, (layout, rank)
+            assert got["greedy_old"] == want_old, (layout, rank)
+    assert all("missing tensor" in r["replicate"]["refused"] for r in ranks)
+    assert proc.stderr.count("the engine runs in another process") == 3  # once per engine

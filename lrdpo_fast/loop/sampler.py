@@ -184,6 +184,39 @@ def _named_tensors(weights: Any) -> list[tuple[str, torch.Tensor]]:
     return items
 
 
+def _write_safetensors(state: Mapping[str, torch.Tensor], path: str) -> None:
+    """CPU copies of ``state`` to ``path`` (written beside it, then renamed); tensors that share
+    storage (tied weights) are cloned, as safetensors requires."""
+    from safetensors.torch import save_file
+
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        out[name] = t.clone() if key in seen or not t.is_contiguous() else t
+        seen.add(key)
+    save_file(out, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
+
+
+def _save_module(model: torch.nn.Module, state: Mapping[str, torch.Tensor], folder: str) -> None:
+    """A start-up checkpoint of a transformers module: ``save_pretrained`` in one process; under
+    torch.distributed (where save_pretrained writes on rank 0 only) the config, generation config
+    and a safetensors file of ``state`` without a tied ``lm_head.weight``, on this rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        model.save_pretrained(folder, state_dict=dict(state))
+        return
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    _write_safetensors({k: v for k, v in state.items() if not (tied and k == "lm_head.weight")},
+                       os.path.join(folder, "model.safetensors"))
+
+
 def _nonfinite(t: torch.Tensor) -> bool:
     local = t.to_local() if _is_dtensor(t) else t
     return local.is_floating_point() and local.numel() > 0 and not bool(torch.isfinite(local).all())
@@ -437,7 +470,7 @@ class VLLMSampler:
             if tokenizer is None:
                 raise ValueError("tokenizer is required when model is a module (a folder or a tokenizer object)")
             model_dir = self._mkdtemp("lrdpo-sampler-model-")
-            model.save_pretrained(model_dir, state_dict=state)
+            _save_module(model, state, model_dir)
         elif isinstance(model, (str, os.PathLike)):
             model_dir = os.fspath(model)
             if not os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -453,7 +486,12 @@ class VLLMSampler:
             if not os.path.isdir(tokenizer_dir):
                 raise ValueError(f"tokenizer must be a tokenizer folder or object, got missing folder {tokenizer_dir!r}")
         elif hasattr(tokenizer, "save_pretrained"):
-            tokenizer_dir = self._mkdtemp("lrdpo-sampler-tokenizer-")
+            if isinstance(model, torch.nn.Module):
+                tokenizer_dir = model_dir  # our own folder: the tokenizer goes beside the weights
+            else:
+                # vLLM reads a model config from the tokenizer folder too: give it the model's
+                tokenizer_dir = self._mkdtemp("lrdpo-sampler-tokenizer-")
+                shutil.copy(os.path.join(model_dir, "config.json"), tokenizer_dir)
             tokenizer.save_pretrained(tokenizer_dir)
             self.tokenizer = tokenizer
         else:
@@ -739,19 +777,14 @@ class VLLMSampler:
 
     def _reload_from_folder(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         """The fallback for an engine in another process: write safetensors, reload from them."""
-        from safetensors.torch import save_file
-
-        if not self._fallback_logged:
-            logger.warning("VLLMSampler: the engine runs in another process; load_weights writes the weights to %s "
-                           "and reloads them from there (set VLLM_ENABLE_V1_MULTIPROCESSING=0 for in-memory sync)",
-                           self._weights_dir or "a temporary folder")
-            self._fallback_logged = True
         if self._weights_dir is None:
             self._weights_dir = self._mkdtemp("lrdpo-sampler-weights-")
-        state = {name: t.detach().to("cpu").contiguous() for name, t in weights}
-        path = os.path.join(self._weights_dir, "model.safetensors")
-        save_file(state, path + ".tmp", metadata={"format": "pt"})
-        os.replace(path + ".tmp", path)
+        if not self._fallback_logged:
+            logger.warning("VLLMSampler: the engine runs in another process; load_weights writes the weights to %s "
+                           "and reloads them from there (VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps a single-device "
+                           "engine in this process, for in-memory sync)", self._weights_dir)
+            self._fallback_logged = True
+        _write_safetensors(dict(weights), os.path.join(self._weights_dir, "model.safetensors"))
         self._llm.collective_rpc("reload_weights", kwargs={"weights_path": self._weights_dir,
                                                            "is_checkpoint_format": True})
 
