@@ -12,7 +12,9 @@ in this list):
 - ``model``: ``register_varlen_attention``, ``enable_varlen_attention``, ``packed_hidden_states``,
   ``lm_head_params``, ``model_sequence_logprobs``, ``precompute_reference_logps``;
 - ``train``: ``TrainConfig``, ``Trainer``;
-- ``loop``: ``VLLMSampler``, ``Sample`` (the only vllm importer) and the iterative loop.
+- ``loop``: ``VLLMSampler``, ``Sample`` (the only vllm importer), ``RewardModel``,
+  ``CallableReward``, ``ImplicitReward``, ``build_pairs``, ``mix_replay``, ``IterateConfig``,
+  ``iterate``, ``evaluate``, ``lc_win_rate``.
 
 Only ``ops`` is imported eagerly (torch); everything else on first use, so ``import lrdpo_fast``
 loads neither transformers nor vllm.
@@ -36,6 +38,12 @@ _LAZY = {
     "train.trainer": ["Trainer"],
     "loop.samples": ["Sample"],
     "loop.sampler": ["VLLMSampler"],
+    "loop.rewards": ["RewardModel", "CallableReward", "ImplicitReward"],
+    "loop.pairs": ["build_pairs", "ScoredGroup", "PairStats"],
+    "loop.replay": ["mix_replay"],
+    "loop.config": ["IterateConfig"],
+    "loop.iterate": ["iterate"],
+    "loop.evaluate": ["evaluate", "lc_win_rate"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -1,6 +1,7 @@
 """``lrdpo-fast``: the command line, one module per subcommand.
 
     lrdpo-fast train CONFIG.yaml | --example     (cli/train.py)
+    lrdpo-fast iterate RUN.yaml [--set k=v]      (cli/iterate.py; also sample|score|pairs|train-phase, report)
 
 Each subcommand module has ``add_parser(sub)`` and sets ``run(args) -> int``. Every expected
 failure (a ``ValueError``) becomes one ``lrdpo-fast: error: ...`` line and exit code 2.
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import train
+from . import iterate, train
 
-SUBCOMMANDS = (train,)
+SUBCOMMANDS = (train, iterate)
 
 
 def build_parser() -> argparse.ArgumentParser:
