@@ -149,10 +149,11 @@ def length_rule(prompts, responses):
 
 def test_callable_reward_from_function_and_spec():
     by_fn = CallableReward(length_rule)
-    by_spec = CallableReward("test_rewards:length_rule")
+    spec = f"{__name__}:length_rule"  # this test module, however pytest imported it
+    by_spec = CallableReward(spec)
     assert by_fn(["p", "q"], ["ab", "abcd"]) == [2.0, 4.0]
     assert by_spec(["p", "q"], ["ab", "abcd"]) == [2.0, 4.0]
-    assert by_spec.name == "test_rewards:length_rule"
+    assert by_spec.name == spec
     # numpy arrays, tensors and bools are accepted
     assert CallableReward(lambda p, r: torch.tensor([1.0, 2.0]))(["a", "b"], ["c", "d"]) == [1.0, 2.0]
     assert CallableReward(lambda p, r: [True, False])(["a", "b"], ["c", "d"]) == [1.0, 0.0]
