@@ -122,3 +122,104 @@ def assert_within(actual, expected, bound, what=""):
             f"|{a.flatten()[i]:.6e} - {e.flatten()[i]:.6e}| = {err.flatten()[i]:.3e} > "
             f"{b.expand_as(err).flatten()[i]:.3e} ({float(ratio):.1f}x the bound)"
         )
+
+
+# ---- one training step of a whole model, in float64 -----------------------------------------------
+def pair_losses64(pw, pl, rw, rl, lw, ll, *, beta, alpha=0.0, loss_type="sigmoid", gamma=0.0, label_smoothing=0.0):
+    """Per-pair losses (float64 tensors [P], differentiable) written out from ALGORITHMS.md."""
+    lw, ll = lw.double(), ll.double()
+    if loss_type == "ipo":
+        h = (pw - rw) / lw - (pl - rl) / ll
+        return (h - 1.0 / (2.0 * beta)) ** 2
+    if loss_type in ("sigmoid", "hinge"):
+        z = beta * ((pw - rw) - (pl - rl))
+    elif loss_type == "sigmoid_norm":
+        z = beta * ((pw - rw) / lw - (pl - rl) / ll)
+    elif loss_type == "simpo":
+        z = beta * (pw / lw - pl / ll) - gamma
+    else:
+        raise AssertionError(loss_type)
+    z = z + alpha * (lw - ll)
+    if loss_type == "hinge":
+        return torch.clamp(1.0 - z, min=0.0)
+    eps = label_smoothing
+    return -(1 - eps) * torch.nn.functional.logsigmoid(z) - eps * torch.nn.functional.logsigmoid(-z)
+
+
+def model_sequence_logps64(model, examples, noise_scale=False):
+    """(float64 [2P] summed response log-probs, int64 [2P] response lengths) in pair order, each
+    sequence run alone through ``model`` (unpacked, no padding, materialized float64 logits).
+
+    With ``noise_scale`` also float64 [2P]: sqrt(sum over scored tokens t of max_v sum_k (h_tk
+    W_vk)^2), the random-walk scale of rounding errors in the logits h_t . W_v summed over a
+    sequence (u times it is how far a log-prob computed at unit roundoff u typically moves)."""
+    out, lengths, noise = [], [], []
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings().weight.double()
+    for ex in examples:
+        for resp in (ex.chosen_ids, ex.rejected_ids):
+            ids = torch.tensor([list(ex.prompt_ids) + list(resp)], device=device)
+            res = model(ids, output_hidden_states=noise_scale)
+            logp = res.logits[0].double().log_softmax(-1)
+            p = len(ex.prompt_ids)
+            out.append(logp[p - 1:-1].gather(1, ids[0, p:, None]).sum())
+            lengths.append(len(resp))
+            if noise_scale:
+                h = res.hidden_states[-1][0, p - 1:-1].detach().double()  # after the final norm
+                per_token = (h.pow(2) @ head.detach().pow(2).T).max(-1).values  # max_v sum_k (h_k W_vk)^2
+                noise.append(per_token.sum().sqrt())
+    if noise_scale:
+        return torch.stack(out), torch.tensor(lengths), torch.stack(noise).cpu()
+    return torch.stack(out), torch.tensor(lengths)
+
+
+def reference_step(policy, examples, *, ref_model=None, beta, alpha=0.0, loss_type="sigmoid", gamma=0.0,
+                   label_smoothing=0.0):
+    """The first step of LR-DPO training on ``examples`` (all in one batch), in float64 on the CPU.
+
+    ``policy`` (and ``ref_model``, default: the policy itself, as the Trainer's default reference)
+    are copied to float64; returns a namespace with ``loss`` (float), ``grads`` {parameter name:
+    float64 gradient of the mean pair loss}, ``grad_norm``, the TRL-named ``metrics``, and per
+    sequence ``logps``, ``ref_logps``, ``lengths`` and ``logp_noise`` (``model_sequence_logps64``).
+    Independent of the packed path, the fused kernels and the trainer's accumulation.
+    """
+    import copy
+    from types import SimpleNamespace
+
+    pol = copy.deepcopy(policy).cpu().double().eval()
+    pol.zero_grad(set_to_none=True)
+    logps, lengths, noise = model_sequence_logps64(pol, examples, noise_scale=True)
+    if loss_type == "simpo":
+        ref = torch.zeros_like(logps)
+    else:
+        with torch.no_grad():
+            ref = model_sequence_logps64(copy.deepcopy(ref_model if ref_model is not None else policy).cpu().double().eval(),
+                                         examples)[0]
+    losses = pair_losses64(logps[0::2], logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2], beta=beta,
+                           alpha=alpha, loss_type=loss_type, gamma=gamma, label_smoothing=label_smoothing)
+    loss = losses.mean()
+    loss.backward()
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach() for n, p in pol.named_parameters()}
+    lp = logps.detach()
+    if loss_type == "simpo":
+        rewards = beta * lp / lengths.double()
+    else:
+        rewards = beta * (lp - ref)
+    metrics = {
+        "rewards/chosen": float(rewards[0::2].mean()), "rewards/rejected": float(rewards[1::2].mean()),
+        "rewards/margins": float((rewards[0::2] - rewards[1::2]).mean()),
+        "rewards/accuracies": float((rewards[0::2] > rewards[1::2]).double().mean()),
+        "logps/chosen": float(lp[0::2].mean()), "logps/rejected": float(lp[1::2].mean()),
+        "length/chosen": float(lengths[0::2].double().mean()), "length/rejected": float(lengths[1::2].double().mean()),
+    }
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+    return SimpleNamespace(loss=float(loss.detach()), grads=grads, grad_norm=norm, metrics=metrics,
+                           logps=lp, ref_logps=ref, lengths=lengths, logp_noise=noise)
+
+
+def adamw_first_step(p0, g, *, lr, weight_decay, eps=1e-8, max_grad_norm=None, grad_norm=None):
+    """Parameters after AdamW's first step from ``p0`` with gradient ``g`` (float64): the bias-
+    corrected m / sqrt(v) is g / |g|, so p1 = p0 (1 - lr wd) - lr c g / (c |g| + eps), with c the
+    clipping factor min(1, max_norm / (norm + 1e-6))."""
+    c = 1.0 if not max_grad_norm else min(1.0, max_grad_norm / (grad_norm + 1e-6))
+    return p0.double() * (1 - lr * weight_decay) - lr * c * g / (c * g.abs() + eps)
