@@ -20,7 +20,7 @@ DTYPES = ("auto", "fp32", "bf16")
 class TrainConfig:
     """Hyper-parameters of one LR-DPO training run (one iteration of the iterative loop).
 
-    Objective (see ALGORITHMS.md): ``beta``, ``alpha`` (length term, tokens), ``loss_type`` (one of
+    Objective (see docs/algorithms.md): ``beta``, ``alpha`` (length term, tokens), ``loss_type`` (one of
     ``lrdpo_fast.LOSS_TYPES``), ``gamma`` (SimPO margin), ``label_smoothing``.
 
     Optimisation: AdamW (``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_eps``),
@@ -38,6 +38,13 @@ class TrainConfig:
     Numerics and devices: ``dtype`` "auto" = bf16 autocast on CUDA and fp32 on CPU; ``device``
     None = cuda when available; ``backend`` for the fused kernels ("auto", "torch", "triton");
     ``gradient_checkpointing`` on the decoder layers.
+
+    Guard: a step whose loss or gradient norm is not finite (or whose forward met non-finite
+    hidden states or LM-head values) is skipped: its gradients are dropped, the optimizer and
+    the LR schedule do not step (the schedule counts applied updates), its metrics row is logged
+    with ``"skipped": true``, and no checkpoint is written at it. ``max_bad_steps`` consecutive
+    skipped steps stop the run with ``NonFiniteTrainingError``; the last checkpoint (written at a
+    good step) stays as it was.
 
     Reference: log-probs precomputed once from the reference model unless ``live_reference``,
     which runs the reference forward on every micro-batch (no precompute pass, more compute).
@@ -78,6 +85,7 @@ class TrainConfig:
     device: str | None = None
     backend: str = "auto"
     gradient_checkpointing: bool = False
+    max_bad_steps: int = 3
     # reference
     live_reference: bool = False
     # output
@@ -126,6 +134,7 @@ class TrainConfig:
                 f"TrainConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})"
             )
         _int_at_least("logging_steps", self.logging_steps, 1)
+        _int_at_least("max_bad_steps", self.max_bad_steps, 1)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"TrainConfig: seed must be an int, got {self.seed!r}")
         if self.dtype not in DTYPES:
