@@ -87,12 +87,13 @@ def test_unsupported_features_raise():
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_model_without_cu_seqlens(kind):
+def test_model_without_cu_seqlens(kind, monkeypatch):
     """With lrdpo_varlen set, ordinary calls still work: padded batches (mask honoured) and
     packed position_ids alone (sequences derived from the restarts)."""
     sdpa = tiny_model(kind)
     ours = tiny_model(kind)
     enable_varlen_attention(ours)
+    _, kernel = _spy_attention(monkeypatch)
     ids = torch.randint(3, 300, (2, 9))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
@@ -100,15 +101,57 @@ def test_model_without_cu_seqlens(kind):
         torch.testing.assert_close(ours(ids, attention_mask=mask).logits[mask.bool()],
                                    sdpa(ids, attention_mask=mask).logits[mask.bool()], rtol=1e-5, atol=1e-5)
         a, b = ids[0, :5], ids[1, :4]
+        kernel.clear()
         packed = ours(torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])).logits[0]
+        assert len(kernel) == ours.config.num_hidden_layers  # the varlen kernel ran, not an SDPA fallback
         torch.testing.assert_close(packed[:5], sdpa(a[None]).logits[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(packed[5:], sdpa(b[None]).logits[0], rtol=1e-5, atol=1e-5)
 
 
-def test_generate_with_varlen_attention():
-    sdpa = tiny_model("llama")
+def _spy_attention(monkeypatch):
+    """Route lrdpo_varlen's attention calls (and its varlen kernel) through counters; returns
+    (interface calls [(q_len, kv_len)], kernel calls [n])."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from lrdpo_fast.model import attention
+
+    register_varlen_attention()
+    calls, kernel = [], []
+
+    def spy(module, query, key, value, attention_mask, **kw):
+        calls.append((query.shape[2], key.shape[2]))
+        return varlen_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    def kernel_spy(*a, **kw):
+        kernel.append(1)
+        return varlen_attention(*a, **kw)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, ATTN_IMPLEMENTATION, spy)
+    monkeypatch.setattr(attention, "varlen_attention", kernel_spy)
+    return calls, kernel
+
+
+def test_generate_with_varlen_attention(monkeypatch):
+    """generate() on a model switched to lrdpo_varlen: every attention call, prefill and cached
+    decode steps, with and without left padding, goes through lrdpo_varlen's function (its
+    exact SDPA fallback: no cu_seqlens while generating), and every step's logits match
+    transformers' eager attention, an independent implementation (formerly SDPA vs SDPA)."""
+    eager = tiny_model("llama")
+    eager.config._attn_implementation = "eager"
     ours = tiny_model("llama")
     enable_varlen_attention(ours)
-    ids = torch.randint(3, 300, (1, 5))
-    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours.generate(ids, **kw), sdpa.generate(ids, **kw))
+    calls, _ = _spy_attention(monkeypatch)
+    ids = torch.randint(3, 300, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding: the 2-D mask path
+    new = 4
+    kw = dict(max_new_tokens=new, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    for x, m in ((ids[:1], None), (ids, mask)):
+        calls.clear()
+        a = ours.generate(x, attention_mask=m, **kw)
+        b = eager.generate(x, attention_mask=m, **kw)
+        assert len(calls) == new * ours.config.num_hidden_layers
+        assert calls[0] == (6, 6) and calls[-1] == (1, 6 + new - 1)  # prefill, then cached decode steps
+        assert torch.equal(a.sequences, b.sequences)
+        for step, (la, lb) in enumerate(zip(a.logits, b.logits)):
+            torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5, msg=f"logits of generated token {step}")
