@@ -136,6 +136,16 @@ def test_seeded_samples_are_reproducible(vllm_sampler):
     assert request_seed(7, 0, 1) != request_seed(7, 1, 0) and request_seed(7, 2, 1) == request_seed(7, 2, 1)
 
 
+def test_seeded_batch_larger_than_one_engine_step(vllm_sampler):
+    """~10k prompt tokens: more than one engine step prefills (vLLM's CPU runner crashed on seeded
+    requests whose prompt was split over steps); the samples do not depend on the batch."""
+    prompts = [[1] + [(13 * i + 5 * k) % 300 + 10 for k in range(199)] for i in range(25)]
+    big = vllm_sampler.generate(prompts, n=2, temperature=1.0, max_new_tokens=3, seed=4)
+    alone = vllm_sampler.generate(prompts[:1], n=2, temperature=1.0, max_new_tokens=3, seed=4)
+    assert [s.response_ids for s in big[0]] == [s.response_ids for s in alone[0]]
+    assert len(big) == 25 and all(len(g) == 2 and g[0].num_tokens == 3 for g in big)
+
+
 def test_logprobs_match_a_float64_forward(vllm_sampler):
     out = vllm_sampler.generate(PROMPTS, n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, logprobs=True, seed=3)
     model = tiny_model("llama", seed=0).double()

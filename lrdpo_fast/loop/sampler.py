@@ -39,7 +39,10 @@ then the prefix cache is reset, so no KV block computed by the old weights is re
 
 The CPU backend. vLLM's CPU build reserves ``gpu_memory_utilization`` of the machine's RAM for the
 KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is set: the sampler sets it to 1 when unset, enough
-for ~2M cached tokens of a small model. An in-process vLLM engine reseeds the global RNGs and
+for ~2M cached tokens of a small model. Chunked prefill is off by default on the CPU
+(``enable_chunked_prefill=False``): with it, a seeded request whose prompt is split across engine
+steps crashes vLLM 0.32's CPU runner (it rewinds the request's generator, which a CPU generator
+cannot do). An in-process vLLM engine reseeds the global RNGs and
 replaces ``torch.set_num_threads``: the sampler puts both back after start-up so a trainer in the
 same process keeps its random streams and thread count.
 
@@ -507,9 +510,13 @@ class VLLMSampler:
             self.tokenizer = self._load_tokenizer(tokenizer_dir)
 
         cuda = torch.cuda.is_available()
+        kwargs = dict(engine_kwargs)
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
-        kwargs = dict(engine_kwargs)
+            # A prompt prefilled over several steps makes vLLM rewind the request's generator,
+            # which a CPU torch.Generator cannot do ("CPU Generator does not use offset"): every
+            # request is seeded here, so prompts are prefilled whole on the CPU.
+            kwargs.setdefault("enable_chunked_prefill", False)
         env_set: dict[str, str] = {}
         env_unset: list[str] = []
         if self.layout == "single":
