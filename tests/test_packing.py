@@ -121,6 +121,10 @@ def test_token_budget_fills_and_shuffles():
     assert [len(b) for b in batches] == [2] * 5
     a = token_budget_batches(exs, 26, shuffle=True, seed=1)
     assert a == token_budget_batches(exs, 26, shuffle=True, seed=1)
+    # shuffling reorders the same micro-batches (a no-op shuffle fails here), differently per seed
+    assert sorted(a) == sorted(batches) and a != batches
+    orders = {tuple(map(tuple, token_budget_batches(exs, 26, shuffle=True, seed=s))) for s in range(5)}
+    assert len(orders) >= 4
     got = list(packed_batches(exs, 26))
     assert [idx for idx, _ in got] == batches and all(b.num_tokens == 26 for _, b in got)
 
