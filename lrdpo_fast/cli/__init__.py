@@ -1,5 +1,6 @@
 """``lrdpo-fast``: the command line, one module per subcommand.
 
+    lrdpo-fast demo [--quick] [--alpha A]        (cli/demo.py: the main job)
     lrdpo-fast train CONFIG.yaml | --example     (cli/train.py)
     lrdpo-fast iterate RUN.yaml [--set k=v]      (cli/iterate.py; also sample|score|pairs|train-phase, report)
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import iterate, train
+from . import demo, iterate, train
 
-SUBCOMMANDS = (train, iterate)
+SUBCOMMANDS = (demo, train, iterate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,8 +36,8 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
     }
     for name, fn in metrics.items():
         row[name] = float(fn(flat_p, flat_r))
-    per_prompt = [{"prompt": p, "score": sum(scores[k * ev.n:(k + 1) * ev.n]) / ev.n,
-                   "length": sum(lengths[k * ev.n:(k + 1) * ev.n]) / ev.n} for k, p in enumerate(prompts)]
+    # one record per sample: sample j of prompt k is compared with the baseline's sample j of prompt k
+    per_prompt = [{"prompt": p, "score": float(sc), "length": n} for p, sc, n in zip(flat_p, scores, lengths)]
     if r > 0:
         import json
 
@@ -50,12 +50,10 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
 
 
 def win_rates(policy: list[dict], baseline: list[dict]) -> dict:
-    """Win rate and length-controlled win rate of per-prompt (score, length) records against the
-    baseline's (same prompts, same order), through ``evaluate.lc_win_rate`` when available."""
-    try:
-        from .evaluate import lc_win_rate
-    except ImportError:
-        return {}
+    """Win rate and length-controlled win rate of per-sample (score, length) records against the
+    baseline's (same prompts and sample slots, same order), with ``evaluate.lc_win_rate``."""
+    from .evaluate import lc_win_rate
+
     res = lc_win_rate([p["score"] for p in policy], [b["score"] for b in baseline],
                       [p["length"] for p in policy], [b["length"] for b in baseline])
     return {"win_rate": float(res["win_rate"]), "lc_win_rate": float(res["lc_win_rate"]),
