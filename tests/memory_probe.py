@@ -20,7 +20,7 @@ def peak_mb() -> float:
 def make(n, h, v):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=g).requires_grad_()
-    weight = (torch.randn(v, h, generator=g) / h**0.5).requires_grad_()
+    weight = torch.randn(v, h, generator=g).div_(h**0.5).requires_grad_()  # in place: no freed [V, h] temporary
     labels = torch.randint(0, v, (n,), generator=g)
     seq = 256 if n >= 512 else n // 2  # even number of sequences (pairs)
     cu = torch.arange(0, n + 1, seq, dtype=torch.int32)

@@ -22,3 +22,12 @@ def test_torch_backend_peak_memory(kind):
     mb = growth_mb(kind)
     print(f"{kind}: +{mb:.0f} MB")
     assert mb <= LIMIT_MB, f"{kind} forward+backward grew resident memory by {mb:.0f} MB (limit {LIMIT_MB})"
+
+
+def test_probe_sees_the_naive_path():
+    """Positive control: the same probe at the same shape measures the materialized-logits path
+    ([N, V] logits, their softmax and gradient: about 1.5 GB) far above the limit, so the limit
+    above bounds what the measurement can see, not a blind spot of it."""
+    mb = growth_mb("naive")
+    print(f"naive: +{mb:.0f} MB")
+    assert mb > 4 * LIMIT_MB, f"the probe measured only {mb:.0f} MB for the naive path (expected > {4 * LIMIT_MB})"
