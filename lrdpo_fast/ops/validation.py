@@ -12,6 +12,24 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # 
 INT_DTYPES = (torch.int32, torch.int64)
 
 
+class NonFiniteInputError(ValueError):
+    """A tensor argument holds NaN or inf (a ``ValueError``: the message names the argument).
+    Its own type so a trainer can tell a numerical blow-up from malformed input."""
+
+
+def nonfinite_flag(t: torch.Tensor) -> torch.Tensor:
+    """0-d bool tensor, True when ``t`` may hold NaN/inf: ONE fused reduction (a sum accumulated in
+    fp32 or wider, no copy of ``t``), no host sync. NaN and inf propagate through a sum; a True
+    is confirmed by ``confirm_nonfinite`` before raising (a sum of huge finite values could overflow)."""
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return ~torch.isfinite(t.detach().sum(dtype=acc))
+
+
+def confirm_nonfinite(t: torch.Tensor) -> bool:
+    """The exact test behind a ``nonfinite_flag`` hit (slow path, only when the flag is set)."""
+    return not bool(torch.isfinite(t).all())
+
+
 def check_float(name: str, t: torch.Tensor, ndim: int) -> None:
     """``t`` must be a floating tensor (fp32/bf16/fp16) with ``ndim`` dimensions."""
     if not isinstance(t, torch.Tensor):
@@ -77,15 +95,17 @@ def check_linear_inputs(
     vocab = weight.shape[0]
     scored = labels != ignore_index
     bad_label = (scored & ((labels < 0) | (labels >= vocab))).any()
-    nonfinite = ~torch.isfinite(hidden).all()
-    flags = torch.stack([bad_label, nonfinite]).tolist()
+    # one host sync for every value check; one fused reduction per float tensor
+    named = [(hidden_name, hidden), (weight_name, weight)] + ([("bias", bias)] if bias is not None else [])
+    flags = torch.stack([bad_label] + [nonfinite_flag(t) for _, t in named]).tolist()
     if flags[0]:
         bad = labels[scored & ((labels < 0) | (labels >= vocab))][:3].tolist()
         raise ValueError(
             f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}"
         )
-    if flags[1]:
-        raise ValueError(f"{hidden_name} contains non-finite values (NaN or inf)")
+    for (name, t), flag in zip(named, flags[1:]):
+        if flag and confirm_nonfinite(t):
+            raise NonFiniteInputError(f"{name} contains non-finite values (NaN or inf)")
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, n_tokens: int, device: torch.device) -> None:

@@ -10,6 +10,14 @@ One step, in order:
 4. clip the gradient norm, AdamW step, LR-schedule step;
 5. one metrics row (pair-weighted means over micro-batches and ranks) to ``metrics.jsonl``.
 
+The guard: a step whose loss or gradient norm is not finite, or whose forward met non-finite
+hidden states / LM-head values (single process), is SKIPPED: gradients dropped, no optimizer or
+LR-schedule step (the schedule counts applied updates; the step still consumes its pairs and
+counts toward ``total_steps``), a metrics row with ``"skipped": true`` is always written, and no
+checkpoint is saved at it. After ``cfg.max_bad_steps`` consecutive skipped steps the run stops
+with ``NonFiniteTrainingError``, before any further checkpoint: the last one saved (at a good
+step) is left intact.
+
 Read as a recipe: ``__init__`` reads the config and the data; ``setup()`` (run once, lazily, by
 ``train``/``train_step``/checkpointing) builds the reference, the model root, the optimizer and
 the LR schedule, each in its own ``_setup_*`` method that returns its object; ``train()`` is the
@@ -35,6 +43,7 @@ from ..data.files import load_pairs
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
 from ..model.packed import model_sequence_logprobs, precompute_reference_logps
+from ..ops.validation import NonFiniteInputError
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import TrainConfig
@@ -44,7 +53,12 @@ from .policy import PolicyLoss, disable_dropout
 from .reference import precompute_through_root, reference_source
 from .steps import PAIR_METRICS, StepTotals
 
-__all__ = ["PAIR_METRICS", "PolicyLoss", "StepTotals", "Trainer", "disable_dropout", "load_pairs"]
+__all__ = ["PAIR_METRICS", "NonFiniteTrainingError", "PolicyLoss", "StepTotals", "Trainer", "disable_dropout",
+           "load_pairs"]
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """``max_bad_steps`` consecutive steps had a non-finite loss or gradient: the run stopped."""
 
 
 class Trainer:
@@ -91,6 +105,7 @@ class Trainer:
         self.position = 0
         self.history: list[dict] = []
         self.last_checkpoint: str | None = None
+        self.bad_steps = 0  # consecutive skipped (non-finite) steps
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._is_set_up = False
@@ -243,9 +258,15 @@ class Trainer:
             batch = pack_pairs([self.examples[i] for i in idx]).to(self.device)
             if info.enabled:
                 dist_utils.set_gradient_sync(self.policy_loss, j == len(micro) - 1)
-            ref = self._ref_logps(batch)
-            with self._autocast():
-                loss, m = self.policy_loss(batch, ref)
+            try:
+                ref = self._ref_logps(batch)
+                with self._autocast():
+                    loss, m = self.policy_loss(batch, ref)
+            except NonFiniteInputError as e:
+                if info.enabled:  # the other ranks are inside collectives: no skipping here
+                    raise
+                totals.loss, totals.nonfinite = float("nan"), str(e)  # a bad step: train_step skips it
+                break
             # weighted BY PAIRS over the GLOBAL step; x world size undoes FSDP's gradient averaging
             scale = w * batch.num_pairs / global_pairs * info.world_size
             (loss * scale).backward()
@@ -265,18 +286,28 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = float(grad_norm)
+        skipped = not (math.isfinite(totals.loss) and math.isfinite(grad_norm))
+        if skipped:  # the guard (module docstring): drop the gradients, keep weights and schedule
+            self.bad_steps += 1
+        else:
+            self.bad_steps = 0
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
         row = {"step": self.global_step, "epoch": round(self.epoch + self.position / len(self.examples), 4)}
-        row.update(totals.means())
+        if totals.pairs > 0:
+            row.update(totals.means())
+        else:  # the first micro-batch already failed
+            row.update({"loss": float("nan"), **dict.fromkeys(PAIR_METRICS, float("nan"))})
         row.update({
+            "skipped": skipped,
             "learning_rate": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "pairs": int(totals.pairs),
             "tokens": int(totals.tokens),
             "truncated_tokens": int(totals.truncated_tokens),
@@ -286,7 +317,19 @@ class Trainer:
             "pairs_per_s": totals.pairs / dt,
             "peak_memory_mb": peak_memory_mb(self.device),
         })
+        if getattr(totals, "nonfinite", None):
+            row["nonfinite"] = totals.nonfinite
         return row
+
+    def _check_bad_steps(self, row: dict) -> None:
+        """Stop the run after ``max_bad_steps`` consecutive skipped steps (see the guard)."""
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            why = row.get("nonfinite") or f"loss {row['loss']}, grad_norm {row['grad_norm']}"
+            last = self.last_checkpoint or "none saved"
+            raise NonFiniteTrainingError(
+                f"training stopped at step {self.global_step}: {self.bad_steps} consecutive steps had a non-finite "
+                f"loss or gradient (max_bad_steps={self.cfg.max_bad_steps}; last: {why}); last good checkpoint: {last}"
+            )
 
     # ---- the loop ----------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | os.PathLike | None = None) -> list[dict]:
@@ -318,13 +361,19 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             margin=f"{row['rewards/margins']:.3f}")
-            if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
+            if row["skipped"] or self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 self.history.append(row)
                 self.writer.write(row)
+            if row["skipped"]:
+                if self.bad_steps >= cfg.max_bad_steps:
+                    bar.close()
+                    self._check_bad_steps(row)
+                continue  # no checkpoint at a skipped step
             if cfg.save_steps and self.global_step % cfg.save_steps == 0 and self.global_step < self.total_steps:
                 self.save_checkpoint()
         bar.close()
-        if cfg.save_final and (self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}")):
+        if cfg.save_final and self.bad_steps == 0 and (
+                self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}")):
             self.save_checkpoint()
         if cfg.plot and info.is_main:
             plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE)
