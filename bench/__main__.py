@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         results["scaling"]["plots"] = plot_scaling(results["scaling"], matmul, out_dir, meta["device_slug"])
     if "train" in only:
-        from .train_step import run_train
+        from .train import run_train
 
         results["train"] = run_train(prof, isolate=isolate, trainers=trainers) | {"meta": section_meta}
     results["wall_s"] = round(time.perf_counter() - t_start, 1)

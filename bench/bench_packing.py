@@ -9,18 +9,16 @@ forward+backward of the LR-DPO loss on a small random Llama, for:
   (isolates the gain of packing alone);
 - ``packed + fused``: our path, ``model_sequence_logprobs`` (hidden states -> fused LM-head kernel).
 Every contender sees the same pairs (a long-tailed, log-normal length distribution) and runs in a
-fresh subprocess so peak memory is its own: on CUDA ``torch.cuda.max_memory_allocated`` above the
-model's footprint, on CPU the peak resident set size above the post-setup baseline. Defaults take
+fresh subprocess (bench/harness.py) so peak memory is its own, measured over one step after the
+timed ones by the harness: on CUDA ``torch.cuda.max_memory_allocated`` growth, on CPU the resident
+high-water growth above the model, inputs and warm code paths. Defaults take
 about a minute or two on 2 CPU cores.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import resource
-import subprocess
 import sys
 import time
 
@@ -42,7 +40,6 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=768, help="cap per prompt and per response")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -66,19 +63,16 @@ def make_pairs(args):
 
 
 def build_model(args, torch):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The seeded random Llama of ``args`` (``lrdpo_fast.model.tiny.tiny_causal_lm``), train mode."""
+    from lrdpo_fast.model.tiny import tiny_causal_lm
 
-    torch.manual_seed(args.seed)
     heads = max(2, args.hidden // 32)
-    cfg = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_attention_heads=heads,
+    model = tiny_causal_lm(
+        "llama", seed=args.seed, vocab_size=args.vocab, hidden_size=args.hidden, num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2), head_dim=32, num_hidden_layers=args.layers,
         intermediate_size=args.hidden * 8 // 3, max_position_embeddings=4 * args.max_len,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    cfg._attn_implementation = "sdpa"
-    dtype = getattr(torch, args.dtype)
-    return LlamaForCausalLM(cfg).to(device=args.device, dtype=dtype).train()
+    return model.to(device=args.device, dtype=getattr(torch, args.dtype)).train()
 
 
 def padded_logps(model, batch, torch):
@@ -107,14 +101,21 @@ def padded_batch(pairs, device, torch):
     return ids.to(device), mask.to(device), loss_mask.to(device)
 
 
+def worker(spec: dict) -> dict:
+    """Harness entry (bench/harness.py): one contender in this fresh process."""
+    return run_worker(argparse.Namespace(**spec["args"]), spec["name"])
+
+
 def run_worker(args, name):
     import torch
 
+    from bench.harness import peak_growth
+
     torch.set_num_threads(args.threads)
-    from lrdpo_fast.data.records import PairExample
-    from lrdpo_fast.ops.losses import lrdpo_loss
-    from lrdpo_fast.model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states
     from lrdpo_fast.data.packing import pack_pairs, split_pairs
+    from lrdpo_fast.data.records import PairExample
+    from lrdpo_fast.model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states
+    from lrdpo_fast.ops.losses import lrdpo_loss
 
     model = build_model(args, torch)
     steps = make_pairs(args)
@@ -153,13 +154,6 @@ def run_worker(args, name):
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    if args.device == "cuda":
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        import psutil
-
-        base = psutil.Process().memory_info().rss
     step(steps[0])  # warm-up
     sync()
     t0 = time.perf_counter()
@@ -167,38 +161,32 @@ def run_worker(args, name):
         step(s)
     sync()
     dt = time.perf_counter() - t0
-    if args.device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    # peak memory of one more step over the model, inputs and warm code paths (the harness's way)
+    peak = peak_growth(lambda: step(steps[-1]), args.device)["peak_bytes"]
     return {
         "name": name,
         "tokens_per_s": sum(real_tokens[1:]) / dt,
         "seconds": dt,
         "peak_mib": peak / 2**20,
         "real_tokens": sum(real_tokens[1:]),
-        "computed_tokens": sum(computed[1:]),
+        "computed_tokens": sum(computed[1:len(steps)]),
     }
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.worker is not None:
-        print("RESULT " + json.dumps(run_worker(args, args.worker)))
-        return
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    base_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+    if not __package__:  # run as a script (python bench/bench_packing.py): the repo root for `bench`
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.harness import run_isolated
+
     rows = []
     for name in CONTENDERS:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *base_argv, "--worker", name],
-                              capture_output=True, text=True, env=env)
-        line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        r = run_isolated("bench.bench_packing:worker", {"args": vars(args), "name": name}, timeout=1800)
+        if "tokens_per_s" not in r:
+            print(f"{name}: failed ({r.get('status')})", file=sys.stderr)
             continue
-        rows.append(json.loads(line[len("RESULT "):]))
+        rows.append(r)
         print(f"# {name}: done in {time.time() - t0:.1f} s", file=sys.stderr)
     lengths = [2 * len(p) + len(c) + len(r) for s in make_pairs(args)[1:] for p, c, r in s]
     print(f"\n{args.device}, {args.dtype}, Llama d={args.hidden} x {args.layers} layers, V={args.vocab}, "

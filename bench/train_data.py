@@ -1,42 +1,35 @@
 """The small, local, seeded set-up of the train-step comparison: a word-level tokenizer built with
-`tokenizers` (no download), a ~20M-parameter Llama from LlamaConfig, and long-tailed pairs."""
+`tokenizers` (no download), a ~20M-parameter Llama (both from lrdpo_fast.model.tiny, the one tiny
+model + tokenizer factory), and long-tailed pairs."""
 from __future__ import annotations
 
 import math
 import random
 
 VOCAB = 32000
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # = lrdpo_fast.model.tiny.WORD_SPECIALS
 
 
 def build_tokenizer(vocab_size: int = VOCAB):
-    """PreTrainedTokenizerFast over a WordLevel model: ids 0-3 special, then words w0, w1, ..."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """PreTrainedTokenizerFast over a WordLevel model: ids 0-3 special, then words w0, w1, ...
+    (``lrdpo_fast.model.tiny.word_tokenizer``)."""
+    from lrdpo_fast.model.tiny import word_tokenizer
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for i in range(vocab_size - len(SPECIALS)):
-        vocab[f"w{i}"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=4096,
-    )
+    return word_tokenizer(vocab_size, model_max_length=4096)
 
 
 def build_model(vocab_size: int = VOCAB, tiny: bool = False, seed: int = 0):
-    """LlamaForCausalLM, hidden 256, 4 layers (~20M parameters with the untied 32k embeddings)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """LlamaForCausalLM, hidden 256, 4 layers (~20M parameters with the untied 32k embeddings),
+    4 heads, no GQA; ``tiny``: hidden 64, 1 layer. Built by ``lrdpo_fast.model.tiny.tiny_causal_lm``
+    (random weights from ``seed``, the global RNG left as it was)."""
+    from lrdpo_fast.model.tiny import tiny_causal_lm
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64 if tiny else 256, intermediate_size=128 if tiny else 688,
-        num_hidden_layers=1 if tiny else 4, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    hidden = 64 if tiny else 256
+    model = tiny_causal_lm(
+        "llama", seed=seed, vocab_size=vocab_size, hidden_size=hidden, intermediate_size=128 if tiny else 688,
+        num_hidden_layers=1 if tiny else 4, num_attention_heads=4, num_key_value_heads=4, head_dim=hidden // 4,
+        max_position_embeddings=4096,
     )
-    model = LlamaForCausalLM(cfg)
     model.config.use_cache = False
     return model
 

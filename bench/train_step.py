@@ -9,7 +9,9 @@ Measured per trainer, in its own worker process:
   from either trainer);
 - end-to-end tokens/s: the epoch's tokens over (trainer construction + train()), which includes
   tokenization and the reference precompute;
-- peak memory growth over the model + data already built (bench/memory.py).
+- peak memory growth over the model + data already built (bench/harness.py).
+
+This is the worker side (``train_cell``, run by bench/worker.py); bench/train.py runs the cells.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .memory import peak_growth
+from .harness import peak_growth
 
 TRAINERS = {
     "lrdpo_fast": "lrdpo-fast Trainer",
@@ -174,24 +176,3 @@ def train_cell(spec: dict) -> dict:
     out["status"] = "ok" if steady["tokens_per_s"] else "n/a: fewer than 2 optimizer steps"
     return out
 
-
-def run_train(prof: dict, *, isolate: bool = True, log=print, trainers: list[str] | None = None) -> dict:
-    """Every trainer in its own worker on the profile's set-up."""
-    from .cells import run_cell
-
-    t = prof["train"]
-    log(f"train: {t['n_pairs']} pairs, {t['pairs_per_step']} pairs/step, {t['epochs']} epoch(s) on {prof['device']}")
-    rows = []
-    for key in trainers or t["trainers"]:
-        spec = {"kind": "train", "trainer": key, "device": prof["device"], "n_pairs": t["n_pairs"],
-                "pairs_per_step": t["pairs_per_step"], "epochs": t["epochs"],
-                "max_tokens_per_batch": t["max_tokens_per_batch"], "tiny": t.get("tiny", False)}
-        r = run_cell(spec, isolate=isolate, timeout=prof.get("cell_timeout", 600))
-        if r.get("status") == "ok":
-            r.pop("traceback", None)
-            log(f"  {key:<12} {r['tokens_per_s']:9.1f} tok/s steady, {r['end_to_end_tokens_per_s']:9.1f} tok/s "
-                f"end to end, {r['memory']['peak_bytes'] / 2**20:8.1f} MiB")
-        else:
-            log(f"  {key:<12} {r.get('status')}")
-        rows.append(r)
-    return {"config": dict(t), "rows": rows}

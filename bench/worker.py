@@ -1,6 +1,7 @@
-"""One benchmark cell in a fresh process: `python -m bench.worker '<json spec>'`.
+"""One benchmark cell, run in a fresh process by bench/harness.py (``run(spec)``, through
+bench/cells.py).
 
-Prints one line ``BENCH_RESULT {json}`` on stdout. A kernel cell builds the seeded problem,
+A kernel cell builds the seeded problem,
 prepares one contender, warms it up, times it, measures its peak memory (bench/memory.py) and
 saves sampled gradient rows for the correctness check; a train cell delegates to
 bench/train_step.py. Failures become {"status": "n/a: reason"}, never a crash without a result.
@@ -8,20 +9,11 @@ bench/train_step.py. Failures become {"status": "n/a: reason"}, never a crash wi
 from __future__ import annotations
 
 import gc
-import json
-import sys
 import traceback
 
 import torch
 
-MARK = "BENCH_RESULT "
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
-        return "n/a: out of memory"
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"n/a: {type(e).__name__}: {msg[:200]}"
+from .harness import failure_reason as _reason
 
 
 def _sample_rows(n: int, k: int, gen: torch.Generator, pool: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,9 +41,8 @@ def kernel_cell(spec: dict, isolated: bool = True, phase: str = "all") -> dict:
     """phase "all": warm-up, timing, then memory + check; "time": warm-up and timing only;
     "memory": memory + check only (after a "time" phase of the same cell warmed this process)."""
     from .contenders import CONTENDERS, DISPLAY, Unavailable
+    from .harness import peak_growth, time_step
     from .inputs import make_problem
-    from .memory import peak_growth
-    from .timing import time_step
 
     key, device = spec["contender"], spec["device"]
     out = {"contender": key, "name": DISPLAY.get(key, key), "N": spec["N"], "d": spec["d"], "V": spec["V"],
@@ -128,17 +119,3 @@ def run(spec: dict, isolated: bool = True) -> dict:
         return {"status": "ok", **matmul_throughput(spec["device"], DTYPES[spec["dtype"]], spec["size"])}
     raise ValueError(f"unknown cell kind {spec['kind']!r}")
 
-
-def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    try:
-        result = run(spec)
-    except Exception as e:  # noqa: BLE001
-        result = {"status": _reason(e), "traceback": traceback.format_exc(limit=8)}
-    sys.stdout.flush()
-    print(MARK + json.dumps(result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

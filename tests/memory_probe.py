@@ -1,20 +1,21 @@
-"""Run one forward+backward in this fresh process and print the resident-memory growth (MB).
+"""One forward+backward in a fresh process (bench/harness.py), and its resident-memory growth (MB).
 
-Usage: python memory_probe.py {sequence,fused,naive} N H V
-Growth = peak RSS (ru_maxrss) after the call minus peak RSS once inputs exist and a tiny warm-up
-call has loaded every code path, so it counts only what the call itself allocated at its peak
-(including the returned gradients).
+``probe({"kind": "sequence" | "fused" | "naive", "N": ..., "H": ..., "V": ...})`` is run by
+``bench.harness.run_isolated("tests/memory_probe.py:probe", spec)``; by hand:
+``python tests/memory_probe.py {sequence,fused,naive} N H V``. Growth = the harness's peak
+measurement (``peak_growth``: resident high-water growth after malloc_trim, large blocks unmapped
+on free) around the call, once the inputs exist and a tiny warm-up call has loaded every code
+path, so it counts only what the call itself allocated at its peak (the returned gradients included).
 """
-import resource
 import sys
+from pathlib import Path
 
 import torch
 
 import lrdpo_fast as lf
 
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root
+from bench.harness import peak_growth  # noqa: E402
 
 
 def make(n, h, v):
@@ -42,17 +43,17 @@ def run(kind, hidden, weight, labels, cu):
         logp.gather(1, labels.clamp(min=0)[:, None]).squeeze(1).mul(scored).sum().backward()
 
 
-def main():
-    kind, n, h, v = sys.argv[1], *map(int, sys.argv[2:5])
+def probe(spec: dict) -> dict:
+    kind, n, h, v = spec["kind"], spec["N"], spec["H"], spec["V"]
     torch.set_num_threads(2)
     small = make(64, h, 128)
     run(kind, *small)
     del small
     inputs = make(n, h, v)
-    base = peak_mb()
-    run(kind, *inputs)
-    print(f"{peak_mb() - base:.1f}")
+    mem = peak_growth(lambda: run(kind, *inputs), "cpu")
+    return {"status": "ok", "growth_mb": mem["peak_bytes"] / 2**20, "method": mem["method"]}
 
 
 if __name__ == "__main__":
-    main()
+    kind, n, h, v = sys.argv[1], *map(int, sys.argv[2:5])
+    print(f"{probe({'kind': kind, 'N': n, 'H': h, 'V': v})['growth_mb']:.1f}")

@@ -1,20 +1,22 @@
 """Peak resident memory of the torch backend stays O(chunk), never O(tokens x vocab)."""
-import pathlib
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-PROBE = pathlib.Path(__file__).with_name("memory_probe.py")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root, not in the package
+
+from bench.harness import run_isolated  # noqa: E402
+
 N, H, V = 4096, 512, 32000
 LIMIT_MB = 200  # the naive path needs about 1.5 GB at this shape
 
 
 def growth_mb(kind: str) -> float:
-    out = subprocess.run([sys.executable, str(PROBE), kind, str(N), str(H), str(V)], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr
-    return float(out.stdout.strip().splitlines()[-1])
+    """One call in a fresh process through the bench's subprocess harness (tests/memory_probe.py)."""
+    out = run_isolated("tests/memory_probe.py:probe", {"kind": kind, "N": N, "H": H, "V": V}, timeout=600)
+    assert out.get("status") == "ok", out
+    return out["growth_mb"]
 
 
 @pytest.mark.parametrize("kind", ["sequence", "fused"])
