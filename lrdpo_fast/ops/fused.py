@@ -20,7 +20,7 @@ from .losses import (
     pair_metrics,
     wide,
 )
-from .logprobs import resolve_backend, segment_sum, sequence_ids, sequence_logprobs
+from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids, sequence_logprobs
 from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
 
 
@@ -173,7 +173,8 @@ def fused_lrdpo_loss(
         ref_hidden: [N, d] reference hidden states (+ ``ref_weight`` [V, d], default ``weight``),
             evaluated here without gradient. Neither is needed for ``loss_type="simpo"``.
         beta, alpha, loss_type, gamma, label_smoothing: see ``lrdpo_fast.losses``.
-        backend: "auto" | "torch" | "triton".
+        backend: "auto" | "torch" | "triton" ("auto": on CUDA the faster, measured once per shape
+            bucket by ``lrdpo_fast.ops.dispatch``; LRDPO_BACKEND forces it).
 
     Returns:
         (loss, metrics): float32 scalar, mean over pairs, differentiable w.r.t. hidden, weight and
@@ -188,7 +189,7 @@ def fused_lrdpo_loss(
         raise ValueError(
             f"cu_seqlens describes {n_seqs} sequences; a pair loss needs an even number in pair order [c0, r0, ...]"
         )
-    impl = resolve_backend(backend, hidden.device, hidden.dtype)
+    resolve_backend(backend, hidden.device, hidden.dtype)  # validates before the other checks
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
     lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()
@@ -201,10 +202,18 @@ def fused_lrdpo_loss(
             f"the length-normalized loss {loss_type!r} cannot score it"
         )
     ref = _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type,
-                           ignore_index, impl, hidden.device)
+                           ignore_index, backend, hidden.device)
     params = _PairLossParams(ref, lengths, beta, alpha, loss_type, gamma, label_smoothing)
+    lab = labels.contiguous()
+    b_ = None if bias is None else bias.detach()
+
+    def run(b, h, w, grad):
+        f = _FusedTriton if b == "triton" else _FusedTorch
+        return f.apply(h.contiguous(), w.contiguous(), b_, lab, seq_ids, params, int(ignore_index))[0]
+
+    impl = choose_backend("fused", backend, hidden, weight, run)
     fn = _FusedTriton if impl == "triton" else _FusedTorch
-    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), seq_ids, params,
+    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params,
                                int(ignore_index))
     metrics = pair_metrics(seq_logps[0::2], seq_logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2],
                            beta=beta, loss_type=loss_type)

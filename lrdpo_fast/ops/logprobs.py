@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
-from . import torch_backend
+from . import dispatch, torch_backend
 from .validation import check_backend, check_cu_seqlens, check_linear_inputs
 
 
@@ -41,6 +42,31 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     return backend
 
 
+def choose_backend(op: str, backend: str, hidden: torch.Tensor, weight: torch.Tensor,
+                   run: Callable[[str, torch.Tensor, torch.Tensor, bool], torch.Tensor]) -> str:
+    """Validate ``backend`` and settle "auto" through ``dispatch.select`` (measured on CUDA).
+
+    op: "logprobs" | "fused"; run(b, h, w, grad) runs the call with backend b on the leaves h
+    [N, d], w [V, d] and returns a tensor whose sum is backpropagated when ``grad``. The trial
+    uses detached copies of the caller's real inputs, so the caller's graph is untouched.
+    """
+    resolved = resolve_backend(backend, hidden.device, hidden.dtype)
+    if backend != "auto" and hidden.device.type != "cuda":
+        return resolved
+    want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+
+    def trial(b: str) -> None:
+        with torch.set_grad_enabled(want_grad):
+            h = hidden.detach().requires_grad_(want_grad)
+            w = weight.detach().requires_grad_(want_grad)
+            out = run(b, h, w, want_grad)
+            if want_grad:
+                out.sum().backward()
+
+    return dispatch.select(op if want_grad else op + "/fwd", backend, hidden, weight, trial,
+                           triton_usable(hidden.device) and hidden.dtype != torch.float64)
+
+
 def _backward_impl(backend: str):
     if backend == "triton":
         from . import triton_backend
@@ -69,6 +95,16 @@ class _LinearLogprobs(torch.autograd.Function):
         return dh, dw, db, None, None, None, None
 
 
+def _choose(backend, hidden, weight, bias, labels, ignore_index, temperature) -> str:
+    b_ = None if bias is None else bias.detach()
+    lab = labels.contiguous()
+
+    def run(b, h, w, grad):
+        return _LinearLogprobs.apply(h.contiguous(), w.contiguous(), b_, lab, int(ignore_index), float(temperature), b)
+
+    return choose_backend("logprobs", backend, hidden, weight, run)
+
+
 def linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -87,14 +123,16 @@ def linear_logprobs(
         labels: int32/int64 [N], in [0, V) or ``ignore_index``.
         bias: optional [V] LM-head bias.
         temperature: logits are divided by it before the softmax.
-        backend: "auto" (triton on CUDA, torch otherwise), "torch", or "triton".
+        backend: "auto" (on CUDA the faster of the two, measured once per shape bucket, see
+            ``lrdpo_fast.ops.dispatch``; torch elsewhere), "torch", or "triton". The
+            LRDPO_BACKEND environment variable forces what "auto" means.
 
     Returns:
         float32 [N]: log p(label_t); 0.0 where label == ignore_index. Differentiable w.r.t.
         hidden, weight and bias (accumulated in float32).
     """
     check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
-    impl = resolve_backend(backend, hidden.device, hidden.dtype)
+    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature)
     return _LinearLogprobs.apply(
         hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
     )
@@ -139,7 +177,7 @@ def sequence_logprobs(
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
     n_seqs = cu_seqlens.numel() - 1
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
-    impl = resolve_backend(backend, hidden.device, hidden.dtype)
+    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature)
     tok = _LinearLogprobs.apply(
         hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
     )
