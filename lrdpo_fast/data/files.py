@@ -8,37 +8,58 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import PairExample, tokenize_pairs
+from .records import PairExample, check_token_ids, tokenize_pairs, tokenize_record
+
+
+def _jsonl_lines(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-blank line; ValueError naming the file and line."""
+    if not os.path.isfile(path):
+        raise ValueError(f"path {str(path)!r} is not a file")
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"path {str(path)!r} cannot be read ({e.strerror or e})") from None
+    out = []
+    for lineno, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"path {str(path)!r} line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                             f"column {e.start + 1}); JSONL files must be UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"path {str(path)!r} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"path {str(path)!r} line {lineno}: expected a JSON object, got {type(rec).__name__}")
+        out.append((lineno, rec))
+    return out
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Raw records of a JSONL file (one JSON object per non-blank line).
+    """Raw records of a JSONL file (UTF-8, one JSON object per non-blank line).
 
-    Raises ValueError naming ``path`` (missing file) or the line number (bad JSON / not an object).
+    Raises ValueError naming ``path`` (missing or unreadable file) or the line number (bad
+    encoding, bad JSON, not an object).
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"path {str(path)!r} is not a file")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"path {str(path)!r} line {lineno}: invalid JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"path {str(path)!r} line {lineno}: expected a JSON object")
-            records.append(rec)
-    return records
+    return [rec for _, rec in _jsonl_lines(path)]
 
 
 def load_jsonl(path: str | os.PathLike, tokenizer=None, **kwargs) -> list[PairExample]:
     """Read a JSONL file of preference records and tokenize them (kwargs: ``tokenize_record``'s).
 
-    Returns list[PairExample].
+    Returns list[PairExample]. A bad record raises ValueError naming the file and its line.
     """
-    return tokenize_pairs(read_jsonl(path), tokenizer, **kwargs)
+    out = []
+    for lineno, rec in _jsonl_lines(path):
+        try:
+            out.append(tokenize_record(rec, tokenizer, **kwargs))
+        except ValueError as e:
+            raise ValueError(f"path {str(path)!r} line {lineno}: {e}") from None
+    return out
 
 
 def save_jsonl(examples: Sequence[PairExample], path: str | os.PathLike) -> None:
@@ -86,14 +107,16 @@ def load_hf_dataset(dataset, tokenizer=None, *, split: str = "train", **kwargs) 
     return tokenize_pairs(iter(dataset), tokenizer, **kwargs)
 
 
-def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None) -> list[PairExample]:
+def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
+               vocab_size: int | None = None) -> list[PairExample]:
     """Any supported pair source -> list[PairExample].
 
     ``pairs``: a JSONL path (str/Path), another local data file or saved-dataset folder, a
     ``datasets.Dataset``, a list of records (dicts with prompt/chosen/rejected as text, chat
-    messages or token ids) or a list of ``PairExample``.
+    messages or token ids) or a list of ``PairExample``. ``vocab_size``: token ids must lie in
+    [0, vocab_size) (default: the tokenizer's size; see ``tokenize_record``).
     """
-    kw = dict(max_length=max_length, max_prompt_length=max_prompt_length)
+    kw = dict(max_length=max_length, max_prompt_length=max_prompt_length, vocab_size=vocab_size)
     if isinstance(pairs, (str, os.PathLike)):
         p = Path(pairs)
         if p.is_file() and p.suffix == ".jsonl":
@@ -102,6 +125,11 @@ def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prom
             out = load_hf_dataset(p, tokenizer, **kw)
     elif isinstance(pairs, Sequence) and pairs and all(isinstance(x, PairExample) for x in pairs):
         out = list(pairs)
+        for i, ex in enumerate(out):
+            try:
+                check_token_ids(ex, vocab_size)
+            except ValueError as e:
+                raise ValueError(f"pairs[{i}]: {e}") from None
     elif isinstance(pairs, Sequence) and not isinstance(pairs, (str, bytes)):
         out = tokenize_pairs(pairs, tokenizer, **kw)
     elif type(pairs).__module__.startswith("datasets"):

@@ -175,6 +175,31 @@ def _check_length(name: str, value: int | None, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum} or None, got {value!r}")
 
 
+def tokenizer_vocab_size(tokenizer) -> int | None:
+    """Number of ids ``tokenizer`` knows (``len(tokenizer)``: base vocabulary + added tokens), or
+    None when there is no tokenizer or it cannot say."""
+    if tokenizer is None:
+        return None
+    try:
+        n = len(tokenizer)
+    except TypeError:
+        n = getattr(tokenizer, "vocab_size", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_token_ids(example: PairExample, vocab_size: int | None, what: str = "the vocabulary") -> None:
+    """Every id of ``example`` must lie in [0, vocab_size) (only >= 0 when vocab_size is None);
+    ValueError naming the field and the first bad id."""
+    for name, ids in (("prompt", example.prompt_ids), ("chosen", example.chosen_ids), ("rejected", example.rejected_ids)):
+        if not ids:
+            continue
+        lo, hi = min(ids), max(ids)
+        if lo < 0:
+            raise ValueError(f"{name} holds token id {lo}: token ids must be >= 0")
+        if vocab_size is not None and hi >= vocab_size:
+            raise ValueError(f"{name} holds token id {hi} outside {what} [0, {vocab_size})")
+
+
 def tokenize_record(
     record: Mapping[str, Any],
     tokenizer=None,
@@ -183,6 +208,7 @@ def tokenize_record(
     max_prompt_length: int | None = None,
     add_bos: bool | None = None,
     eos_token_id: int | None = None,
+    vocab_size: int | None = None,
 ) -> PairExample:
     """Tokenize one preference record (a mapping) into a ``PairExample`` (forms: module docstring).
 
@@ -198,16 +224,20 @@ def tokenize_record(
             prompts when the tokenizer has a BOS, no for chat templates and pre-tokenized ids.
         eos_token_id: EOS appended to each response; defaults to ``tokenizer.eos_token_id``.
             With neither, no EOS is appended.
+        vocab_size: ids must lie in [0, vocab_size); default ``len(tokenizer)`` when there is a
+            tokenizer (pre-tokenized ids are checked against it too), else only ids >= 0.
 
     Returns:
         PairExample with int token lists and ``num_truncated_tokens``.
 
     Raises:
         ValueError naming the argument: a missing field, an empty prompt, an empty chosen or
-        rejected response (no tokens before EOS), a bad length cap.
+        rejected response (no tokens before EOS), a bad length cap, a token id outside the
+        vocabulary.
     """
     _check_length("max_length", max_length, 2)
     _check_length("max_prompt_length", max_prompt_length, 1)
+    _check_length("vocab_size", vocab_size, 1)
     prompt, chosen, rejected, is_chat = _raw_ids(record, tokenizer)
     eos = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -247,7 +277,7 @@ def tokenize_record(
     for name, v in (("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
             raise ValueError(f"{name} must be a finite number or None, got {v!r}")
-    return PairExample(
+    example = PairExample(
         prompt_ids=prompt,
         chosen_ids=chosen,
         rejected_ids=rejected,
@@ -255,6 +285,11 @@ def tokenize_record(
         ref_chosen_logps=None if ref_c is None else float(ref_c),
         ref_rejected_logps=None if ref_r is None else float(ref_r),
     )
+    if vocab_size is not None:
+        check_token_ids(example, vocab_size)
+    else:
+        check_token_ids(example, tokenizer_vocab_size(tokenizer), "the tokenizer's vocabulary")
+    return example
 
 
 def tokenize_pair(

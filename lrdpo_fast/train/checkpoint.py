@@ -7,6 +7,10 @@ A checkpoint folder ``output_dir/checkpoint-<step>/`` holds
   RNG states, and the reference log-probs the run trains against (so a resumed run uses the
   original reference even though it starts from later weights).
 Resuming on the CPU continues bit-for-bit.
+
+Safety: the trainer state holds only tensors and plain Python values (the RNG states as tensors
+and lists, never pickled objects), so it is read with ``torch.load(weights_only=True)``: a
+checkpoint folder from elsewhere cannot run code when resumed. Weights are safetensors only.
 """
 from __future__ import annotations
 
@@ -21,12 +25,15 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def rng_state() -> dict:
-    """Python, numpy (if installed), torch CPU and CUDA generator states."""
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Python, numpy (if installed), torch CPU and CUDA generator states, as tensors, lists and
+    numbers only (loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state()}
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -36,12 +43,14 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what ``rng_state`` returned."""
-    random.setstate(state["python"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -108,11 +117,20 @@ def save_trainer_state(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict:
-    """Read what ``save_trainer_state`` wrote; ValueError naming ``path`` when absent."""
+    """Read what ``save_trainer_state`` wrote (``weights_only=True``: tensors and plain values,
+    no code runs); ValueError naming ``path`` when absent, unreadable or holding other objects."""
     f = Path(path) / STATE_FILE
     if not f.is_file():
         raise ValueError(f"checkpoint path {str(path)!r} has no {STATE_FILE}: not a trainer checkpoint")
-    return torch.load(f, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, foreign pickle (refused by the weights-only unpickler)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint file {str(f)!r} cannot be read as a trainer state "
+                         f"(weights-only load: {first})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint file {str(f)!r} does not hold a trainer state mapping")
+    return state
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:

@@ -57,6 +57,17 @@ __all__ = ["PAIR_METRICS", "NonFiniteTrainingError", "PolicyLoss", "StepTotals",
            "load_pairs"]
 
 
+def _model_vocab_size(model: nn.Module) -> int | None:
+    """Rows of the model's LM head (or ``config.vocab_size``); None when it has neither."""
+    m = model.policy if isinstance(model, PolicyLoss) else model
+    head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    n = getattr(getattr(m, "config", None), "vocab_size", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
 class NonFiniteTrainingError(RuntimeError):
     """``max_bad_steps`` consecutive steps had a non-finite loss or gradient: the run stopped."""
 
@@ -90,7 +101,8 @@ class Trainer:
         self.device, self.dist = self._setup_device()
         torch.manual_seed(cfg.seed)
         self.examples: list[PairExample] = load_pairs(
-            pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length
+            pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+            vocab_size=_model_vocab_size(model),  # ids outside the model's vocabulary: refused here
         )
         self.policy_loss: PolicyLoss | None = model if isinstance(model, PolicyLoss) else None
         self.model: nn.Module = (model.policy if self.policy_loss is not None else model).to(self.device)
