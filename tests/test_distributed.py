@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lrdpo_fast import cli
-from lrdpo_fast.train.checkpoint import load_model_weights
+from lrdpo_fast.train.checkpoint import load_model_weights, load_trainer_state
 from helpers import random_records, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
@@ -73,6 +73,24 @@ def test_two_processes_match_one(tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
+    # The step-3 metrics above come from the checkpoint's weights, before any resumed update. What
+    # the resume must restore shows in the step it then takes: weights and AdamW moments after step
+    # 3 equal the uninterrupted run's (fresh moments or a restarted schedule would move them).
+    w_resumed = load_model_weights(tmp_path / "two_resumed" / "checkpoint-3")
+    w_before = load_model_weights(tmp_path / "two" / "checkpoint-2")
+    assert w_resumed.keys() == w2.keys()
+    moved = max(float((w2[k] - w_before[k]).abs().max()) for k in w2)
+    assert moved > 1e-4  # step 3 changed the weights well beyond the tolerance below
+    for k in w2:
+        torch.testing.assert_close(w_resumed[k], w2[k], atol=1e-6, rtol=1e-5, msg=k)
+    opt_straight = load_trainer_state(tmp_path / "two" / "checkpoint-3")["optimizer"]["state"]
+    opt_resumed = load_trainer_state(tmp_path / "two_resumed" / "checkpoint-3")["optimizer"]["state"]
+    assert opt_resumed.keys() == opt_straight.keys() and len(opt_straight) == len(w2)
+    for k, st in opt_straight.items():
+        assert st.keys() == opt_resumed[k].keys(), k
+        for name, value in st.items():
+            torch.testing.assert_close(torch.as_tensor(opt_resumed[k][name]), torch.as_tensor(value), atol=1e-7,
+                                       rtol=1e-5, msg=f"optimizer state {name} of {k}")
 
 
 ITERATIVE_SCRIPT = """\
