@@ -8,8 +8,10 @@ CONFIG.yaml holds ``TrainConfig`` fields plus three CLI-only keys:
 - ``model``: a local ``save_pretrained`` folder, or ``example`` (the embedded tiny Llama);
 - ``tokenizer``: a local tokenizer folder (default: the model folder), or ``example``;
 - ``data``: a JSONL file / local dataset file or folder of preference pairs, or ``example``;
-- ``ref_model`` (optional): a local folder for the reference (default: the initial policy).
-Relative paths are resolved against the YAML file's folder.
+- ``ref_model`` (optional): a local folder for the reference (default: the initial policy);
+- ``trust_remote_code`` (optional, default false): let transformers run the folders' own code.
+Relative paths are resolved against the YAML file's folder. Model folders are loaded from
+safetensors only, never from the Hub.
 """
 from __future__ import annotations
 
@@ -46,17 +48,19 @@ def _resolve(value, base: Path):
 def load_run_spec(path: str | Path, **overrides):
     """Split a CLI YAML into (TrainConfig, {model, tokenizer, data, ref_model}); paths resolved
     against the YAML's folder. Unknown keys -> ValueError naming them."""
-    import yaml
-
-    from ..train.config import TrainConfig
+    from ..train.config import TrainConfig, read_yaml_mapping
 
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config path {str(p)!r} does not exist")
-    values = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"config {str(p)!r} must hold a mapping")
+    values = read_yaml_mapping(p)
+    trust = values.pop("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"config {str(p)!r}: trust_remote_code must be true or false, got {trust!r}")
+    for k in CLI_KEYS:
+        v = values.get(k)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"config {str(p)!r}: {k} must be a path string or 'example', got {type(v).__name__} {v!r}")
     spec = {k: _resolve(values.pop(k, None), p.parent) for k in CLI_KEYS}
+    spec["trust_remote_code"] = trust
     if spec["model"] is None:
         raise ValueError(f"config {str(p)!r} needs a 'model' key (a local model folder or 'example')")
     if spec["data"] is None:
@@ -70,24 +74,21 @@ def build_run(spec: dict):
     """(model, tokenizer, pairs, ref_model) from a run spec (see ``load_run_spec``)."""
     from .. import examples as example
 
+    from ..model.loading import load_causal_lm, load_tokenizer
+
+    trust = spec.get("trust_remote_code", False)
     if spec["tokenizer"] == "example":
         tokenizer = example.example_tokenizer()
     else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+        tokenizer = load_tokenizer(spec["tokenizer"], "tokenizer", trust_remote_code=trust)
     if spec["model"] == "example":
         model = example.example_model(vocab_size=len(tokenizer))
     else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(spec["model"])
+        model = load_causal_lm(spec["model"], "model", trust_remote_code=trust)
     pairs = example.example_records() if spec["data"] == "example" else spec["data"]
     ref_model = None
     if spec.get("ref_model"):
-        from transformers import AutoModelForCausalLM
-
-        ref_model = AutoModelForCausalLM.from_pretrained(spec["ref_model"])
+        ref_model = load_causal_lm(spec["ref_model"], "ref_model", trust_remote_code=trust)
     return model, tokenizer, pairs, ref_model
 
 

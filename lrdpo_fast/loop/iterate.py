@@ -54,14 +54,14 @@ def _load_policy(cfg: IterateConfig):
         path = cfg.policy
     if not Path(path, "config.json").is_file():
         raise ValueError(f"policy {path!r} is not a save_pretrained model folder (no config.json)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..model.loading import load_causal_lm, load_tokenizer
 
     tok_path = cfg.tokenizer or path
     if not Path(tok_path).is_dir():
         raise ValueError(f"tokenizer {tok_path!r} is not a folder")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", use_safetensors=True, trust_remote_code=False)
+    model = load_causal_lm(path, "policy", dtype="float32")  # safetensors only, no remote code
     model.config._attn_implementation = "sdpa"
-    return path, model, AutoTokenizer.from_pretrained(tok_path, trust_remote_code=False)
+    return path, model, load_tokenizer(tok_path, "tokenizer")
 
 
 def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None):
@@ -72,9 +72,9 @@ def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None):
         return CallableReward(spec.callable)
     if spec.reward_model is not None:
         return RewardModel(spec.reward_model, batch_size=spec.batch_size)
-    from transformers import AutoModelForCausalLM
+    from ..model.loading import load_causal_lm
 
-    ref = AutoModelForCausalLM.from_pretrained(spec.reference, dtype="float32", use_safetensors=True)
+    ref = load_causal_lm(spec.reference, "reward.reference", dtype="float32")
     return ImplicitReward(st_policy, ref, tokenizer)
 
 
