@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import tiny_model, tiny_tokenizer
+
 from lrdpo_fast.loop.samples import Sample, read_samples, write_samples
 
 vllm = pytest.importorskip("vllm")
@@ -88,8 +88,9 @@ def test_greedy_equals_transformers_before_and_after_load_weights(vllm_sampler):
 
 
 def test_load_weights_from_a_trainer(vllm_sampler, tmp_path):
-    import lrdpo_fast as lf
     from helpers import random_records
+
+    import lrdpo_fast as lf
 
     tok = tiny_tokenizer()
     cfg = lf.TrainConfig(beta=0.1, learning_rate=5e-2, lr_scheduler="constant", pairs_per_step=4, max_steps=2,

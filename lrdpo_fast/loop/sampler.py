@@ -447,7 +447,8 @@ class VLLMSampler:
                 if error is not None:
                     raise error
                 raise RuntimeError(f"VLLMSampler: the engine failed to start on rank {failed[0][0]}: {failed[0][1]}")
-            info = gathered[0][1]
+            if not self.hosts_engine:
+                info = gathered[0][1]  # rank 0's engine serves this rank
         self.max_model_len: int = info["max_model_len"]
         self._specs: dict[str, TensorSpec] = info["specs"]
         self.model_dir: str = info["model_dir"]
@@ -823,6 +824,13 @@ class VLLMSampler:
         if self.sleep_mode and self.hosts_engine and self._asleep:
             self._llm.wake_up()
             self._asleep = 0
+
+    @property
+    def llm(self):
+        """The underlying ``vllm.LLM`` (None on a rank without an engine, or once closed); for
+        inspection and benchmarks: weights loaded through it skip ``load_weights``' checks and
+        prefix-cache reset."""
+        return self._llm
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
