@@ -3,11 +3,17 @@
 Same tiny model weights, same token ids (we feed TRL's own tokenization of the pairs to our
 trainer as pre-tokenized ids), same hyper-parameters (no dropout, no warm-up, constant LR, fp32,
 AdamW with identical settings, gradient clipping at 1.0), one step = all pairs. TRL pads and runs
-the full LM head; we pack and use the fused kernel: loss and rewards must agree to 1e-4 for 3 steps.
+the full LM head; we pack and use the fused kernel: loss, rewards and the pre-clip gradient norm
+must agree to 1e-4 for 5 steps, and the weights after them. Step 1 alone proves little (the
+reference is the policy: loss ln 2 and zero rewards for any implementation), its gradient norm
+does, and so do the later steps. TRL has no length term: alpha > 0 is checked on TRL's own
+tokenization against the hand-written loss here, and in full (gradients, AdamW step) against a
+float64 step in test_trainer_reference.py.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -19,7 +25,7 @@ from lrdpo_fast.train.config import TrainConfig  # noqa: E402
 from lrdpo_fast.train.trainer import Trainer  # noqa: E402
 
 N_PAIRS = 6
-STEPS = 3
+STEPS = 5
 LR = 1e-3
 
 
@@ -100,6 +106,22 @@ def test_matches_trl_dpo_trainer(tmp_path):
         assert row["loss"] == pytest.approx(loss, abs=1e-4), f"loss at step {step}"
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
             assert row[key] == pytest.approx(row_trl[key], abs=1e-4, rel=1e-5), f"{key} at step {step}"
+        assert row["grad_norm"] == pytest.approx(row_trl["grad_norm"], rel=1e-4), f"grad_norm at step {step}"
+    assert ours[0]["grad_norm"] > 1e-2  # step 1's comparison has content even though its loss is ln 2
+    assert abs(trl_rows[-1]["rewards/margins"]) > 1e-2 and abs(trl_losses[-1] - math.log(2)) > 1e-3
     assert ours[-1]["loss"] < ours[0]["loss"]
     for (name, p), q in zip(trained_trl.named_parameters(), model_ours.parameters()):
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+
+    # alpha > 0 (no TRL counterpart): on TRL's tokenization, step 1 (reference = policy, log-ratios
+    # 0) is the length term alone, mean -log sigma(alpha (|w| - |l|)) over the pairs
+    alpha = 0.1
+    cfg_lr = TrainConfig(**{**cfg.to_dict(), "alpha": alpha, "max_steps": 1, "output_dir": str(tmp_path / "ours_lr")})
+    lr_trainer = Trainer(tiny_model("llama", seed=0), tok, tokenized, cfg_lr)
+    (row,) = lr_trainer.train()
+    d_len = [len(ex.chosen_ids) - len(ex.rejected_ids) for ex in lr_trainer.examples]
+    assert any(d_len)
+    by_hand = sum(math.log1p(math.exp(-alpha * d)) for d in d_len) / len(d_len)
+    assert row["loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert abs(row["rewards/margins"]) < 1e-5 and row["length/chosen"] == pytest.approx(
+        sum(len(ex.chosen_ids) for ex in lr_trainer.examples) / N_PAIRS)
