@@ -11,6 +11,7 @@ from triton.compiler import ASTSource
 from lrdpo_fast.kernels.logprob_bwd import logprob_bwd_kernel
 from lrdpo_fast.kernels.logprob_fwd import logprob_fwd_kernel
 from lrdpo_fast.kernels.pair_loss import pair_loss_kernel
+from lrdpo_fast.kernels.softmax_grad import softmax_grad_kernel
 
 BLOCKS = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64)  # what triton_backend launches on CUDA
 
@@ -47,6 +48,18 @@ def main(sm: int) -> None:
             "LOSS_TYPE": "constexpr", "BLOCK": "constexpr"}
     for loss_type in range(5):
         compile_one(pair_loss_kernel, loss, dict(LOSS_TYPE=loss_type, BLOCK=128), target, 4)
+    # the chunked path's row pass (torch_backend.row_pass: BLOCK_V=2048, 8 warps): lse only, then
+    # the in-place gradient in each input dtype, with and without the filter's block max
+    row = {"Z": "*fp32", "GOUT": "*fp32", "LABELS": "*i64", "LSE": "*fp32", "LOGP": "*fp32", "G": "*fp32",
+           "BLOCKMAX": "*fp32", "V": "i32", "stride_z": "i32", "stride_g": "i32", "inv_temp": "fp32",
+           "COMPUTE_LSE": "constexpr", "WRITE_GRAD": "constexpr", "HAS_G": "constexpr", "TRACK_MAX": "constexpr",
+           "BLOCK_V": "constexpr"}
+    compile_one(softmax_grad_kernel, row, dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False,
+                                               BLOCK_V=2048), target, 8)
+    for dt in ("bf16", "fp16", "fp32"):
+        for track in (False, True):
+            compile_one(softmax_grad_kernel, {**row, "GOUT": f"*{dt}"},
+                        dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, BLOCK_V=2048), target, 8)
 
 
 if __name__ == "__main__":

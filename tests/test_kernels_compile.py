@@ -20,7 +20,7 @@ def test_kernels_compile_for_cuda(sm):
     out = subprocess.run([sys.executable, str(SCRIPT), str(sm)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 3 * 5 + 5, out.stdout
+    assert len(lines) == 3 * 5 + 5 + 1 + 3 * 2, out.stdout  # + the row pass: lse, 3 dtypes x block max
     # every variant fits the shared memory of an A100 (164 KiB) and an H100 (228 KiB)
     shared = [int(line.rsplit("shared=", 1)[1]) for line in lines]
     assert max(shared) <= 164 * 1024, out.stdout

@@ -10,6 +10,14 @@ Same algorithm as the Triton kernels, expressed with chunked matmuls:
   gradient of the pair loss is known while the chunk's softmax is still in hand: 3 matmuls per
   token instead of 4 (no recompute), the way the fastest peers form gradients in forward.
 dW and db accumulate in float32 across chunks whatever the input dtype.
+
+On CUDA (``fused_pass_enabled``) the same sweeps run as cuBLAS GEMMs in the input dtype plus one
+Triton row kernel per chunk (``kernels/softmax_grad.py``) instead of the elementwise torch ops:
+the chunk's logits come out of the GEMM in float32 (``out_dtype``), the kernel emits the per-token
+log-sum-exp and log-prob and writes the gradient (onehot - softmax) * g / T in place in the input
+dtype, and dH = E W, dW += E^T H are two more GEMMs (float32 output / accumulator). The weight is
+never copied to float32. Optional gradient filter (``GRAD_SKIP_THRESHOLD``, 16-bit inputs only):
+vocabulary blocks whose |gradient| is all below it drop out of both GEMMs.
 """
 from __future__ import annotations
 
@@ -25,13 +33,177 @@ import torch
 # 2 CPU cores, 64 MiB chunks take ~2.0 s at ~140 MiB peak, 16 MiB chunks ~2.9 s at ~95 MiB
 # (dW alone is 62.5 MiB there). Results are identical either way.
 CHUNK_ELEMENTS = int(float(os.environ.get("LRDPO_TORCH_CHUNK_MB", "64")) * 2**20) // 4
+# The CUDA form (GEMMs + the Triton row pass) needs tall chunks for efficient GEMMs: 1 GiB of
+# float32 logits by default (~2000 rows at V=128256); LRDPO_CUDA_CHUNK_MB changes it.
+CUDA_CHUNK_ELEMENTS = int(float(os.environ.get("LRDPO_CUDA_CHUNK_MB", "1024")) * 2**20) // 4
+# "auto": the fused row pass on CUDA when Triton is importable; "1": also on CPU tensors under
+# TRITON_INTERPRET=1 (tests); "0": never (the elementwise torch ops everywhere).
+FUSED_PASS = os.environ.get("LRDPO_FUSED_PASS", "auto")
+# Gradient filter of the fused pass (16-bit inputs only): vocabulary blocks of ROW_BLOCK_V columns
+# whose |gradient| is entirely below this skip both gradient GEMMs. 0.0 = exact (default); about
+# 2**-12 is below bf16 resolution, but only a GPU measurement on real hidden states (peaked
+# softmax, not random) may turn it on: see ``python -m bench --profile gpu``.
+GRAD_SKIP_THRESHOLD = float(os.environ.get("LRDPO_GRAD_SKIP_THRESHOLD", "0"))
+# Filtered GEMMs gather the live columns (a copy); below this live fraction that pays off.
+SKIP_MAX_LIVE_FRACTION = 0.5
 
 
-def chunk_rows(vocab: int, chunk_tokens: int | None = None) -> int:
-    """Rows per chunk so that a [rows, vocab] float32 block stays within CHUNK_ELEMENTS."""
+def chunk_rows(vocab: int, chunk_tokens: int | None = None, cuda: bool = False) -> int:
+    """Rows per chunk so that a [rows, vocab] float32 block stays within CHUNK_ELEMENTS
+    (CUDA_CHUNK_ELEMENTS for the CUDA form)."""
     if chunk_tokens is not None:
         return max(1, int(chunk_tokens))
-    return max(8, CHUNK_ELEMENTS // max(vocab, 1))
+    return max(8, (CUDA_CHUNK_ELEMENTS if cuda else CHUNK_ELEMENTS) // max(vocab, 1))
+
+
+# ---- the CUDA form: GEMMs in the input dtype + one Triton row pass per chunk ----------------------
+
+def fused_pass_enabled(t: torch.Tensor) -> bool:
+    """True if chunks of ``t``'s dtype/device take the GEMM + Triton row-pass form."""
+    if FUSED_PASS == "0" or t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if t.device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return FUSED_PASS == "1" and t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _row_block(device: torch.device) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) of the row pass: tiny under the interpreter."""
+    return (2048, 8) if device.type == "cuda" else (16, 1)
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b with a float32 result: 16-bit operands on CUDA go straight to cuBLAS (out_dtype)."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b, out=out) if out is not None else a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
+            torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float(), out=out) if out is not None else a.float() @ b.float()
+
+
+def _addmm32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (float32) += a @ b, in place, without float32 copies of 16-bit operands on CUDA."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    elif a.is_cuda:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.float(), b.float())
+
+
+def _fp_buffer(rows: int, weight: torch.Tensor) -> torch.Tensor:
+    """One flat float32 buffer for every [C, V] chunk of a call (CUDA form)."""
+    return torch.empty(rows * weight.shape[0], dtype=torch.float32, device=weight.device)
+
+
+def _fp_logits(h: torch.Tensor, w: torch.Tensor, b32: torch.Tensor | None, buf: torch.Tensor) -> torch.Tensor:
+    """float32 [C, V] raw logits h W^T (+ b) in the contiguous flat float32 ``buf``."""
+    z = buf[: h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
+    _mm32(h, w.t(), out=z)
+    if b32 is not None:
+        z.add_(b32)
+    return z
+
+
+def row_pass(z: torch.Tensor, lab: torch.Tensor, lse: torch.Tensor, logp: torch.Tensor | None,
+             g: torch.Tensor | None, dtype: torch.dtype, inv_temp: float,
+             blockmax: torch.Tensor | None = None) -> torch.Tensor:
+    """One launch of ``softmax_grad_kernel`` over the rows of a chunk.
+
+    z: float32 [C, V] contiguous raw logits (pre-temperature, bias included); lab: int64 [C] in
+    [0, V). With ``logp`` (float32 [C]) given, fills lse [C] and logp [C]; otherwise reads lse.
+    With ``g`` (float32 [C]) given, writes (onehot - softmax) * g / T in ``dtype`` in place over
+    z's storage and (with ``blockmax`` float32 [cdiv(V, BLOCK_V)], zeroed) the max |gradient| per
+    vocabulary block. Returns the gradient view [C, V] of ``dtype`` (row stride V for float32,
+    2V for 16-bit), meaningful only when g was given.
+    """
+    from ..kernels.softmax_grad import softmax_grad_kernel
+
+    c, v = z.shape
+    gout = z if dtype == torch.float32 else z.view(dtype)[:, :v]
+    if c == 0:
+        return gout
+    block_v, warps = _row_block(z.device)
+    opts = {} if z.device.type != "cuda" else {"num_warps": warps}
+    softmax_grad_kernel[(c,)](
+        z, gout, lab, lse, logp if logp is not None else lse, g if g is not None else lse,
+        blockmax if blockmax is not None else lse,
+        v, z.stride(0), gout.stride(0), inv_temp,
+        COMPUTE_LSE=logp is not None, WRITE_GRAD=g is not None, HAS_G=g is not None,
+        TRACK_MAX=blockmax is not None, BLOCK_V=block_v, **opts,
+    )
+    return gout
+
+
+def _skip_active(dtype: torch.dtype) -> bool:
+    return GRAD_SKIP_THRESHOLD > 0.0 and dtype in (torch.bfloat16, torch.float16)
+
+
+def _live_columns(blockmax: torch.Tensor | None, v: int, block_v: int) -> torch.Tensor | None:
+    """int64 columns of the vocabulary blocks whose max |gradient| reaches GRAD_SKIP_THRESHOLD,
+    or None (use every column) when the filter is off or would not pay."""
+    if blockmax is None:
+        return None
+    live = torch.nonzero(blockmax >= GRAD_SKIP_THRESHOLD, as_tuple=False).flatten()
+    if live.numel() > SKIP_MAX_LIVE_FRACTION * blockmax.numel():
+        return None
+    cols = (live[:, None] * block_v + torch.arange(block_v, device=live.device)[None, :]).flatten()
+    return cols[cols < v]
+
+
+def _fp_grad_gemms(e, h, w, r, dh, dw, db, cols=None) -> None:
+    """dH[r] = E W; dW += E^T h; db += sum(E) for the gradient E [C, V] (input dtype), only over
+    ``cols`` (int64 vocabulary columns) when given."""
+    if cols is not None:
+        e, w = e.index_select(1, cols), w.index_select(0, cols)
+    if dh is not None:
+        dh.index_copy_(0, r, _mm32(e, w).to(dh.dtype))
+    if dw is not None:
+        if cols is None:
+            _addmm32_(dw, e.t(), h)
+        else:
+            dw.index_add_(0, cols, _mm32(e.t(), h))
+    if db is not None:
+        col_sum = e.float().sum(dim=0)
+        db.add_(col_sum) if cols is None else db.index_add_(0, cols, col_sum)
+
+
+def _fp_chunk_grad(z, lab, lse_c, g_rows, h, w, r, inv_temp, dh, dw, db) -> None:
+    """Row pass 2 (gradient in place, per-row scale g_rows float32 [C]) + the gradient GEMMs."""
+    block_v, _ = _row_block(z.device)
+    bm = torch.zeros(-(-w.shape[0] // block_v), dtype=torch.float32, device=z.device) \
+        if _skip_active(h.dtype) else None
+    e = row_pass(z, lab, lse_c, None, g_rows.float().contiguous(), h.dtype, inv_temp, bm)
+    _fp_grad_gemms(e, h, w, r, dh, dw, db, _live_columns(bm, w.shape[0], block_v))
+
+
+def _fp_forward_rows(hidden, weight, b32, labels, rows, inv_temp, step, logp, lse, buf=None) -> None:
+    """CUDA form of ``_forward_rows``: logp[rows], lse[rows] (float32) chunk by chunk."""
+    buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        lab = labels.index_select(0, r).long()
+        z = _fp_logits(hidden.index_select(0, r), weight, b32, buf)
+        lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
+        row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp)
+        lse.index_copy_(0, r, lse_c)
+        logp.index_copy_(0, r, logp_c)
+
+
+def _fp_backward_rows(grad, hidden, weight, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None) -> None:
+    """CUDA form of ``_backward_rows``: rebuild each chunk's logits, one row pass, two GEMMs."""
+    buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        lab = labels.index_select(0, r).long()
+        h = hidden.index_select(0, r)
+        z = _fp_logits(h, weight, b32, buf)
+        _fp_chunk_grad(z, lab, lse.index_select(0, r), grad.index_select(0, r), h, weight, r, inv_temp, dh, dw, db)
 
 
 def scored_rows(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -155,6 +327,11 @@ def token_logprobs_forward(
     logp = hidden.new_zeros(n, dtype=_acc_dtype(weight))
     lse = torch.zeros_like(logp)
     rows = scored_rows(labels, ignore_index)
+    if fused_pass_enabled(hidden):
+        step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
+        _fp_forward_rows(hidden, weight, None if bias is None else bias.float(), labels, rows, 1.0 / temperature,
+                         step, logp, lse)
+        return logp, lse, rows
     step = chunk_rows(weight.shape[0], chunk_tokens)
     _forward_rows(hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, rows, 1.0 / temperature, step, logp, lse)
     return logp, lse, rows
@@ -179,6 +356,11 @@ def token_logprobs_backward(
     Returns (dH like hidden or None, dW like weight or None, db like bias or None).
     """
     dh, dw, db = _grad_buffers(hidden, weight, needs)
+    if fused_pass_enabled(hidden):
+        step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
+        _fp_backward_rows(grad.float(), hidden, weight, None if bias is None else bias.float(), labels, lse, rows,
+                          1.0 / temperature, step, dh, dw, db)
+        return dh, _cast(dw, weight), _cast(db, bias)
     step = chunk_rows(weight.shape[0], chunk_tokens)
     _backward_rows(
         grad.to(_acc_dtype(weight)), hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, lse, rows, 1.0 / temperature, step, dh, dw, db
@@ -221,16 +403,20 @@ def pair_forward_backward(
         seq_logps.index_add_(0, seq_ids, logp)
         return seq_logps, None, None, None
 
-    w32, b32 = _as_acc(weight, weight), _as_acc(bias, weight)
+    fused = fused_pass_enabled(hidden)
+    # the CUDA form keeps the weight in its own dtype (16-bit GEMMs with float32 results)
+    w32 = weight if fused else _as_acc(weight, weight)
+    b32 = None if bias is None else (bias.float() if fused else _as_acc(bias, weight))
+    fwd_rows, bwd_rows = (_fp_forward_rows, _fp_backward_rows) if fused else (_forward_rows, _backward_rows)
     inv_temp = 1.0 / temperature
     dh, dw, db = _grad_buffers(hidden, weight, needs)
-    budget = chunk_rows(weight.shape[0], chunk_tokens)
+    budget = chunk_rows(weight.shape[0], chunk_tokens, cuda=fused)
     # scored rows per pair -> row offsets of each pair in `rows` (pairs are contiguous)
     per_pair = torch.bincount(row_seq // 2, minlength=n_pairs).tolist()
     starts = [0]
     for c in per_pair:
         starts.append(starts[-1] + c)
-    buf = _chunk_buffer(min(budget, rows.numel()), w32)
+    buf = (_fp_buffer if fused else _chunk_buffer)(min(budget, rows.numel()), w32)
     p0 = 0
     while p0 < n_pairs:
         p1 = p0 + 1
@@ -238,7 +424,16 @@ def pair_forward_backward(
             p1 += 1
         r = rows[starts[p0]:starts[p1]]
         local = row_seq[starts[p0]:starts[p1]] - 2 * p0
-        if r.numel() <= budget:
+        if r.numel() <= budget and fused:  # GEMM, row pass 1 (lse), pair grad, row pass 2, GEMMs
+            lab = labels.index_select(0, r).long()
+            h = hidden.index_select(0, r)
+            z = _fp_logits(h, w32, b32, buf)
+            lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
+            row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp)
+            group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp_c)
+            g_seq = pair_grad(p0, p1, group).to(group.dtype)
+            _fp_chunk_grad(z, lab, lse_c, g_seq.index_select(0, local), h, w32, r, inv_temp, dh, dw, db)
+        elif r.numel() <= budget:
             lab = labels.index_select(0, r).long()
             h = hidden.index_select(0, r).to(w32.dtype)
             z = _chunk_logits(h, w32, b32, inv_temp, buf)
@@ -249,11 +444,11 @@ def pair_forward_backward(
         else:  # one pair longer than the budget: forward in pieces, then recompute
             logp = seq_logps.new_zeros(hidden.shape[0])
             lse = torch.zeros_like(logp)
-            _forward_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse, buf)
+            fwd_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse, buf)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp.index_select(0, r))
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
             g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
-            _backward_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf)
+            bwd_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf)
         seq_logps[2 * p0:2 * p1] = group
         p0 = p1
     return seq_logps, dh, _cast(dw, weight), _cast(db, bias)
