@@ -38,11 +38,11 @@ FULL = DemoSettings()
 QUICK = DemoSettings(prompts=100, eval_prompts=500)
 
 
-def run_config(s: DemoSettings, alpha: float, run_dir: Path, seed: int) -> dict:
-    """The ``IterateConfig`` mapping of one demo run."""
+def run_config(s: DemoSettings, alpha: float, run_dir: Path, seed: int, policy: str = "example") -> dict:
+    """The ``IterateConfig`` mapping of one demo run (``policy``: default the shipped start policy)."""
     judge = {"callable": "lrdpo_fast.demo.task:judge"}
     return {
-        "policy": "example", "prompts": "example", "iterations": s.iterations, "prompts_per_iteration": s.prompts,
+        "policy": policy, "prompts": "example", "iterations": s.iterations, "prompts_per_iteration": s.prompts,
         "run_dir": str(run_dir), "seed": seed,
         "sampler": {"n": s.k, "temperature": 1.0, "max_new_tokens": s.max_new_tokens, "dtype": "float32",
                     "max_model_len": 128},
@@ -79,7 +79,8 @@ def demo_table(runs: dict[str, list[dict]]) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(x, widths)) for x in lines)
 
 
-def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0) -> dict[str, list[dict]]:
+def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0,
+             policy: str = "example") -> dict[str, list[dict]]:
     """Both runs (alpha = 0, then ``alpha``) into ``out``; returns {run name: summary rows}."""
     from ..loop.config import IterateConfig
     from ..loop.iterate import iterate
@@ -100,7 +101,7 @@ def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0) 
                 shutil.copyfile(first_eval / f, run_dir / "eval" / f)
         t0 = time.perf_counter()
         print(f"lrdpo-fast demo: {name} ({settings.iterations} iterations) -> {run_dir}", flush=True)
-        runs[name] = iterate(IterateConfig.from_dict(run_config(settings, a, run_dir, seed)), progress=False)
+        runs[name] = iterate(IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)), progress=False)
         print(f"lrdpo-fast demo: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
         first_eval = first_eval or run_dir / "eval"
     plot_summary([], out / "demo.png", runs=runs,
@@ -118,6 +119,7 @@ def add_parser(sub) -> None:
     d.add_argument("--quick", action="store_true", help="the reduced setting CI runs")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--policy", default="example", help="start policy folder (default: the shipped one)")
     d.set_defaults(run=run)
 
 
@@ -133,7 +135,7 @@ def run(args) -> int:
         s = replace(s, iterations=args.iterations)
     alpha = s.alpha if args.alpha is None else args.alpha
     t0 = time.perf_counter()
-    runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed)
+    runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
     print()
     print(demo_table(runs))
     print(f"\nplot: {Path(args.out) / 'demo.png'}   runs: {', '.join(str(Path(args.out) / n) for n in runs)}   "
