@@ -23,6 +23,8 @@ At the LR-DPO optimum β·log(π/ref) tracks r(x, y) - α|y|: longer answers mus
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +38,11 @@ LOSS_TYPE_IDS = LOSS_TYPE_CODES  # the Triton pair-loss kernel's codes, owned by
 
 
 def check_loss_args(loss_type: str, beta: float, alpha: float, gamma: float, label_smoothing: float) -> None:
-    """Hyper-parameter checks shared by lrdpo_loss and fused_lrdpo_loss."""
-    if loss_type not in LOSS_TYPES:
+    """Hyper-parameter checks shared by lrdpo_loss and fused_lrdpo_loss (types before values)."""
+    for name, v in (("beta", beta), ("alpha", alpha), ("gamma", gamma), ("label_smoothing", label_smoothing)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    if not isinstance(loss_type, str) or loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if not (beta > 0 and beta != float("inf")):
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
@@ -94,15 +99,18 @@ def check_pair_values(
             ~torch.isfinite(rejected_logps.detach()).all(),
             ~torch.isfinite(ref_chosen_logps).all(),
             ~torch.isfinite(ref_rejected_logps).all(),
+            ~torch.isfinite(chosen_lengths).all(),
+            ~torch.isfinite(rejected_lengths).all(),
             (chosen_lengths < 0).any() | ((chosen_lengths == 0).any() & (loss_type in LENGTH_NORMALIZED)),
             (rejected_lengths < 0).any() | ((rejected_lengths == 0).any() & (loss_type in LENGTH_NORMALIZED)),
         ]
     ).tolist()
-    names = ["chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
-    for name, bad in zip(names, flags[:4]):
+    names = ["chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "chosen_lengths",
+             "rejected_lengths"]
+    for name, bad in zip(names, flags[:6]):
         if bad:
             raise ValueError(f"{name} contains non-finite values")
-    for name, bad in zip(["chosen_lengths", "rejected_lengths"], flags[4:]):
+    for name, bad in zip(["chosen_lengths", "rejected_lengths"], flags[6:]):
         if bad:
             raise ValueError(
                 f"{name} must be >= 0, and > 0 for the length-normalized loss {loss_type!r}: "
