@@ -1,9 +1,14 @@
-"""`python -m bench [--profile cpu|gpu|smoke] [--only kernel,scaling,train] [--out DIR]`
+"""`python -m bench [--profile cpu|gpu|smoke] [--only kernel,scaling,train,sampler,implicit_reward,loop] [--out DIR]`
 
 Runs the comparisons of the chosen profile (default: gpu when CUDA is available, else cpu), each
 contender in its own worker process on the same seeded inputs; prints markdown tables with ratios
 to lrdpo-fast and PASS/FAIL goal lines; writes results.json, results.md and scaling PNGs under
 bench/results/<device>/ (sections not re-run are kept from the previous results.json there).
+Sections: kernel, scaling, train (bench/kernel.py, scaling.py, train.py), sampler
+(bench/bench_sampler.py), implicit_reward (bench/bench_implicit_reward.py) and loop
+(bench/bench_loop.py: one iteration of lf.iterate vs the scripted pipeline, several minutes, so
+only with --only ...,loop). A section the profile has no settings for is skipped; the standalone
+scripts also write their own files (sampler.*, implicit_reward.*, loop.*) to the same folder.
 """
 from __future__ import annotations
 
@@ -17,19 +22,43 @@ from . import report
 from .env import REPO, default_device, device_slug, metadata_record
 from .profiles import get_profile
 
-SECTIONS = ("kernel", "scaling", "train")
+SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward", "loop")
+DEFAULT_SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward")  # loop: opt-in (long)
+STANDALONE = {  # section -> (module, the JSON file its main writes to --out)
+    "sampler": ("bench.bench_sampler", "sampler.json"),
+    "implicit_reward": ("bench.bench_implicit_reward", "implicit_reward.json"),
+    "loop": ("bench.bench_loop", "loop.json"),
+}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     ap.add_argument("--profile", choices=["cpu", "gpu", "smoke"], default=None,
                     help="sizes (default: gpu if torch.cuda.is_available() else cpu)")
-    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of kernel,scaling,train")
+    ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                    help=f"comma list of {','.join(SECTIONS)} (default: all but loop)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     ap.add_argument("--contenders", default=None, help="comma list overriding the profile's kernel contenders")
     ap.add_argument("--trainers", default=None, help="comma list of lrdpo_fast,trl,trl_liger")
     ap.add_argument("--in-process", action="store_true", help="no worker processes (debugging; memory less exact)")
     return ap.parse_args(argv)
+
+
+def run_standalone(section: str, args: list[str], out_dir: Path) -> dict:
+    """Run a standalone benchmark script's main with ``--out out_dir``; its JSON, or a status."""
+    import importlib
+
+    module, name = STANDALONE[section]
+    print(f"{section}: python -m {module} {' '.join(args)}", flush=True)
+    path = out_dir / name
+    before = path.stat().st_mtime_ns if path.is_file() else None
+    try:
+        rc = importlib.import_module(module).main([*args, "--out", str(out_dir)])
+    except Exception as e:  # noqa: BLE001 - one broken section never stops the suite
+        return {"status": f"n/a: {type(e).__name__}: {str(e)[:200]}"}
+    if rc or not path.is_file() or path.stat().st_mtime_ns == before:
+        return {"status": f"n/a: {module} exited {rc} without writing {name}"}
+    return {"status": "ok", **json.loads(path.read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         from .train import run_train
 
         results["train"] = run_train(prof, isolate=isolate, trainers=trainers) | {"meta": section_meta}
+    for section in (s for s in STANDALONE if s in only):
+        if section not in prof:
+            print(f"{section}: skipped (the {profile} profile has no settings for it)")
+            continue
+        res = run_standalone(section, prof[section]["args"], out_dir)
+        results[section] = res if "meta" in res else res | {"meta": section_meta}  # the script's own provenance
     results["wall_s"] = round(time.perf_counter() - t_start, 1)
     report.write(results, out_dir)
     print()

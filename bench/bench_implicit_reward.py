@@ -11,27 +11,25 @@ summed over the response tokens:
 - ``naive (transformers forward + log_softmax)``: right-padded batches (in input order, at most
   ``--budget`` tokens counting padding), ``model(input_ids, attention_mask).logits``, fp32
   ``log_softmax``, gather, masked sum; ``torch.no_grad``.
-Each contender runs in its own process (``--worker``): warm-up, the median of ``--repeats``
+Each contender runs in its own process (bench/harness.py): warm-up, the median of ``--repeats``
 timed calls, then one call under ``bench/memory.py``'s peak measurement (CUDA: allocated-memory
 growth; CPU: resident high-water growth after malloc_trim). The table gives scored (response)
 tokens/s, peak memory above the models and inputs, and the largest reward difference to the
-naive path. Defaults take about 3 minutes on 2 busy CPU cores (the naive path is most of it).
+naive path. Writes implicit_reward.json and .md to bench/results/<device>/. Defaults take about 3 minutes on 2 busy CPU cores (the naive path is most of it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 CONTENDERS = {
     "fused": "lrdpo-fast ImplicitReward",
     "naive": "naive (transformers forward + log_softmax)",
 }
-MARK = "IMPLICIT_REWARD_RESULT "
 
 
 def parse_args(argv=None):
@@ -54,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma list of {list(CONTENDERS)}")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
@@ -176,19 +175,19 @@ def run_worker(args, key):
     }
 
 
+def worker_entry(spec: dict) -> dict:
+    """Harness entry (bench/harness.py): one contender in this fresh process."""
+    args = parse_args([*spec["argv"], "--device", spec["device"]])
+    return run_worker(args, spec["key"])
+
+
 def run_contender(args, argv, key) -> dict:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from bench.harness import run_isolated
+
     # argparse keeps the last value of a repeated option: the resolved device wins
-    proc = subprocess.run([sys.executable, "-m", "bench.bench_implicit_reward", *argv, "--device", args.device,
-                           "--worker", key], cwd=repo, env=env, capture_output=True, text=True)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    if proc.returncode < 0 or proc.returncode == 137:
-        return {"key": key, "name": CONTENDERS[key], "status": f"n/a: killed (signal {-proc.returncode}; out of memory?)"}
-    return {"key": key, "name": CONTENDERS[key], "status": f"n/a: exited {proc.returncode}: {tail}"}
+    r = run_isolated("bench.bench_implicit_reward:worker_entry", {"argv": argv, "device": args.device, "key": key},
+                     timeout=3600)
+    return r if r.get("status") == "ok" else {"key": key, "name": CONTENDERS[key], "status": r.get("status")}
 
 
 def render(args, rows) -> str:
@@ -215,13 +214,8 @@ def render(args, rows) -> str:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.worker is not None:
-        try:
-            result = run_worker(args, args.worker)
-        except Exception as e:  # noqa: BLE001 - one line the parent can show
-            result = {"key": args.worker, "name": CONTENDERS.get(args.worker, args.worker),
-                      "status": f"n/a: {type(e).__name__}: {str(e)[:200]}"}
-        print(MARK + json.dumps(result), flush=True)
+    if args.worker is not None:  # by hand: one contender in this process
+        print(json.dumps({k: v for k, v in run_worker(args, args.worker).items() if k != "rewards"}), flush=True)
         return 0
     keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
     bad = [k for k in keys if k not in CONTENDERS]
@@ -235,13 +229,28 @@ def main(argv=None) -> int:
         print(f"# {CONTENDERS[key]}: {rows[-1]['status']} in {time.time() - t0:.1f} s", file=sys.stderr)
     table = render(args, rows)
     print(table)
-    if args.json:
-        from bench.env import metadata_record
+    from bench.env import REPO, device_slug, metadata_record
 
+    res = {"args": vars(args), "meta": metadata_record(args.device),
+           "rows": [{k: v for k, v in r.items() if k != "rewards"} for r in rows], "table": table}
+    out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / device_slug(args.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "implicit_reward.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out_dir / "implicit_reward.md").write_text(markdown(res))
+    if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "meta": metadata_record(args.device),
-                       "rows": [{k: v for k, v in r.items() if k != "rewards"} for r in rows]}, f, indent=1)
+            json.dump(res, f, indent=1)
     return 0
+
+
+def markdown(res: dict) -> str:
+    """implicit_reward.md: provenance and the table."""
+    meta = res["meta"]
+    return (f"# Implicit reward: packed + fused vs transformers forward\n\n"
+            f"Reproduce: `python -m bench.bench_implicit_reward` (or `python -m bench --only implicit_reward`).\n\n"
+            f"Device: **{meta['device_name']}** ({meta['device']}), commit `{meta['git_commit']}`, {meta['date_utc']}; "
+            f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}. Each "
+            f"contender in a fresh process; shared machine: compare within this run.\n\n{res['table']}\n")
 
 
 if __name__ == "__main__":

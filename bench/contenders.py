@@ -72,6 +72,43 @@ def prepare_naive(p: Problem, device: str) -> Contender:
     return Contender("naive", loss_fn, [h, w], ["materializes [N, V] logits and log-softmax"])
 
 
+REFERENCE64_MAX_LOGITS = 2**26  # float64 [N, V] logits of at most 512 MiB: the small profiles only
+
+
+def tests_reference():
+    """tests/reference.py, the float64 references every kernel test checks against (Liger-style: the
+    benchmark takes its reference from the tests instead of a copy of its own)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
+    if not path.is_file():
+        raise Unavailable(f"{path} not found (a source checkout is needed)")
+    spec = importlib.util.spec_from_file_location("lrdpo_tests_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare_reference64(p: Problem, device: str) -> Contender:
+    """The tests' float64 reference (tests/reference.py): materialized float64 logits, log_softmax,
+    per-sequence sums, the pair loss written out. The correctness reference where it fits in memory."""
+    if p.n_tokens * p.weight.shape[0] > REFERENCE64_MAX_LOGITS:
+        raise Unavailable(f"float64 [N, V] logits of N*V = {p.n_tokens * p.weight.shape[0]} > "
+                          f"{REFERENCE64_MAX_LOGITS}: small sizes only")
+    ref = tests_reference()
+    h = p.hidden.detach().double().requires_grad_(True)
+    w = p.weight.detach().double().requires_grad_(True)
+    ref_logps = p.ref_logps.double()
+
+    def loss_fn():
+        logps, _ = ref.sequence_logprobs(h, w, p.labels, p.cu_seqlens, ignore_index=IGNORE_INDEX)
+        return ref.pair_losses64(logps[0::2], logps[1::2], ref_logps[0::2], ref_logps[1::2], p.lengths[0::2],
+                                 p.lengths[1::2], beta=BETA, alpha=ALPHA).mean()
+
+    return Contender("reference64", loss_fn, [h, w], ["float64 reference from tests/reference.py"])
+
+
 def prepare_torch_lce(p: Problem, device: str) -> Contender:
     """torch.nn.functional.linear_cross_entropy, chunked (LinearCrossEntropyOptions), reduction='none'."""
     if not hasattr(F, "linear_cross_entropy") or not hasattr(torch.nn, "LinearCrossEntropyOptions"):
@@ -255,6 +292,7 @@ CONTENDERS: dict[str, Callable[[Problem, str], Contender]] = {
     "lrdpo_fast_lean": prepare_lrdpo_fast_lean,
     "lrdpo_fast_unfused": prepare_lrdpo_fast_unfused,
     "naive": prepare_naive,
+    "reference64": prepare_reference64,
     "torch_lce": prepare_torch_lce,
     "liger": prepare_liger,
     "liger_pairs": prepare_liger_pairs,
@@ -266,6 +304,7 @@ DISPLAY = {
     "lrdpo_fast_lean": "lrdpo-fast fused_lrdpo_loss (16 MiB chunks)",
     "lrdpo_fast_unfused": "lrdpo-fast sequence_logprobs+lrdpo_loss",
     "naive": "naive PyTorch (materialized logits)",
+    "reference64": "float64 reference (tests/reference.py)",
     "torch_lce": "torch F.linear_cross_entropy (chunked)",
     "liger": "liger-kernel LigerFusedLinearDPOLoss (padded batch)",
     "liger_pairs": "liger-kernel LigerFusedLinearDPOLoss (one call per pair)",

@@ -13,9 +13,14 @@ prints one line ``HARNESS_RESULT {json}``; the parent returns that dict. A child
 crashes, is killed (out of memory) or times out gives ``{"status": "n/a: reason"}`` instead, so
 one broken contender never stops a suite. ``in_process=True`` calls the target here (smoke tests).
 
+``monitor=True`` also measures the child from the outside: its wall time from launch to exit
+(interpreter start and imports included) and the peak resident memory of its whole process tree
+(the sum over the child and its descendants, sampled every 20 ms), under ``result["process"]``.
+
 Child side: ``peak_growth(work, device)`` (bench/memory.py: CUDA allocated-memory growth, or CPU
 resident high-water growth after malloc_trim with large blocks unmapped on free) and
-``time_step(step, device, warmup, repeats)`` (bench/timing.py: warm-up, then the median).
+``time_step(step, device, warmup, repeats)`` (bench/timing.py: warm-up, then the median). Both
+load torch on first use only, so a child that needs no torch starts as fast as a plain script.
 """
 from __future__ import annotations
 
@@ -25,17 +30,30 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-
-from .memory import peak_growth, release_heap, rss_bytes  # noqa: F401  (the harness's measuring half)
-from .timing import time_step  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "HARNESS_RESULT "
 
 __all__ = ["MARK", "REPO", "failure_reason", "peak_growth", "resolve", "run_isolated", "time_step"]
+
+
+def peak_growth(work: Callable[[], object], device: str, isolated: bool = True) -> dict:
+    """Peak memory growth of ``work()`` (bench/memory.py's ``peak_growth``)."""
+    from .memory import peak_growth as measure
+
+    return measure(work, device, isolated=isolated)
+
+
+def time_step(step: Callable[[], object], device: str, warmup: int, repeats: int) -> dict:
+    """Warm-up calls, then the median of ``repeats`` timed ones (bench/timing.py's ``time_step``)."""
+    from .timing import time_step as measure
+
+    return measure(step, device, warmup, repeats)
 
 
 def failure_reason(e: BaseException) -> str:
@@ -74,29 +92,77 @@ def child_env(extra: dict | None = None) -> dict:
 
 
 def run_isolated(target: str, spec: dict, *, timeout: float = 900.0, in_process: bool = False,
-                 env: dict | None = None, verbose: bool = False) -> dict:
+                 env: dict | None = None, verbose: bool = False, monitor: bool = False) -> dict:
     """``target(spec)`` in a fresh process (or here with ``in_process``): its result dict, or
-    ``{"status": "n/a: ..."}`` when it raised, crashed, was killed or ran past ``timeout`` s."""
+    ``{"status": "n/a: ..."}`` when it raised, crashed, was killed or ran past ``timeout`` s.
+    ``monitor``: add ``"process": {"wall_s", "peak_rss_bytes"}`` of the child's process tree."""
     if in_process:
         try:
             return resolve(target)(spec)
         except Exception as e:  # noqa: BLE001 - the same contract as a child
             return {"status": failure_reason(e), "traceback": traceback.format_exc(limit=8)}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "bench.harness", target, json.dumps(spec)], cwd=REPO,
-                              env=child_env(env), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    cmd = [sys.executable, "-m", "bench.harness", target, json.dumps(spec)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(env), stdout=out, stderr=err, text=True)
+        peak = _watch(proc, timeout) if monitor else None
+        try:
+            returncode = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return {"status": f"n/a: timed out after {timeout:.0f} s"}
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if peak is not None and peak < 0:
         return {"status": f"n/a: timed out after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
+    process = {"wall_s": wall, "peak_rss_bytes": peak} if monitor else None
+    for line in reversed(stdout.splitlines()):
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+            result = json.loads(line[len(MARK):])
+            result = result if isinstance(result, dict) else {"value": result}
+            return {**result, "process": process} if monitor else result
     if verbose:
-        print(proc.stderr[-4000:], file=sys.stderr)
-    if proc.returncode < 0 or proc.returncode == 137:
-        sig = -proc.returncode if proc.returncode < 0 else 9
+        print(stderr[-4000:], file=sys.stderr)
+    if returncode < 0 or returncode == 137:
+        sig = -returncode if returncode < 0 else 9
         return {"status": f"n/a: worker killed (signal {sig}; out of memory?)"}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"status": f"n/a: worker exited {proc.returncode}: {tail}"}
+    tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"status": f"n/a: worker exited {returncode}: {tail}"}
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants (0 once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _watch(proc: subprocess.Popen, timeout: float, interval: float = 0.02) -> int:
+    """Peak process-tree RSS until ``proc`` exits; -1 (after killing it) past ``timeout``."""
+    t0 = time.perf_counter()
+    peak = 0
+    while proc.poll() is None:
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+            proc.wait()
+            return -1
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(interval)
+    return peak
 
 
 def main(argv: list[str]) -> int:

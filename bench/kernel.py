@@ -24,7 +24,8 @@ def _check_file(tmp: Path, key: str, N: int, d: int, V: int) -> str:
 def run_matrix(prof: dict, contenders: list[str], sizes: list[tuple[int, int, int]], *, warmup: int, repeats: int,
                isolate: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """Every contender at every (N, d, V); rows carry timing, memory and a correctness check
-    against the naive contender at the same size (lrdpo-fast's where naive did not run)."""
+    against the tests' float64 reference at the same size where it ran (small sizes), else the
+    naive contender, else lrdpo-fast's."""
     tmp = Path(tempfile.mkdtemp(prefix="lrdpo-bench-"))
     rows: list[dict] = []
     try:
@@ -53,7 +54,7 @@ def run_matrix(prof: dict, contenders: list[str], sizes: list[tuple[int, int, in
 
 def attach_checks(rows: list[dict], path_of: Callable[[str], str]) -> None:
     loaded = {r["contender"]: checks.load(path_of(r["contender"])) for r in rows if r.get("status") == "ok"}
-    ref_key = next((k for k in ("naive", "lrdpo_fast") if loaded.get(k) is not None), None)
+    ref_key = next((k for k in ("reference64", "naive", "lrdpo_fast") if loaded.get(k) is not None), None)
     if ref_key is None:
         return
     for r in rows:

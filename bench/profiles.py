@@ -1,4 +1,5 @@
-"""Benchmark sizes. `cpu` finishes in under 10 minutes on 2 cores; `gpu` is the bf16 table at
+"""Benchmark sizes. `cpu` (kernel, scaling, train) finishes in under 10 minutes on 2 cores, the
+sampler and implicit-reward sections add about 3 minutes each, the opt-in loop section 3-5; `gpu` is the bf16 table at
 LLM scale (d=4096, V=128256, N up to 32768); `smoke` is the CI-sized toy."""
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ PROFILES: dict[str, dict] = {
         },
         "train": {"n_pairs": 16, "pairs_per_step": 4, "epochs": 1, "max_tokens_per_batch": 4096,
                   "trainers": ["lrdpo_fast", "trl", "trl_liger"]},
+        # the standalone scripts, with these command-line arguments (their defaults are the CPU sizes)
+        "sampler": {"args": []},
+        "implicit_reward": {"args": ["--device", "cpu"]},
+        "loop": {"args": []},
         "cell_timeout": 600,
     },
     "gpu": {
@@ -39,13 +44,17 @@ PROFILES: dict[str, dict] = {
         },
         "train": {"n_pairs": 256, "pairs_per_step": 32, "epochs": 1, "max_tokens_per_batch": 16384,
                   "trainers": ["lrdpo_fast", "trl", "trl_liger"]},
+        "sampler": {"args": []},
+        "implicit_reward": {"args": ["--device", "cuda", "--dtype", "bfloat16"]},
+        # loop: the scripted-pipeline comparison is a CPU one (bench/bench_loop.py)
         "cell_timeout": 900,
     },
     "smoke": {
         "device": "cpu",
         "dtype": "fp32",
         "matmul": {"size": 256, "dtype": "fp32"},
-        "kernel": {"N": 64, "d": 16, "V": 100, "warmup": 0, "repeats": 1, "contenders": ["lrdpo_fast", "naive"]},
+        "kernel": {"N": 64, "d": 16, "V": 100, "warmup": 0, "repeats": 1,
+                   "contenders": ["lrdpo_fast", "naive", "reference64"]},
         "scaling": {
             "contenders": ["lrdpo_fast", "naive"], "warmup": 0, "repeats": 1,
             "N": {"values": [32, 64], "d": 16, "V": 100},
@@ -53,6 +62,11 @@ PROFILES: dict[str, dict] = {
         },
         "train": {"n_pairs": 4, "pairs_per_step": 2, "epochs": 1, "max_tokens_per_batch": 1024,
                   "trainers": ["lrdpo_fast", "trl"], "tiny": True},
+        # no vLLM engine in the smoke profile (sampler, loop): start-up alone is a minute
+        "implicit_reward": {"args": ["--device", "cpu", "--prompts", "2", "--samples", "2", "--hidden", "32",
+                                     "--layers", "1", "--vocab", "256", "--prompt-median", "8",
+                                     "--response-median", "8", "--max-len", "32", "--warmup", "0",
+                                     "--repeats", "1"]},
         "cell_timeout": 300,
     },
 }

@@ -177,7 +177,7 @@ def render(results: dict) -> str:
                   f"{c['repeats']} after {c['warmup']} warm-up. Peak memory: growth over the inputs (gradients "
                   "included) in a fresh worker process per contender. Ratios > 1 mean lrdpo-fast is better. "
                   "6NdV TFLOP/s counts all N tokens. Check: max relative error of the loss and sampled dH/dW rows "
-                  "vs the naive contender.", "",
+                  "vs the naive contender (vs the float64 reference of tests/reference.py where the row says so).", "",
                   kernel_table(results["kernel"]["rows"]), *_provenance(results["kernel"], meta)]
     if results.get("goals"):
         parts += ["", "## Goals", "", "```", *results["goals"], "```"]
@@ -199,7 +199,41 @@ def render(results: dict) -> str:
                   "between the first and the last optimizer step; end to end: the epoch's tokens over trainer "
                   "construction + train() (tokenization and reference precompute included). Peak memory: growth "
                   "over the built model and data.", "", train_table(t["rows"]), *_provenance(t, meta)]
+    for key in STANDALONE_TITLES:
+        if results.get(key):
+            parts += ["", *standalone_section(key, results[key], meta)]
     return "\n".join(parts) + "\n"
+
+
+STANDALONE_TITLES = {
+    "sampler": "vLLM sampler (bench/bench_sampler.py)",
+    "implicit_reward": "Implicit reward (bench/bench_implicit_reward.py)",
+    "loop": "One iteration of the loop (bench/bench_loop.py)",
+}
+
+
+def standalone_section(key: str, res: dict, meta: dict) -> list[str]:
+    """The markdown of a standalone script's results (its own renderer, headings one level down)."""
+    title = f"## {STANDALONE_TITLES[key]}"
+    if res.get("status") != "ok":
+        return [title, "", str(res.get("status", "n/a"))]
+    try:
+        if key == "sampler":
+            from .bench_sampler import report as render_md
+        elif key == "implicit_reward":
+            from .bench_implicit_reward import markdown as render_md
+        else:
+            from .bench_loop import render as render_md
+        body = render_md(res)
+    except Exception as e:  # noqa: BLE001 - a renderer out of step with an old results.json
+        body = f"(not rendered: {type(e).__name__}: {e}; see {key}.json)"
+    lines = body.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    lines = [("#" + ln) if ln.startswith("#") else ln for ln in lines]
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    return [title, "", *lines, *_provenance(res, meta)]
 
 
 def write(results: dict, out_dir: Path) -> None:

@@ -21,9 +21,8 @@ loads neither transformers nor vllm.
 """
 from importlib import import_module
 
+from ._version import __version__  # noqa: F401  (re-exported)
 from .ops import LOSS_TYPES, LRDPOLoss, fused_lrdpo_loss, linear_logprobs, lrdpo_loss, sequence_logprobs
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "data.records": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs"],

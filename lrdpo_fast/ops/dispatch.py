@@ -89,7 +89,7 @@ def _versions() -> dict[str, str]:
         tv = triton.__version__
     except ImportError:
         tv = "none"
-    from .. import __version__
+    from .._version import __version__
 
     return {"torch": torch.__version__, "triton": tv, "lrdpo_fast": __version__}
 
