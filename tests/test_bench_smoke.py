@@ -27,3 +27,31 @@ def test_kernel_comparison_toy():
     assert "lrdpo-fast" in table and "1.00x" in table
     lines = report.goals({"config": {"N": 64, "d": 16, "V": 100, "dtype": "fp32"}, "rows": rows}, None, "cpu")
     assert len(lines) == 2 and all(line.split()[0] in ("PASS", "FAIL") for line in lines)
+
+
+def test_loop_table_per_iteration_and_verdicts():
+    """bench/bench_loop.py's arithmetic: the scripted iteration is its three programs' walls, lrdpo-fast's
+    start-up is its process wall beyond the phases, a later iteration is iteration 1's phases."""
+    from bench.bench_loop import render, table
+
+    def proc(wall, mib):
+        return {"status": "ok", "process": {"wall_s": wall, "peak_rss_bytes": mib * 2**20}}
+
+    res = {"scripted": {"sample": proc(10.0, 2000) | {"import_s": 3, "engine_s": 4, "generate_s": 2},
+                        "score": proc(1.0, 20) | {"pairs": 64},
+                        "train": proc(20.0, 1500) | {"import_s": 5, "load_s": 1, "train_s": 13, "save_s": 1}},
+           "lrdpo_fast": proc(40.0, 3000) | {"pairs": [64, 64], "phases": [
+               {"sample": 2.0, "score": 0.5, "pairs": 1.0, "train": 4.0},
+               {"sample": 1.0, "score": 0.5, "pairs": 0.5, "train": 3.0}]}}
+    t = table(res)
+    assert t["scripted"]["iteration_s"] == 31.0 and t["scripted"]["peak_rss_bytes"] == 2000 * 2**20
+    lf = t["lrdpo_fast"]
+    assert lf["startup_s"] == 27.5 and lf["first_iteration_s"] == 35.0 and lf["later_iteration_s"] == 5.0
+    assert t["speedup_later"] == 31.0 / 5.0 and t["goal_time"] is True
+    assert t["memory_ratio"] == 1.5 and t["goal_memory"] is False
+    res.update(table=t, vllm_version="x", meta={"device_name": "cpu", "host_cpus": 2, "git_commit": "c",
+                                                 "date_utc": "d", "versions": {}},
+               config={"prompts": 64, "n": 4, "max_new_tokens": 64, "beta": 0.1, "alpha": 0.02, "threads": 2,
+                       "learning_rate": 5e-7, "pairs_per_step": 8, "iterations_lrdpo_fast": 2, "parameters": 2e7})
+    md = render(res)
+    assert "**31.0**" in md and "6.20x" in md and "**PASS**" in md and "**FAIL**" in md
