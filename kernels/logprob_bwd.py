@@ -7,15 +7,20 @@ dz^T @ H_tile into dW. Both accumulators are float32 buffers updated with atomic
 different programs overlap in dH across vocabulary blocks and in dW across token blocks).
 Tiles whose tokens all have zero gradient (ignored or masked) return before any matmul, and
 tiles whose gradient is entirely below ``skip_below`` (0.0 = exact) skip the two update matmuls.
+
+``logprob_bwd_kernel`` is the autotuned launcher: it accumulates with atomics, so every timed
+config run starts from zeroed DH, DW, DB (``reset_to_zero``, also after tuning);
+``logprob_bwd_jit`` the plain kernel (ahead-of-time compiles).
 """
 import triton
 import triton.language as tl
 
+from .autotune import configs, pruner, quick_bench
 from .tiles import logits_tile
 
 
 @triton.jit
-def logprob_bwd_kernel(
+def logprob_bwd_jit(
     H, W, B, LABELS, LSE, GRAD,
     DH, DW, DB,                       # float32 accumulators [N, D], [V, D], [V]
     N, V, D,
@@ -70,3 +75,9 @@ def logprob_bwd_kernel(
                     dw = tl.dot(tl.trans(dz.to(h.dtype)), h, input_precision=PRECISION)
                     tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw,
                                   mask=mask_v[:, None] & mask_d[None, :])
+
+
+logprob_bwd_kernel = triton.autotune(
+    configs=configs("bwd"), key=["D", "V"], prune_configs_by={"early_config_prune": pruner("bwd")},
+    reset_to_zero=["DH", "DW", "DB"], do_bench=quick_bench, cache_results=True,
+)(logprob_bwd_jit)

@@ -5,20 +5,25 @@ forms the [BLOCK_N, BLOCK_V] logits tile with ``tl.dot`` over the hidden dimensi
 online (max, sum-exp) pair plus the label's logit. Nothing of size [N, V] is ever written: the
 outputs are three float32 values per (split, token), combined on the host side in O(N * splits).
 Token blocks whose labels are all ignored (prompt, padding) skip the matmuls entirely.
+
+``logprob_fwd_kernel`` is the autotuned launcher (tiles from ``autotune.py``, keyed on D, V and
+the dtypes; it writes every output, so re-running a config is harmless); ``logprob_fwd_jit`` the
+plain kernel (ahead-of-time compiles).
 """
 import triton
 import triton.language as tl
 
+from .autotune import configs, pruner, quick_bench
 from .tiles import logits_tile
 
 
 @triton.jit
-def logprob_fwd_kernel(
+def logprob_fwd_jit(
     H, W, B, LABELS,
     MAX_OUT, SUM_OUT, LABEL_OUT,      # float32 [SPLITS, N] partial results
     N, V, D,
     stride_h, stride_w,
-    v_per_split, inv_temp, ignore_index,
+    n_splits, inv_temp, ignore_index,
     HAS_BIAS: tl.constexpr,
     UPCAST: tl.constexpr,             # interpreter: tl.dot needs float32 operands
     PRECISION: tl.constexpr,          # "ieee" for float32 inputs, "tf32" allowed by the caller
@@ -35,6 +40,8 @@ def logprob_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
     s_i = tl.zeros([BLOCK_N], tl.float32)
     l_i = tl.zeros([BLOCK_N], tl.float32)
+    # the vocabulary in n_splits ranges of whole blocks (a range past V does nothing)
+    v_per_split = tl.cdiv(tl.cdiv(V, BLOCK_V), n_splits) * BLOCK_V
     v_start = pid_s * v_per_split
     v_end = tl.minimum(v_start + v_per_split, V)
     if n_scored > 0:
@@ -53,3 +60,9 @@ def logprob_fwd_kernel(
     tl.store(MAX_OUT + out, m_i, mask=mask_n)
     tl.store(SUM_OUT + out, s_i, mask=mask_n)
     tl.store(LABEL_OUT + out, l_i, mask=mask_n)
+
+
+logprob_fwd_kernel = triton.autotune(
+    configs=configs("fwd"), key=["D", "V"], prune_configs_by={"early_config_prune": pruner("fwd")},
+    do_bench=quick_bench, cache_results=True,
+)(logprob_fwd_jit)

@@ -19,8 +19,18 @@ def test_kernels_compile_for_cuda(sm):
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     out = subprocess.run([sys.executable, str(SCRIPT), str(sm)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
-    lines = out.stdout.strip().splitlines()
+    all_lines = out.stdout.strip().splitlines()
+    lines = [line for line in all_lines if not line.startswith("autotune ")]
+    tuned = [line.split() for line in all_lines if line.startswith("autotune ")]
     assert len(lines) == 3 * 5 + 5 + 1 + 3 * 2, out.stdout  # + the row pass: lse, 3 dtypes x block max
     # every variant fits the shared memory of an A100 (164 KiB) and an H100 (228 KiB)
     shared = [int(line.rsplit("shared=", 1)[1]) for line in lines]
     assert max(shared) <= 164 * 1024, out.stdout
+    # every autotuned tile a device would try fits that device: A100-class (163 KiB) for the big
+    # family, ~100 KiB consumer GPUs for the small one; each family has configs for both kernels
+    # in 16-bit and float32
+    assert {(t[1], t[2], t[3]) for t in tuned} == {(f, k, dt) for f in ("big", "small") for k in ("fwd", "bwd")
+                                                   for dt in ("bf16", "fp32")}, out.stdout
+    for t in tuned:
+        fields = dict(kv.split("=") for kv in t[5:])
+        assert int(fields["shared"]) <= int(fields["limit"]), " ".join(t)

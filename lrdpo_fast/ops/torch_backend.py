@@ -76,11 +76,27 @@ def _row_block(device: torch.device) -> tuple[int, int]:
     return (2048, 8) if device.type == "cuda" else (16, 1)
 
 
+_OUT_DTYPE_OK: bool | None = None  # does this torch take mm(..., out_dtype=float32) on CUDA?
+
+
+def _out_dtype_ok(a: torch.Tensor) -> bool:
+    """Probe once whether cuBLAS 16-bit GEMMs with a float32 result are available (torch >= 2.8)."""
+    global _OUT_DTYPE_OK
+    if _OUT_DTYPE_OK is None:
+        try:
+            x = torch.ones(2, 2, dtype=a.dtype, device=a.device)
+            _OUT_DTYPE_OK = torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK = False
+    return _OUT_DTYPE_OK
+
+
 def _mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """a @ b with a float32 result: 16-bit operands on CUDA go straight to cuBLAS (out_dtype)."""
+    """a @ b with a float32 result: 16-bit operands on CUDA go straight to cuBLAS (out_dtype);
+    without out_dtype support they are upcast (exact, slower)."""
     if a.dtype == torch.float32:
         return torch.mm(a, b, out=out) if out is not None else a @ b
-    if a.is_cuda:
+    if a.is_cuda and _out_dtype_ok(a):
         return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
             torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a.float(), b.float(), out=out) if out is not None else a.float() @ b.float()
@@ -90,7 +106,7 @@ def _addmm32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc (float32) += a @ b, in place, without float32 copies of 16-bit operands on CUDA."""
     if a.dtype == torch.float32:
         acc.addmm_(a, b)
-    elif a.is_cuda:
+    elif a.is_cuda and _out_dtype_ok(a):
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     else:
         acc.addmm_(a.float(), b.float())

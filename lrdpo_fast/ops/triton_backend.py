@@ -12,20 +12,27 @@ import torch
 
 # Backward tiles whose |gradient| is entirely below this skip their dH/dW matmuls. 0.0 (default)
 # skips only exactly-zero tiles and is exact; about 2**-12 is below bf16 resolution for bf16
-# training (the sparsity the fastest peer exploits) but must be measured before it is the default.
-GRAD_SKIP_THRESHOLD = 0.0
+# training (the sparsity the fastest peer exploits). Off until a GPU measurement on real hidden
+# states (a trained model's peaked softmax, not random states) shows it is safe and faster:
+# ``python -m bench.gpu_probe`` times it on and off. LRDPO_GRAD_SKIP_THRESHOLD sets it here and
+# in torch_backend (the chunked path's filter) at import.
+GRAD_SKIP_THRESHOLD = float(os.environ.get("LRDPO_GRAD_SKIP_THRESHOLD", "0"))
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _blocks(device: torch.device) -> dict:
-    """Tile sizes: small under the interpreter (tests), tensor-core sized on a GPU."""
+def _sms(device: torch.device) -> int:
+    """Streaming multiprocessors to fill (2 under the interpreter)."""
     if device.type != "cuda":
-        return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_D=16, num_warps=1, sms=2)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, sms=sms)
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Tile sizes, warps and stages come from triton.autotune (kernels/autotune.py), keyed on d, V and
+# the dtypes; the vocabulary split of the forward is sized with these nominal tiles.
+NOMINAL_BLOCK_N, NOMINAL_BLOCK_V = 64, 128
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -34,33 +41,24 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch_opts(cfg: dict) -> dict:
-    return {} if _interpreting() else {"num_warps": cfg["num_warps"]}
-
-
 def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None):
     """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows)."""
     from ..kernels.logprob_fwd import logprob_fwd_kernel
 
     n, d = hidden.shape
     v = weight.shape[0]
-    cfg = _blocks(hidden.device)
-    bn, bv = cfg["BLOCK_N"], cfg["BLOCK_V"]
-    n_blocks = triton_cdiv(n, bn)
-    v_blocks = triton_cdiv(v, bv)
-    # split the vocabulary so the grid fills the GPU even for short batches
-    want = max(1, min(v_blocks, triton_cdiv(2 * cfg["sms"], max(n_blocks, 1))))
-    v_per_split = triton_cdiv(v_blocks, want) * bv
-    splits = triton_cdiv(v, v_per_split)
+    # split the vocabulary so the grid fills the GPU even for short batches (a split past the
+    # vocabulary, possible with a larger tuned BLOCK_V, writes max=-inf, sum=0 and adds nothing)
+    nominal_v_blocks = triton_cdiv(v, NOMINAL_BLOCK_V)
+    splits = max(1, min(nominal_v_blocks, triton_cdiv(2 * _sms(hidden.device), max(triton_cdiv(n, NOMINAL_BLOCK_N), 1))))
     parts = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
     if n:
-        logprob_fwd_kernel[(n_blocks, splits)](
+        logprob_fwd_kernel[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]), splits)](
             hidden, weight, bias if bias is not None else hidden, labels,
             parts[0], parts[1], parts[2],
             n, v, d, hidden.stride(0), weight.stride(0),
-            v_per_split, 1.0 / temperature, ignore_index,
+            splits, 1.0 / temperature, ignore_index,
             HAS_BIAS=bias is not None, UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
-            BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=cfg["BLOCK_D"], **_launch_opts(cfg),
         )
     scored = labels != ignore_index
     m, s, lab = parts[0], parts[1], parts[2]
@@ -80,7 +78,6 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
     need_h, need_w, need_b = needs
     n, d = hidden.shape
     v = weight.shape[0]
-    cfg = _blocks(hidden.device)
     f32 = dict(dtype=torch.float32, device=hidden.device)
     dh = torch.zeros((n, d), **f32) if need_h else None
     dw = torch.zeros((v, d), **f32) if need_w else None
@@ -89,7 +86,9 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
     # the kernel skips rows by their gradient: zero it wherever the label is not scored
     g_scored = torch.zeros(n, **f32).index_copy_(0, rows, grad.float().index_select(0, rows))
     if n and rows.numel() and (need_h or need_w or need_b):
-        grid = (triton_cdiv(n, cfg["BLOCK_N"]), triton_cdiv(v, cfg["BLOCK_V"]))
+        def grid(meta):
+            return triton_cdiv(n, meta["BLOCK_N"]), triton_cdiv(v, meta["BLOCK_V"])
+
         logprob_bwd_kernel[grid](
             hidden, weight, bias if bias is not None else hidden, labels, lse, g_scored,
             dh if need_h else dummy, dw if need_w else dummy, db if need_b else dummy,
@@ -97,7 +96,6 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
             1.0 / temperature, float(GRAD_SKIP_THRESHOLD),
             HAS_BIAS=bias is not None, NEED_DH=need_h, NEED_DW=need_w, NEED_DB=need_b,
             UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_D=cfg["BLOCK_D"], **_launch_opts(cfg),
         )
     return (
         None if dh is None else dh.to(hidden.dtype),
