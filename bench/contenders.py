@@ -256,8 +256,26 @@ def prepare_lrdpo_fast(p: Problem, device: str) -> Contender:
         loss, _ = lf.fused_lrdpo_loss(h, w, p.labels, p.cu_seqlens, ref_logps=p.ref_logps, beta=BETA, alpha=ALPHA)
         return loss
 
-    backend = "triton" if device.startswith("cuda") else "torch"
-    return Contender("lrdpo-fast fused_lrdpo_loss", loss_fn, [h, w], [f"backend=auto ({backend})"])
+    note = "backend=auto (the faster, measured on the first call)" if device.startswith("cuda") else \
+        "backend=auto (torch)"
+    return Contender("lrdpo-fast fused_lrdpo_loss", loss_fn, [h, w], [note])
+
+
+def _lrdpo_fast_forced(backend: str):
+    def prepare(p: Problem, device: str) -> Contender:
+        """fused_lrdpo_loss with backend forced (both run on CUDA: auto measures them)."""
+        import lrdpo_fast as lf
+
+        h, w = _leaves(p)
+
+        def loss_fn():
+            loss, _ = lf.fused_lrdpo_loss(h, w, p.labels, p.cu_seqlens, ref_logps=p.ref_logps, beta=BETA, alpha=ALPHA,
+                                          backend=backend)
+            return loss
+
+        return Contender(f"lrdpo-fast fused_lrdpo_loss ({backend})", loss_fn, [h, w], [f"backend={backend}"])
+
+    return prepare
 
 
 def prepare_lrdpo_fast_lean(p: Problem, device: str) -> Contender:
@@ -289,6 +307,8 @@ def prepare_lrdpo_fast_unfused(p: Problem, device: str) -> Contender:
 # key -> (prepare function, display name); the order is the table's row order
 CONTENDERS: dict[str, Callable[[Problem, str], Contender]] = {
     "lrdpo_fast": prepare_lrdpo_fast,
+    "lrdpo_fast_triton": _lrdpo_fast_forced("triton"),
+    "lrdpo_fast_torch": _lrdpo_fast_forced("torch"),
     "lrdpo_fast_lean": prepare_lrdpo_fast_lean,
     "lrdpo_fast_unfused": prepare_lrdpo_fast_unfused,
     "naive": prepare_naive,
@@ -301,6 +321,8 @@ CONTENDERS: dict[str, Callable[[Problem, str], Contender]] = {
 }
 DISPLAY = {
     "lrdpo_fast": "lrdpo-fast fused_lrdpo_loss",
+    "lrdpo_fast_triton": "lrdpo-fast fused_lrdpo_loss (backend=triton)",
+    "lrdpo_fast_torch": "lrdpo-fast fused_lrdpo_loss (backend=torch: GEMMs + row pass)",
     "lrdpo_fast_lean": "lrdpo-fast fused_lrdpo_loss (16 MiB chunks)",
     "lrdpo_fast_unfused": "lrdpo-fast sequence_logprobs+lrdpo_loss",
     "naive": "naive PyTorch (materialized logits)",
