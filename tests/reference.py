@@ -94,17 +94,41 @@ def logit_grad_scales(hidden, weight, labels, g_tok, bias=None, ignore_index=-10
     return dz @ w.abs(), dz.T @ h.abs(), dz.sum(0)
 
 
-def grad_tolerance(scale, dtype, n_terms):
+def grad_tolerance(scale, dtype, n_terms, *, logit_error=0.0, operand_max=0.0):
     """Element-wise bound on a 16-bit (or fp32) LM-head gradient's error, from the dtype's resolution.
 
     ``scale`` = the sum of |terms| of each element (``logit_grad_scales``). Two roundings to
     ``dtype`` (on CUDA the gradient tile is rounded to the input dtype before the dW/dH dots, then
     the result is rounded to the parameter's dtype): 2 u(dtype) * scale; float32 accumulation over
-    ``n_terms`` terms grows like sqrt(n): 16 * 2^-24 * sqrt(n) * scale; plus fp16's subnormal step.
+    ``n_terms`` terms grows like sqrt(n): 16 * 2^-24 * sqrt(n) * scale; an absolute error
+    ``logit_error`` in the logits moves each softmax term p by p * logit_error: 2 * logit_error *
+    scale; and fp16's subnormal step (the gradient tile underflowing) times ``n_terms`` times the
+    other operand's largest |value| ``operand_max``, plus one subnormal step for the result.
     """
     fi = torch.finfo(dtype)
-    rel = 2 * UNIT_ROUNDOFF[dtype] + 16 * 2.0**-24 * math.sqrt(max(1, n_terms))
-    return rel * scale + fi.tiny * fi.eps
+    rel = 2 * UNIT_ROUNDOFF[dtype] + 16 * 2.0**-24 * math.sqrt(max(1, n_terms)) + 2 * logit_error
+    return rel * scale + fi.tiny * fi.eps * (1 + n_terms * operand_max)
+
+
+def logp_tolerance(hidden, weight, labels, bias=None, ignore_index=-100, temperature=1.0):
+    """float64 [N] bound on |error| of each token's float32-accumulated log-prob (0 where ignored),
+    and the float64 [N] logit error bound it is built from.
+
+    The inputs (any dtype) are exact in float64, so the error is float32 arithmetic only: a logit
+    h . W_v summed over d terms moves by 16 u sqrt(d) times its sum of |terms| (random-walk growth,
+    16x margin; u = 2^-24), the log-sum-exp by twice the largest logit error plus 16 u sqrt(V)
+    relative from summing V exponentials, plus u |logp| for the final subtraction."""
+    h, w = hidden.detach().double(), weight.detach().double()
+    d, v = w.shape[1], w.shape[0]
+    zabs = h.abs() @ w.abs().T
+    if bias is not None:
+        zabs = zabs + bias.detach().double().abs()
+    zabs = zabs.max(-1).values / temperature
+    u = UNIT_ROUNDOFF[torch.float32]
+    logit_err = 16 * u * math.sqrt(d) * zabs
+    ref = token_logprobs(h, w, labels, bias, ignore_index, temperature)
+    tol = 2 * logit_err + 16 * u * math.sqrt(v) + 16 * u * ref.abs()
+    return tol * (labels.to(tol.device) != ignore_index), logit_err
 
 
 def assert_within(actual, expected, bound, what=""):

@@ -67,7 +67,8 @@ def steps_as_pair_sets(trainer, history):
 def run(tmp_path, **kw):
     cfg = TrainConfig(beta=0.1, alpha=0.01, learning_rate=LR, lr_scheduler="cosine", warmup_steps=2,
                       pairs_per_step=PER_STEP, num_epochs=EPOCHS, max_tokens_per_batch=256,
-                      output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False, **kw)
+                      output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False, device="cpu",
+                      **kw)
     trainer = Trainer(tiny_model("llama", seed=0).train(), None, distinct_length_pairs(), cfg)
     history = trainer.train()
     return trainer, history

@@ -58,7 +58,8 @@ def run_first_step(tmp_path, *, ref_model=None, **kw):
     records = length_records()
     base = dict(beta=0.1, alpha=0.0, learning_rate=LR, weight_decay=WD, lr_scheduler="cosine", warmup_steps=WARMUP,
                 pairs_per_step=N_PAIRS, max_steps=3, max_tokens_per_batch=uneven_budget(records, tok),
-                output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False)
+                output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False,
+                device="cpu")  # also on a GPU machine: test_gpu.py runs these checks on CUDA
     base.update(kw)
     cfg = TrainConfig(**base)
     model = tiny_model("llama", seed=0).train()
@@ -161,6 +162,11 @@ def test_bf16_first_step(tmp_path):
     a few u relative. The length term (alpha = 0.1 with the chosen answer mostly longer) moves the
     loss ~0.1 from DPO's ln 2: far outside them."""
     trainer, row, want, start = run_first_step(tmp_path, alpha=0.1, dtype="bf16")
+    check_bf16_first_step(trainer, row, want, start)
+
+
+def check_bf16_first_step(trainer, row, want, start):
+    """The bf16 first step against the float64 one (tolerances: ``test_bf16_first_step``)."""
     u = 2.0**-8
     # the bf16 path really ran: the log-probs are further from float64 than float32 ever gets
     assert max(abs(row[k] - want.metrics[k]) / abs(want.metrics[k]) for k in ("logps/chosen", "logps/rejected")) > 1e-5
