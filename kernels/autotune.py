@@ -39,10 +39,16 @@ BWD_BIG = [_cfg(64, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 3), _cfg(64, 256, 64, 
 BWD_SMALL = [_cfg(64, 128, 32, 4, 2), _cfg(64, 64, 64, 4, 2)]
 
 
+# LRDPO_AUTOTUNE=0 (read at import): this one tile, no tuning (quick GPU test runs; A100/H100)
+UNTUNED = _cfg(64, 128, 64, 8, 3)
+
+
 def configs(kind: str) -> list[triton.Config]:
     """Every config of kernel ``kind`` ("fwd" | "bwd"), both families (the interpreter's alone)."""
     if interpreting():
         return INTERPRETER
+    if os.environ.get("LRDPO_AUTOTUNE", "1") == "0":
+        return [UNTUNED]
     return (FWD_BIG + FWD_SMALL) if kind == "fwd" else (BWD_BIG + BWD_SMALL)
 
 

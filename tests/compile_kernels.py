@@ -7,14 +7,13 @@ every config that survives pruning for an A100-class (163 KiB) and a consumer (9
 import sys
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
 from lrdpo_fast.kernels import autotune
 from lrdpo_fast.kernels.logprob_bwd import logprob_bwd_jit as logprob_bwd_kernel
 from lrdpo_fast.kernels.logprob_fwd import logprob_fwd_jit as logprob_fwd_kernel
 from lrdpo_fast.kernels.pair_loss import pair_loss_kernel
 from lrdpo_fast.kernels.softmax_grad import softmax_grad_kernel
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
 BLOCKS = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64)  # the variants' tile (autotuned ones below)
 

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 import torch
+from cases import CUDA, make_case
 
 import lrdpo_fast as lf
-from cases import CUDA, make_case
 from lrdpo_fast.ops import dispatch
 
 

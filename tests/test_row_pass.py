@@ -3,12 +3,12 @@ against float64. On a CPU machine it runs on CPU tensors through Triton's interp
 (``torch_backend.FUSED_PASS = "1"``); on a GPU machine on CUDA tensors, compiled."""
 import pytest
 import torch
-
-import lrdpo_fast as lf
 from cases import CUDA, leaf, make_case
-from lrdpo_fast.ops import torch_backend
 from reference import assert_close, assert_within, grad_tolerance, logit_grad_scales, token_logprobs
 from test_fused import _check_16bit, _pair_case, _reference
+
+import lrdpo_fast as lf
+from lrdpo_fast.ops import torch_backend
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 

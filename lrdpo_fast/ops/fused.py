@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import torch_backend
+from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids, sequence_logprobs
 from .losses import (
     LENGTH_NORMALIZED,
     LOSS_TYPE_IDS,
@@ -20,7 +21,6 @@ from .losses import (
     pair_metrics,
     wide,
 )
-from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids, sequence_logprobs
 from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
 
 

@@ -9,7 +9,6 @@ import os
 
 import torch
 
-
 # Backward tiles whose |gradient| is entirely below this skip their dH/dW matmuls. 0.0 (default)
 # skips only exactly-zero tiles and is exact; about 2**-12 is below bf16 resolution for bf16
 # training (the sparsity the fastest peer exploits). Off until a GPU measurement on real hidden
