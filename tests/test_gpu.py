@@ -3,7 +3,8 @@
 On the CPU the Triton tests of test_logprobs.py / test_fused.py run Triton's interpreter, which
 differs from what users get: operands upcast to float32 (UPCAST=True), 16x32x16 tiles, the
 gradient tile kept in float32. Here, with TRITON_INTERPRET left unset by conftest.py, the kernels
-run compiled: tensor-core tiles (BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, 8 warps), 16-bit operands
+run compiled: tensor-core tiles chosen by triton.autotune (kernels/autotune.py: BLOCK_N >= 64,
+BLOCK_V >= 64; LRDPO_AUTOTUNE=0 pins 64 x 128 x 64, 8 warps, for a quick run), 16-bit operands
 straight into tl.dot, the gradient tile rounded to the input dtype before the dH/dW dots, the
 vocabulary split across programs for short batches, float32 atomics. Shapes are chosen to cross
 block boundaries with remainders (d = 200 = 3 x 64 + 8, V = 1000 = 7 x 128 + 104, N of hundreds
@@ -54,19 +55,22 @@ def _ieee_fp32_matmuls():
 
 @pytest.mark.skipif(DRY_RUN, reason="dry run on the CPU: the interpreter")
 def test_compiled_kernels_at_real_block_sizes():
+    from triton.runtime.jit import JITFunction
+
+    from lrdpo_fast.kernels import autotune
     from lrdpo_fast.kernels.logprob_bwd import logprob_bwd_kernel
     from lrdpo_fast.kernels.logprob_fwd import logprob_fwd_kernel
     from lrdpo_fast.ops import triton_backend
     from lrdpo_fast.ops.logprobs import resolve_backend
 
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "the GPU tests must run the compiled kernels"
-    assert not triton_backend._interpreting()
+    assert not triton_backend._interpreting() and not autotune.interpreting()
     for kernel in (logprob_fwd_kernel, logprob_bwd_kernel):
-        assert type(kernel).__name__ == "JITFunction", type(kernel)  # not triton's InterpretedFunction
-    cfg = triton_backend._blocks(CUDA)
-    assert (cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_D"], cfg["num_warps"]) == (64, 128, 64, 8)
-    for dt in DTYPES:
-        assert resolve_backend("auto", CUDA, dt) == "triton"
+        inner = getattr(kernel, "fn", kernel)  # the autotuner wraps the jitted kernel
+        assert isinstance(inner, JITFunction), type(inner)  # compiled, not triton's InterpretedFunction
+        tiles = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_D"]) for c in getattr(kernel, "configs", [])]
+        assert tiles and all(bn >= 64 and bv >= 64 and bd >= 32 for bn, bv, bd in tiles), tiles  # tensor-core tiles
+    assert resolve_backend("triton", CUDA, torch.bfloat16) == "triton"
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -102,11 +106,17 @@ D, V = (24, 100) if DRY_RUN else (200, 1000)  # pairs cases
 MAX_RESPONSE = 20 if DRY_RUN else 150
 
 
+# the Triton kernels, and the chunked path's CUDA form (cuBLAS GEMMs + a Triton row pass), which
+# backend="auto" may pick on a GPU
+BACKENDS = ["triton", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("n,d,v", SHAPES, ids=["long", "wide-vocab-splits", "exact-blocks"])
-def test_gpu_linear_logprobs(dtype, n, d, v):
+def test_gpu_linear_logprobs(dtype, n, d, v, backend):
     hidden, weight, labels, _ = tokens_case(n, d, v, dtype)
-    _check_linear(hidden, weight, labels)
+    _check_linear(hidden, weight, labels, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -117,10 +127,10 @@ def test_gpu_linear_logprobs_bias_temperature_ignore_index(dtype):
     _check_linear(hidden, weight, labels, ignore_index=5)
 
 
-def _check_linear(hidden, weight, labels, bias=None, temperature=1.0, ignore_index=-100):
+def _check_linear(hidden, weight, labels, bias=None, temperature=1.0, ignore_index=-100, backend="triton"):
     h, w, b = leaf(hidden, weight, bias)
     out = lf.linear_logprobs(h, w, labels, bias=b, temperature=temperature, ignore_index=ignore_index,
-                             backend="triton")
+                             backend=backend)
     assert out.dtype == torch.float32 and out.device.type == CUDA.type
     upstream = torch.randn(labels.shape[0], dtype=torch.float64, device=CUDA)
     (out.double() * upstream).sum().backward()
@@ -181,17 +191,17 @@ def _fused_reference(hidden, weight, labels, cu, ref, kw, ignore_index=-100):
     return loss.detach(), logps.detach(), logps.grad, seq_ids, rh, rw
 
 
-def _run_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100):
+def _run_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100, backend="triton"):
     h, w = leaf(hidden, weight)
-    loss, metrics = lf.fused_lrdpo_loss(h, w, labels, cu, ref_logps=ref, backend="triton", ignore_index=ignore_index,
+    loss, metrics = lf.fused_lrdpo_loss(h, w, labels, cu, ref_logps=ref, backend=backend, ignore_index=ignore_index,
                                         **kw)
     loss.backward()
     assert loss.dtype == torch.float32 and h.grad.dtype == hidden.dtype and w.grad.dtype == weight.dtype
     return loss.detach(), metrics, h.grad, w.grad
 
 
-def _check_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100):
-    loss, metrics, dh, dw = _run_fused(hidden, weight, labels, cu, ref, kw, ignore_index)
+def _check_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100, backend="triton"):
+    loss, metrics, dh, dw = _run_fused(hidden, weight, labels, cu, ref, kw, ignore_index, backend)
     r_loss, r_logps, g_seq, seq_ids, rh, rw = _fused_reference(hidden, weight, labels, cu, ref, kw, ignore_index)
     tok_tol, logit_err = logp_tolerance(hidden, weight, labels, ignore_index=ignore_index)
     seq_tol = torch.zeros_like(r_logps).index_add(0, seq_ids, tok_tol)
@@ -203,12 +213,13 @@ def _check_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100):
     return loss, dh, dw, (r_loss, rh.grad, rw.grad, g_seq, seq_ids, rh, rw, logit_err)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("kw", OBJECTIVES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
-def test_gpu_fused_lrdpo_loss(dtype, kw):
+def test_gpu_fused_lrdpo_loss(dtype, kw, backend):
     hidden, weight, labels, cu = pairs_case(4, D, V, dtype)
     assert DRY_RUN or hidden.shape[0] > 4 * 64  # several token blocks
-    _check_fused(hidden, weight, labels, cu, _near_reference(hidden, weight, labels, cu), kw)
+    _check_fused(hidden, weight, labels, cu, _near_reference(hidden, weight, labels, cu), kw, backend=backend)
 
 
 def _near_reference(hidden, weight, labels, cu, ignore_index=-100, noise=2.0):
