@@ -385,6 +385,7 @@ class VLLMSampler:
         self._weights_dir: str | None = None
         self._fallback_logged = False
         self._asleep = 0
+        self._weights_discarded = False  # sleep(level=2) until the next load_weights
         self._closed = False
         self._owns_dist = False
         self._dp_engine = False  # data-parallel engines step together: idle ones must still run
@@ -672,6 +673,8 @@ class VLLMSampler:
             raise ValueError(f"logprobs must be a bool, got {logprobs!r}")
         if self._asleep:
             raise RuntimeError("VLLMSampler is asleep: call wake_up() (and load_weights after sleep(level=2)) first")
+        if self._weights_discarded:
+            raise RuntimeError("VLLMSampler.sleep(level=2) discarded the weights: call load_weights before generate")
 
         prompt_ids = [self._prompt_ids(p, i) for i, p in enumerate(prompts)]
         for i, ids in enumerate(prompt_ids):
@@ -744,7 +747,8 @@ class VLLMSampler:
                 (name -> tensor of any float dtype, on any device), an iterable of (name,
                 tensor) pairs, or the module itself (its ``state_dict()``; FSDP2 DTensors are
                 gathered one at a time; ``_orig_mod.`` wrappers are stripped). Under torchrun in
-                the ``rank0`` layout, ranks other than 0 may pass ``{}``.
+                the ``rank0`` layout, ranks other than 0 may pass ``{}``. An asleep sampler is
+                woken up first (after ``sleep(level=2)`` this is how the weights come back).
 
         Raises:
             ValueError naming the tensor, before anything is loaded: a missing, unexpected,
@@ -772,13 +776,13 @@ class VLLMSampler:
 
         error = None
         try:
+            if self._asleep:
+                self.wake_up()  # weights go into allocated memory (every rank: the state is shared)
             if not self.hosts_engine:
                 if has_dtensors:
                     for _ in stream():  # take part in the gathers; rank 0 keeps the result
                         pass
             else:
-                if self._asleep:
-                    self.wake_up()
                 if self.in_process:
                     self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
                                                                        "is_checkpoint_format": True})
@@ -788,6 +792,7 @@ class VLLMSampler:
         except Exception as e:  # noqa: BLE001 - re-raised on every rank
             error = e
         self._agree(error)
+        self._weights_discarded = False
         return time.perf_counter() - t0
 
     def _reload_from_folder(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
@@ -815,14 +820,17 @@ class VLLMSampler:
                 logger.info("VLLMSampler.sleep: sleep mode is off (no CUDA or enable_sleep_mode=False); nothing freed")
                 self._sleep_logged = True
             return
-        if self.hosts_engine and not self._asleep:
-            self._llm.sleep(level=level)
+        if not self._asleep:  # the state is kept on every rank, so all ranks refuse alike
+            if self.hosts_engine:
+                self._llm.sleep(level=level)
             self._asleep = level
+            self._weights_discarded = self._weights_discarded or level == 2
 
     def wake_up(self) -> None:
         """Take the memory back after ``sleep`` (no-op when awake or without sleep mode)."""
-        if self.sleep_mode and self.hosts_engine and self._asleep:
-            self._llm.wake_up()
+        if self.sleep_mode and self._asleep:
+            if self.hosts_engine:
+                self._llm.wake_up()
             self._asleep = 0
 
     @property
