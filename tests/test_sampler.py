@@ -87,6 +87,19 @@ def test_greedy_equals_transformers_before_and_after_load_weights(vllm_sampler):
     assert torch.set_num_threads is torch._C.set_num_threads  # the engine's replacement was undone
 
 
+def test_prompt_ids_are_the_trainers(vllm_sampler):
+    """A sample's prompt_ids are the prompt ids the trainer gives the same prompt in a pair."""
+    import lrdpo_fast as lf
+
+    tok = tiny_tokenizer()
+    out = vllm_sampler.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=1)
+    for prompt, group in zip(PROMPTS, out):
+        chosen, rejected = ("yes", "no") if isinstance(prompt, str) else (
+            [{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}])
+        pair = lf.tokenize_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tok)
+        assert group[0].prompt_ids == pair.prompt_ids
+
+
 def test_load_weights_from_a_trainer(vllm_sampler, tmp_path):
     from helpers import random_records
 
