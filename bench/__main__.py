@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(old.read_text()) if old.is_file() else {}
     if results.get("profile") not in (None, profile):
         results = {}  # never mix profiles in one file
+    if results.get("matmul") and not {"kernel", "scaling"} & set(only):
+        matmul = results["matmul"]  # the throughput the kept kernel goals and scaling roofline were read against
     results.update(profile=profile, meta=meta, matmul=matmul)
     section_meta = {"git_commit": meta["git_commit"], "date_utc": meta["date_utc"]}
     if "kernel" in only:
