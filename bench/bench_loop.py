@@ -323,6 +323,8 @@ def render(res: dict) -> str:
               f"**{'PASS' if t['goal_time'] else 'FAIL'}**",
               f"- peak memory, lrdpo-fast / scripted: {t['memory_ratio']:.2f}x (goal <= 1x): "
               f"**{'PASS' if t['goal_memory'] else 'FAIL'}**"]
+    if res.get("note"):  # a remark on the conditions of this run, added by whoever ran it
+        lines += ["", f"Note: {res['note']}"]
     return "\n".join(lines) + "\n"
 
 
