@@ -86,14 +86,15 @@ def _engine_env() -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def _best(fn, repeats: int) -> tuple[float, int]:
-    """(best seconds, generated tokens) of ``repeats`` calls of ``fn`` (returns its token count)."""
-    best, tokens = math.inf, 0
+def _best(fn, repeats: int) -> tuple[float, int, list[float]]:
+    """(best seconds, generated tokens, all seconds) of ``repeats`` calls of ``fn`` (it returns
+    its token count)."""
+    times, tokens = [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         tokens = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, tokens
+        times.append(time.perf_counter() - t0)
+    return min(times), tokens, times
 
 
 def run_transformers(args, prompts) -> dict:
@@ -121,8 +122,8 @@ def run_transformers(args, prompts) -> dict:
 
     torch.manual_seed(args.seed)
     gen(max_new_tokens=4, rows=4)  # warm-up
-    seconds, tokens = _best(gen, args.repeats)
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+    seconds, tokens, times = _best(gen, args.repeats)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "all_s": times}
 
 
 def run_vllm(args, prompts) -> dict:
@@ -222,12 +223,26 @@ def worker(spec: dict) -> dict:
 
 
 def _run(name: str, argv: list[str], model_dir: str, timeout: float) -> dict:
+    import datetime
+
     from bench.harness import run_isolated
 
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     r = run_isolated("bench.bench_sampler:worker", {"worker": name, "argv": argv, "model_dir": model_dir},
                      timeout=timeout, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    return {**r, "wall_s": time.perf_counter() - t0}
+    # other processes on the machine: OpenMP threads sharing a busy core spin-wait, so timings
+    # taken under load are slower and noisier (each figure is a best-of)
+    return {**r, "wall_s": time.perf_counter() - t0, "date_utc": date,
+            "load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+
+CONFIG_KEYS = ("prompts", "n", "max_new_tokens", "prompt_median", "max_model_len", "threads", "compile", "seed")
+
+
+def _load(row: dict) -> str:
+    load = row.get("load_average_1m")
+    return f"{load[0]:.1f} -> {load[1]:.1f} ({row.get('date_utc', '?')})" if load else "n/a"
 
 
 def report(res: dict) -> str:
@@ -238,18 +253,19 @@ def report(res: dict) -> str:
         "",
         f"{meta['device_name']} ({meta['device']}, {cfg['threads']} threads), commit {meta['git_commit']}, "
         f"{meta['date_utc']}; torch {meta['versions'].get('torch')}, vllm {res['vllm_version']}, "
-        f"transformers {meta['versions'].get('transformers')}. Load average (1 min) "
-        f"{res['load_average_1m']['start']:.1f} at the start, {res['load_average_1m']['end']:.1f} at the end "
-        f"({meta['host_cpus']} cores).",
+        f"transformers {meta['versions'].get('transformers')}. The machine's {meta['host_cpus']} cores are shared: "
+        f"the load average (1 min) is given per run (OpenMP threads on a busy core spin-wait, so a loaded "
+        f"run is slower and noisier; each time is a best-of).",
         "",
         f"{cfg['parameters'] / 1e6:.1f}M-parameter Llama (hidden 256, 4 layers, 32k vocabulary), fp32; "
         f"{cfg['prompts']} prompts (median {cfg['prompt_median']:.0f} tokens) x {cfg['n']} samples x at most "
-        f"{cfg['max_new_tokens']} new tokens, temperature 1; best of {cfg['repeats']} timed calls after a warm-up; "
+        f"{cfg['max_new_tokens']} new tokens, temperature 1; the best of the timed calls after a warm-up (each row's "
+        f"calls are in sampler.json); "
         f"raw vLLM and the sampler alternate on one engine (fp32, "
         f"{'compiled' if cfg['compile'] else 'eager'}), transformers and the weight sync in processes of their own.",
         "",
-        "| contender | generated tokens | time (s) | tokens/s | time / raw vLLM |",
-        "|---|---:|---:|---:|---:|",
+        "| contender | generated tokens | time (s) | tokens/s | time / raw vLLM | load avg (1 min) during the run |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     ref = rows.get("vllm", {}).get("seconds") if rows.get("vllm", {}).get("status") == "ok" else None
     labels = {"sampler": "**lrdpo-fast `VLLMSampler.generate`**",
@@ -260,10 +276,11 @@ def report(res: dict) -> str:
         if r is None:
             continue
         if r["status"] != "ok":
-            lines.append(f"| {labels[name]} | n/a | n/a | n/a | {r['status'][:80]} |")
+            lines.append(f"| {labels[name]} | n/a | n/a | n/a | {r['status'][:80]} | {_load(r)} |")
             continue
         ratio = f"{r['seconds'] / ref:.2f}x" if ref else "n/a"
-        lines.append(f"| {labels[name]} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {ratio} |")
+        lines.append(f"| {labels[name]} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {ratio} "
+                     f"| {_load(r)} |")
     s = rows.get("sync")
     if s and s["status"] == "ok":
         lines += [
@@ -281,7 +298,7 @@ def report(res: dict) -> str:
         lines += [
             "",
             f"{s['parameters'] / 1e6:.1f}M parameters; greedy samples after the in-memory sync equal the restarted "
-            f"engine's: {s['greedy_after_sync_equals_restart']}.",
+            f"engine's: {s['greedy_after_sync_equals_restart']}. Load average during the run: {_load(s)}.",
         ]
     elif s:
         lines += ["", f"weight sync: {s['status'][:200]}"]
@@ -325,7 +342,7 @@ def main(argv=None) -> int:
     if "--out" in argv:  # "--out DIR": drop the value as well
         i = argv.index("--out")
         pass_on = argv[:i] + argv[i + 2:]
-    rows = {}
+    rows: dict = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sampler-model-") as model_dir:
         torch.manual_seed(args.seed)
@@ -339,7 +356,8 @@ def main(argv=None) -> int:
             r = _run(name, pass_on, model_dir, args.timeout)
             if name == "vllm" and r["status"] == "ok":  # one worker, two contenders
                 for sub in ("vllm", "sampler"):
-                    rows[sub] = {"status": "ok", "engine_start_s": r["engine_start_s"], **r[sub]}
+                    rows[sub] = {"status": "ok", "engine_start_s": r["engine_start_s"], **r[sub],
+                                 **{k: r[k] for k in ("date_utc", "load_average_1m")}}
             elif name == "vllm":
                 rows["vllm"] = rows["sampler"] = r
             else:
@@ -353,15 +371,18 @@ def main(argv=None) -> int:
         vllm_version = version("vllm-cpu") if device == "cpu" else version("vllm")
     except Exception:  # noqa: BLE001
         vllm_version = "missing"
+    config = {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
+              "prompt_median": args.prompt_median, "max_model_len": args.max_model_len, "repeats": args.repeats,
+              "threads": args.threads, "compile": args.compile, "seed": args.seed, "parameters": params}
+    old_path = out_dir / "sampler.json"
+    if old_path.is_file():  # keep the rows not re-run when they were measured on the same set-up
+        old = json.loads(old_path.read_text())
+        if all(old.get("config", {}).get(k) == config[k] for k in CONFIG_KEYS):
+            rows = {**{k: v for k, v in old.get("results", {}).items() if k not in rows}, **rows}
     res = {
         "meta": meta, "vllm_version": vllm_version,
-        # other processes on the machine: OpenMP threads that share a busy core spin-wait, so
-        # timings taken under load are slower and noisier (each figure is a best-of)
         "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
-        "config": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-                   "prompt_median": args.prompt_median, "max_model_len": args.max_model_len,
-                   "repeats": args.repeats, "threads": args.threads, "compile": args.compile, "seed": args.seed,
-                   "parameters": params},
+        "config": config,
         "results": rows,
     }
     res["goals"] = goals(rows)
