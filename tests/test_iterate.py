@@ -55,10 +55,25 @@ def _float64_logps(model, prompt_ids, response_ids) -> float:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
+    """A 2-iteration run through the CLI, in a process of its own: a second in-process engine
+    closing would tear down vLLM state the session's shared engine relies on."""
     tmp = tmp_path_factory.mktemp("iterate")
-    sys.path.insert(0, str(TESTS))
-    rows = iterate(IterateConfig.from_yaml(_write_run(tmp, tiny_model_dir)), progress=False)
+    proc = _cli(_write_run(tmp, tiny_model_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp / "run/summary.jsonl").read_text().splitlines()]
     return tmp / "run", rows
+
+
+def test_config_errors_name_the_key(tmp_path, tiny_model_dir):
+    cfg = _write_run(tmp_path, tiny_model_dir)
+    with pytest.raises(ValueError, match="sampler.n must be an int >= 2"):
+        IterateConfig.from_yaml(cfg, **{"sampler.n": 1})
+    with pytest.raises(ValueError, match="unknown key"):
+        IterateConfig.from_yaml(cfg, **{"pairs.bogus": 1})
+    run = IterateConfig.from_yaml(cfg)
+    assert Path(run.run_dir).is_absolute() and Path(run.prompts).is_file()
+    with pytest.raises(ValueError, match="cfg must be an IterateConfig"):
+        iterate({"policy": "x"})
 
 
 def test_run_directory_and_summary(finished_run):
