@@ -3,6 +3,7 @@
     lrdpo-fast demo [--quick] [--alpha A]        (cli/demo.py: the main job)
     lrdpo-fast train CONFIG.yaml | --example     (cli/train.py)
     lrdpo-fast iterate RUN.yaml [--set k=v]      (cli/iterate.py; also sample|score|pairs|train-phase, report)
+    lrdpo-fast doctor [--skip-vllm]              (cli/doctor.py: environment + self-checks for bug reports)
 
 Each subcommand module has ``add_parser(sub)`` and sets ``run(args) -> int``. Every expected
 failure (a ``ValueError``, a run stopped by the training guard, an ``OSError`` from the file
