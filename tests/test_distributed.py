@@ -28,6 +28,7 @@ max_steps: 3
 save_steps: 2
 plot: false
 progress: false
+device: cpu
 """
 
 
@@ -107,7 +108,7 @@ rows = []
 for it in range(2):  # iteration 1 trains the live (already sharded) policy against itself
     cfg = TrainConfig(alpha=0.01, learning_rate=1e-3, lr_scheduler="constant", pairs_per_step=3, max_steps=2,
                       max_tokens_per_batch=120, output_dir=f"{out}/it{it}", progress=False, plot=False,
-                      save_final=False)
+                      save_final=False, device="cpu")
     trainer = Trainer(model, tok, records, cfg)
     rows += trainer.train()
     model = trainer.policy_loss  # the loop keeps the (sharded) root and hands it to the next Trainer

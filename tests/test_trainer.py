@@ -16,7 +16,7 @@ def _cfg(tmp_path, **kw):
     base = dict(
         beta=0.1, alpha=0.01, learning_rate=1e-3, lr_scheduler="constant", pairs_per_step=4,
         max_tokens_per_batch=4096, output_dir=str(tmp_path / "run"), progress=False, plot=False,
-        save_final=False,
+        save_final=False, device="cpu",  # fp32 and bit-for-bit claims are CPU ones, also on a GPU machine
     )
     base.update(kw)
     return TrainConfig(**base)

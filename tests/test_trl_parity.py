@@ -95,7 +95,7 @@ def test_matches_trl_dpo_trainer(tmp_path):
     cfg = TrainConfig(
         beta=0.1, alpha=0.0, loss_type="sigmoid", learning_rate=LR, lr_scheduler="constant", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
-        pairs_per_step=N_PAIRS, max_steps=STEPS, max_tokens_per_batch=4096, dtype="fp32",
+        pairs_per_step=N_PAIRS, max_steps=STEPS, max_tokens_per_batch=4096, dtype="fp32", device="cpu",  # as TRL's use_cpu
         output_dir=str(tmp_path / "ours"), progress=False, plot=False, save_final=False,
     )
     ours = Trainer(model_ours, tok, tokenized, cfg).train()
