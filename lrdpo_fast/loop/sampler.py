@@ -76,6 +76,7 @@ import random
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,6 +483,7 @@ class VLLMSampler:
     def _mkdtemp(self, prefix: str) -> str:
         d = tempfile.mkdtemp(prefix=prefix)
         self._tmpdirs.append(d)
+        weakref.finalize(self, shutil.rmtree, d, True)  # also when close() is never called
         return d
 
     @staticmethod
