@@ -28,14 +28,14 @@ class DemoSettings:
     eval_k: int = 4             # samples per held-out prompt (eval_prompts x eval_k >= 4000)
     epochs: int = 2
     beta: float = 0.1
-    learning_rate: float = 2e-5
-    alpha: float = 0.1          # per token (= per character here): the chosen/rejected length gap scale
-    pairs_per_step: int = 16
+    learning_rate: float = 1e-4
+    alpha: float = 0.065         # per token (= per character here): the chosen/rejected length gap scale
+    pairs_per_step: int = 32
     max_new_tokens: int = 96
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(prompts=100, eval_prompts=500)
+QUICK = DemoSettings(prompts=100, eval_prompts=500, pairs_per_step=16)
 
 
 def run_config(s: DemoSettings, alpha: float, run_dir: Path, seed: int, policy: str = "example") -> dict:
