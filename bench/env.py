@@ -88,7 +88,7 @@ def metadata_record(device: str) -> dict:
         "device_slug": device_slug(device),
         "versions": versions(),
         "git_commit": git_commit(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

@@ -28,6 +28,7 @@ PROFILES: dict[str, dict] = {
         "sampler": {"args": []},
         "implicit_reward": {"args": ["--device", "cpu"]},
         "loop": {"args": []},
+        "eval": {"args": []},
         "cell_timeout": 600,
     },
     "gpu": {

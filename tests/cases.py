@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-
 CUDA = torch.cuda.is_available()
 
 

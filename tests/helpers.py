@@ -27,7 +27,7 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer(vocab_size: int = 320):
     """A transformers fast tokenizer trained locally (byte-level BPE, ``vocab_size`` entries).
 

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import random_records, tiny_model, tiny_tokenizer
+
 import lrdpo_fast as lf
 from lrdpo_fast.data.files import load_hf_dataset, load_jsonl, load_pairs, read_jsonl
 from lrdpo_fast.data.packing import pack_pairs, split_pairs, token_budget_batches

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from lrdpo_fast import cli
 
 
@@ -52,3 +50,17 @@ def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "lrdpo_fast", "train", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--example" in proc.stdout
+
+
+def test_demo_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    """Checked before anything starts (no engine, no folder, the process's thread count untouched)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    for args, name in ((["--alpha", "0"], "--alpha"), (["--alpha", "-0.1"], "--alpha"), (["--alpha", "nan"], "--alpha"),
+                       (["--iterations", "0"], "--iterations"), (["--threads", "0"], "--threads"),
+                       (["--seed", "-1"], "--seed")):
+        assert cli.main(["demo", "--quick", "--out", str(tmp_path / "d"), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and name in err and "Traceback" not in err, err
+    assert not (tmp_path / "d").exists() and torch.get_num_threads() == threads

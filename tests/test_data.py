@@ -15,8 +15,8 @@ from lrdpo_fast.data import (
     load_jsonl,
     read_jsonl,
     save_jsonl,
-    tokenize_record,
     tokenize_pairs,
+    tokenize_record,
 )
 
 BOS, EOS = 1, 2

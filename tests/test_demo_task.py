@@ -27,12 +27,28 @@ LONG = "Let me reverse the digits of 4817 one by one. The reversed number is 718
     ("", False),
     ("The answer is", False),
     ("zzzz .. ,", False),
-    ("7184 7184", True),                                                   # garbage around the right last number
-    ("1 7184", True),
+    ("7184 7184", False),                                                  # garbage around the right number
+    ("1 7184", False),
     ("7184 1", False),
+    ("The reversed ne.e ssss 7184.", False),                               # garbled words, right digits
+    ("Let me reverse the digits of 4817 one by one. The reversed ne.e 7184.", False),
+    ("Let me reverse the digits of 1234 one by one. The reversed number is 7184.", False),  # another number
+    ("The answer is 7184", False),                                         # cut before the full stop
+    (" 7184", False),
 ])
 def test_is_correct_hand_made(response, ok):
     assert task.is_correct(P, response) is ok
+
+
+def test_parse_response_styles():
+    assert task.parse_response(P, "7148") == ("short", "7148")
+    assert task.parse_response(P, "The answer is 0000.") == ("medium", "0000")
+    assert task.parse_response(P, LONG) == ("long", RIGHT)
+    assert task.parse_response(P, "x7184") is None
+    with pytest.raises(ValueError, match="prompt"):
+        task.parse_response("48=", "84")
+    with pytest.raises(ValueError, match="response"):
+        task.parse_response(P, 7184)
 
 
 def test_leading_zero_kept():

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from helpers import random_records, tiny_model, tiny_tokenizer
 
 from lrdpo_fast import cli
 from lrdpo_fast.train.checkpoint import load_model_weights, load_trainer_state
-from helpers import random_records, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 

@@ -1,8 +1,6 @@
 """fused_lrdpo_loss / LRDPOLoss: the whole objective from hidden states, both backends."""
 import pytest
 import torch
-
-import lrdpo_fast as lf
 from cases import backend_device, leaf, make_case, to_device
 from reference import (
     assert_close,
@@ -12,6 +10,8 @@ from reference import (
     mean_pair_loss,
     sequence_logprobs,
 )
+
+import lrdpo_fast as lf
 
 BACKENDS = ["torch", "triton"]
 KWS = [

@@ -24,10 +24,10 @@ import os
 
 import pytest
 import torch
-
-import lrdpo_fast as lf
 from cases import leaf
 from reference import assert_within, grad_tolerance, logit_grad_scales, logp_tolerance, token_logprobs
+
+import lrdpo_fast as lf
 
 DRY_RUN = os.environ.get("LRDPO_GPU_TESTS_DRY_RUN") == "1" and not torch.cuda.is_available()
 pytestmark = [
@@ -55,11 +55,11 @@ def _ieee_fp32_matmuls():
 
 @pytest.mark.skipif(DRY_RUN, reason="dry run on the CPU: the interpreter")
 def test_compiled_kernels_at_real_block_sizes():
-    from triton.runtime.jit import JITFunction
-
     from lrdpo_fast.kernels import autotune
     from lrdpo_fast.kernels.logprob_bwd import logprob_bwd_kernel
     from lrdpo_fast.kernels.logprob_fwd import logprob_fwd_kernel
+    from triton.runtime.jit import JITFunction
+
     from lrdpo_fast.ops import triton_backend
     from lrdpo_fast.ops.logprobs import resolve_backend
 

@@ -127,9 +127,9 @@ def test_training_used_the_length_term(finished_run):
 def test_sampler_got_the_new_weights(finished_run, vllm_sampler):
     """Iteration 1 sampled from policy_1: the same requests on another engine loaded with
     iter_0/policy give the same responses (they would not from policy_0)."""
-    from lrdpo_fast.train.checkpoint import load_model_weights
-
     from helpers import tiny_model
+
+    from lrdpo_fast.train.checkpoint import load_model_weights
 
     run, _ = finished_run
     recs = [json.loads(line) for line in (run / "iter_1/samples.jsonl").read_text().splitlines()]

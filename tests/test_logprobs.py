@@ -1,11 +1,9 @@
 """linear_logprobs / sequence_logprobs, both backends, against the float64 reference."""
 import pytest
 import torch
+from cases import backend_device, leaf, make_case, to_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import lrdpo_fast as lf
-from cases import backend_device, leaf, make_case, to_device
 from reference import (
     assert_close,
     assert_within,
@@ -14,6 +12,8 @@ from reference import (
     sequence_logprobs,
     token_logprobs,
 )
+
+import lrdpo_fast as lf
 
 BACKENDS = ["torch", "triton"]
 

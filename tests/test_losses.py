@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
+from cases import backend_device
+from reference import mean_pair_loss
 
 import lrdpo_fast as lf
-from cases import backend_device
 from lrdpo_fast.ops.losses import LOSS_TYPE_IDS
-from reference import mean_pair_loss
 
 CASES = [
     dict(loss_type="sigmoid", beta=0.1),
@@ -89,7 +89,7 @@ def test_lrdpo_loss_gradcheck():
     for kw in CASES:
         x = seq.clone().requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda s: lf.lrdpo_loss(s[0::2], s[1::2], *_split(ref), *_split(lengths), **kw)[0], (x,)
+            lambda s, kw=kw: lf.lrdpo_loss(s[0::2], s[1::2], *_split(ref), *_split(lengths), **kw)[0], (x,)
         )
 
 

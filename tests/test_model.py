@@ -7,8 +7,9 @@ from helpers import random_records, tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrdpo_fast.model.attention import ATTN_IMPLEMENTATION
 from lrdpo_fast.data import PairExample, tokenize_pairs
+from lrdpo_fast.data.packing import pack_pairs, split_pairs
+from lrdpo_fast.model.attention import ATTN_IMPLEMENTATION
 from lrdpo_fast.model.packed import (
     decoder_body,
     lm_head_params,
@@ -16,7 +17,6 @@ from lrdpo_fast.model.packed import (
     packed_hidden_states,
     precompute_reference_logps,
 )
-from lrdpo_fast.data.packing import pack_pairs, split_pairs
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 MODELS = [
@@ -69,7 +69,7 @@ def test_packed_equals_unpacked_values_and_grads(kind, cfg, examples):
     want = torch.autograd.grad((want_logps * coef).sum(), list(params.values()))
     torch.testing.assert_close(logps, want_logps, **TOL)
     for name, g, w in zip(params, got, want):
-        torch.testing.assert_close(g, w, **TOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, w, **TOL, msg=lambda m, name=name: f"{name}: {m}")
     assert model.config._attn_implementation == "sdpa"  # restored
 
 

@@ -7,7 +7,7 @@ from helpers import random_records, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrdpo_fast.data import PairExample, tokenize_record, tokenize_pairs
+from lrdpo_fast.data import PairExample, tokenize_pairs, tokenize_record
 from lrdpo_fast.data.packing import (
     PackedBatch,
     pack_pairs,

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import tiny_config, tiny_model, tiny_tokenizer
+
 from lrdpo_fast.data.records import tokenize_record
 from lrdpo_fast.loop.rewards import CallableReward, ImplicitReward, RewardModel, check_scores
 

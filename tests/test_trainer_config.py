@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import tiny_model
+
 from lrdpo_fast.train.config import LR_SCHEDULES, TrainConfig
 from lrdpo_fast.train.optim import lr_multiplier
 from lrdpo_fast.train.trainer import Trainer
@@ -32,8 +32,11 @@ def expected_multiplier(step, total, warmup, kind):
 @pytest.mark.parametrize("kind", LR_SCHEDULES)
 @pytest.mark.parametrize("warmup", [0, 1, 3])
 def test_lr_multiplier_formula(kind, warmup):
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, \
-        get_linear_schedule_with_warmup
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     total = 10
     got = [lr_multiplier(s, total_steps=total, warmup=warmup, kind=kind) for s in range(total + 2)]

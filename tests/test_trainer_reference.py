@@ -17,12 +17,12 @@ import random
 
 import pytest
 import torch
-
 from helpers import TRAIN_LINES, tiny_model, tiny_tokenizer
+from reference import adamw_first_step, reference_step
+
 from lrdpo_fast.data import tokenize_pairs
 from lrdpo_fast.train.config import TrainConfig
 from lrdpo_fast.train.trainer import PAIR_METRICS, Trainer
-from reference import adamw_first_step, reference_step
 
 N_PAIRS = 4
 LR = 1e-2

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import random_records, tiny_model, tiny_tokenizer
+
 from lrdpo_fast.train.config import TrainConfig
 from lrdpo_fast.train.trainer import NonFiniteTrainingError, Trainer
 

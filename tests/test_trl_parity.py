@@ -21,6 +21,7 @@ import torch
 trl = pytest.importorskip("trl")
 
 from helpers import random_records, tiny_model, tiny_tokenizer  # noqa: E402
+
 from lrdpo_fast.train.config import TrainConfig  # noqa: E402
 from lrdpo_fast.train.trainer import Trainer  # noqa: E402
 

@@ -1,9 +1,9 @@
 """Bad input gets a ValueError naming the argument, never a silent NaN."""
 import pytest
 import torch
+from cases import backend_device, make_case, to_device
 
 import lrdpo_fast as lf
-from cases import backend_device, make_case, to_device
 
 
 @pytest.fixture

@@ -28,11 +28,14 @@ class DemoSettings:
     eval_k: int = 4             # samples per held-out prompt (eval_prompts x eval_k >= 4000)
     epochs: int = 2
     beta: float = 0.1
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-5    # 1e-4 (the prototype's) collapsed at iteration 3 on seed 1, both runs
     alpha: float = 0.065         # per token (= per character here): the chosen/rejected length gap scale
     pairs_per_step: int = 32
     max_new_tokens: int = 96
 
+
+DEMO_PLOT_KEYS = (("true_accuracy", "true accuracy (held out)"), ("mean_response_length", "response length (tokens)"),
+                  ("judge_reward", "judge reward (what the loop optimizes)"), ("lc_win_rate", "LC win rate vs start"))
 
 FULL = DemoSettings()
 QUICK = DemoSettings(prompts=100, eval_prompts=500, pairs_per_step=16)
@@ -45,7 +48,7 @@ def run_config(s: DemoSettings, alpha: float, run_dir: Path, seed: int, policy: 
         "policy": policy, "prompts": "example", "iterations": s.iterations, "prompts_per_iteration": s.prompts,
         "run_dir": str(run_dir), "seed": seed,
         "sampler": {"n": s.k, "temperature": 1.0, "max_new_tokens": s.max_new_tokens, "dtype": "float32",
-                    "max_model_len": 128},
+                    "max_model_len": 128, "enforce_eager": True, "cpu_threads": 1},
         "reward": judge,
         "pairs": {"strategy": "best_worst", "length_alpha": 0.0, "drop_truncated": True},
         "train": {"beta": s.beta, "alpha": alpha, "learning_rate": s.learning_rate, "lr_scheduler": "constant",
@@ -60,23 +63,57 @@ def _alpha_name(alpha: float) -> str:
     return "alpha_0" if alpha == 0 else f"alpha_{alpha:g}"
 
 
+def run_label(name: str) -> str:
+    """``alpha_0`` -> ``alpha=0 (iterative DPO)``, ``alpha_0.065`` -> ``alpha=0.065 (iLR-DPO)``."""
+    a = name.removeprefix("alpha_")
+    return "alpha=0 (iterative DPO)" if a == "0" else f"alpha={a} (iLR-DPO)"
+
+
+TABLE_COLUMNS = (("true_accuracy", "accuracy", "{:.3f}"), ("judge_reward", "judge", "{:.3f}"),
+                 ("mean_response_length", "length", "{:.1f}"), ("pairs_kept", "pairs", "{}"))
+
+
 def demo_table(runs: dict[str, list[dict]]) -> str:
-    """Iteration by iteration, for every run: true accuracy, judge reward, mean response length
-    (tokens), pairs kept."""
+    """Iteration by iteration, run beside run: true accuracy, judge reward, mean response length
+    (tokens), pairs kept; then one line per run with the change from the start."""
     names = list(runs)
-    head = ["iter"] + [f"{c} {n}" for n in names for c in ("acc", "judge", "len", "pairs")]
-    lines = [head]
-    for i in range(max(len(r) for r in runs.values())):
-        line = [str(i)]
-        for n in names:
-            r = runs[n][i] if i < len(runs[n]) else {}
-            line += [f"{r['true_accuracy']:.3f}" if "true_accuracy" in r else "-",
-                     f"{r['judge_reward']:.3f}" if "judge_reward" in r else "-",
-                     f"{r['mean_response_length']:.1f}" if "mean_response_length" in r else "-",
-                     str(r.get("pairs_kept") or "-")]
-        lines.append(line)
-    widths = [max(len(x[j]) for x in lines) for j in range(len(head))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(x, widths)) for x in lines)
+    n_rows = max(len(r) for r in runs.values())
+
+    def cells(name: str, i: int) -> list[str]:
+        r = runs[name][i] if i < len(runs[name]) else {}
+        return [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in TABLE_COLUMNS]
+
+    blocks = {n: [[c[1] for c in TABLE_COLUMNS]] + [cells(n, i) for i in range(n_rows)] for n in names}
+    iters = ["iter"] + [str(i) for i in range(n_rows)]
+    iw = max(map(len, iters))
+
+    def block_line(n: str, k: int) -> str:
+        widths = [max(len(row[j]) for row in blocks[n]) for j in range(len(TABLE_COLUMNS))]
+        return "  ".join(v.rjust(w) for v, w in zip(blocks[n][k], widths))
+
+    gap = "    "
+    lines = [iters[k].rjust(iw) + "".join(gap + block_line(n, k) for n in names) for k in range(n_rows + 1)]
+    top = " " * iw + "".join(gap + run_label(n).center(len(block_line(n, 0))) for n in names)
+    out = [top.rstrip(), *lines, ""]
+    for n in names:
+        first, last = runs[n][0], runs[n][-1]
+        if len(runs[n]) > 1 and all(r.get("mean_response_length") and r.get("true_accuracy") is not None
+                                    for r in (first, last)):
+            dl = last["mean_response_length"] / first["mean_response_length"] - 1
+            out.append(f"{run_label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
+                       f"{last['true_accuracy']:.3f} after {last['iteration']} iterations")
+    return "\n".join(out).rstrip()
+
+
+def _row_printer(iterations: int, t0: float):
+    def show(row: dict) -> None:
+        it = row["iteration"]
+        what = "start policy" if it == 0 else f"iteration {it}/{iterations}"
+        pairs = f", {row['pairs_kept']} pairs" if row.get("pairs_kept") else ""
+        print(f"  {what}: true accuracy {row.get('true_accuracy', float('nan')):.3f}, judge "
+              f"{row.get('judge_reward', float('nan')):.3f}, length {row.get('mean_response_length', float('nan')):.1f}"
+              f" tokens{pairs}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return show
 
 
 def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0,
@@ -100,12 +137,13 @@ def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0,
             for f in ("row_0.json", "row_0.jsonl"):
                 shutil.copyfile(first_eval / f, run_dir / "eval" / f)
         t0 = time.perf_counter()
-        print(f"lrdpo-fast demo: {name} ({settings.iterations} iterations) -> {run_dir}", flush=True)
-        runs[name] = iterate(IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)), progress=False)
-        print(f"lrdpo-fast demo: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"lrdpo-fast demo: {run_label(name)}, {settings.iterations} iterations -> {run_dir}", flush=True)
+        runs[name] = iterate(IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)), progress=False,
+                             on_row=_row_printer(settings.iterations, t0))
+        print(f"lrdpo-fast demo: {run_label(name)} done in {time.perf_counter() - t0:.0f} s", flush=True)
         first_eval = first_eval or run_dir / "eval"
-    plot_summary([], out / "demo.png", runs=runs,
-                 title="iterative DPO (alpha=0) vs iLR-DPO: true accuracy and response length per iteration")
+    plot_summary([], out / "demo.png", runs={run_label(n): rs for n, rs in runs.items()}, keys=DEMO_PLOT_KEYS,
+                 title="same start, same length-biased judge: what each run learns, per iteration")
     (out / "demo.json").write_text(json.dumps({"settings": asdict(settings), "alpha": alpha, "seed": seed,
                                                "runs": runs}, indent=1))
     return runs
@@ -115,25 +153,59 @@ def add_parser(sub) -> None:
     """Register ``lrdpo-fast demo``."""
     d = sub.add_parser("demo", help="iterative DPO vs iLR-DPO on an embedded task, on the CPU (the main job)")
     d.add_argument("--iterations", type=int, default=None, help="iterations per run (default 3)")
-    d.add_argument("--alpha", type=float, default=None, help="alpha of the iLR-DPO run, per token (default 0.1)")
+    d.add_argument("--alpha", type=float, default=None, help="alpha of the iLR-DPO run, per token (default 0.065)")
     d.add_argument("--quick", action="store_true", help="the reduced setting CI runs")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="example", help="start policy folder (default: the shipped one)")
+    d.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: fastest for this tiny model, and the same numbers on any machine)")
+    d.add_argument("--verbose", action="store_true", help="keep vLLM's and transformers' logs and progress bars")
     d.set_defaults(run=run)
 
 
+def _quiet() -> None:
+    """vLLM's info/warning lines and transformers' progress bars would bury the demo's own output
+    (a user's own VLLM_LOGGING_LEVEL / TRANSFORMERS_VERBOSITY still win)."""
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def run(args) -> int:
+    """``lrdpo-fast demo``: check the arguments, then both runs, the table and the plot."""
     import os
     from dataclasses import replace
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     s = QUICK if args.quick else FULL
     if args.iterations is not None:
         if args.iterations < 1:
             raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
         s = replace(s, iterations=args.iterations)
     alpha = s.alpha if args.alpha is None else args.alpha
+    if not alpha > 0 or alpha != alpha or alpha == float("inf"):
+        raise ValueError(f"--alpha must be a finite number > 0 (the iLR-DPO run), got {alpha!r}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not args.verbose:
+        _quiet()
+    import torch
+
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
     print()

@@ -73,7 +73,6 @@ def load_run_spec(path: str | Path, **overrides):
 def build_run(spec: dict):
     """(model, tokenizer, pairs, ref_model) from a run spec (see ``load_run_spec``)."""
     from .. import examples as example
-
     from ..model.loading import load_causal_lm, load_tokenizer
 
     trust = spec.get("trust_remote_code", False)

@@ -15,10 +15,8 @@ EOS, e.g. ChatML's <|im_end|>, ends right after it as a generation would). Optio
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 

@@ -1,13 +1,16 @@
 """The demo's task: reverse a 4-digit number, answered in a short, a medium or a long style.
 
 A prompt is four digits and ``=`` (``"4817="``); the right answer is the digits reversed
-(``"7184"``, leading zeros kept: ``"1230="`` -> ``"0321"``). A response may take any form; the
-answer it gives is its LAST run of digits (``extract_answer``), so every style below is checkable
-by the same rule:
+(``"7184"``, leading zeros kept: ``"1230="`` -> ``"0321"``). A response answers when it is exactly
+one of three styles (``parse_response``), the long one restating the prompt's number:
 
     short   "7184"                                                                       (4 chars)
     medium  "The answer is 7184."                                                       (19 chars)
     long    "Let me reverse the digits of 4817 one by one. The reversed number is 7184." (74 chars)
+
+Anything else (garbled words around the right digits, a cut-off sentence) is no answer, as a
+reader would judge it: DPO pushing rejected answers down can move probability onto garbled text
+that still ends in the right digits, and a truth that counted it would reward that drift.
 
 ``is_correct`` is the truth (only measured by the demo); ``judge`` is what the loop optimizes:
 correctness plus a capped bonus per character, the length bias real reward models have
@@ -26,7 +29,11 @@ SPLITS = ("train", "eval")
 _SPLIT_SEED = 20240613  # fixes which numbers are held out; never change it (it would move the splits)
 _EVAL_SIZE = 4000  # numbers held out for evaluation; the other 4910 are for training (SFT and DPO)
 _PROMPT_RE = re.compile(r"^(\d{4})=$")
-_DIGITS_RE = re.compile(r"\d+")
+_RESPONSE_RES = {
+    "short": re.compile(r"^(\d{4})$"),
+    "medium": re.compile(r"^The answer is (\d{4})\.$"),
+    "long": re.compile(r"^Let me reverse the digits of (\d{4}) one by one\. The reversed number is (\d{4})\.$"),
+}
 
 STYLES = ("short", "medium", "long")
 _TEMPLATES = {
@@ -86,14 +93,6 @@ def target(prompt: str) -> str:
     return parse_prompt(prompt)[::-1]
 
 
-def extract_answer(response: str) -> str | None:
-    """The answer a response gives: its last run of digits, or None when it has none."""
-    if not isinstance(response, str):
-        raise ValueError(f"response must be a str, got {type(response).__name__}")
-    runs = _DIGITS_RE.findall(response)
-    return runs[-1] if runs else None
-
-
 def format_answer(prompt: str, style: str, answer: str | None = None) -> str:
     """The response in ``style`` ("short", "medium", "long") giving ``answer`` (default: the right one)."""
     if style not in _TEMPLATES:
@@ -102,10 +101,26 @@ def format_answer(prompt: str, style: str, answer: str | None = None) -> str:
     return _TEMPLATES[style].format(number=number, answer=target(prompt) if answer is None else answer)
 
 
+def parse_response(prompt: str, response: str) -> tuple[str, str] | None:
+    """``(style, answer)`` when ``response`` is exactly one of the three styles for ``prompt`` (the
+    long style must restate the prompt's own number), else None. ValueError for a bad prompt or a
+    response that is not a str."""
+    number = parse_prompt(prompt)
+    if not isinstance(response, str):
+        raise ValueError(f"response must be a str, got {type(response).__name__}")
+    for style, pattern in _RESPONSE_RES.items():
+        m = pattern.match(response)
+        if m is not None:
+            if style == "long" and m.group(1) != number:
+                return None
+            return style, m.group(m.lastindex)
+    return None
+
+
 def is_correct(prompt: str, response: str) -> bool:
-    """True when the last run of digits in ``response`` is exactly the reversed number."""
-    want = target(prompt)
-    return extract_answer(response) == want
+    """True when ``response`` is a well-formed answer (``parse_response``) giving the reversed number."""
+    parsed = parse_response(prompt, response)
+    return parsed is not None and parsed[1] == target(prompt)
 
 
 def _check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:
@@ -120,7 +135,8 @@ def _check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:
 
 
 def judge_score(prompt: str, response: str) -> float:
-    """One judge score: 1.0 when correct, plus min(JUDGE_BONUS_PER_CHAR x len(response), JUDGE_BONUS_CAP)."""
+    """One judge score: 1.0 when correct (``is_correct``), plus min(JUDGE_BONUS_PER_CHAR x
+    len(response), JUDGE_BONUS_CAP) for any text: the length bias of real reward models."""
     bonus = min(JUDGE_BONUS_PER_CHAR * len(response), JUDGE_BONUS_CAP)
     return float(is_correct(prompt, response)) + bonus
 

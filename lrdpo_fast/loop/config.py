@@ -47,6 +47,8 @@ KEY_DOCS = {
     "sampler.dtype": "engine dtype: auto, float32, bfloat16, float16",
     "sampler.gpu_memory_utilization": "vLLM's share of GPU memory (CPU: see VLLM_CPU_KVCACHE_SPACE)",
     "sampler.tensor_parallel_size": "GPUs per engine",
+    "sampler.enforce_eager": "true: no graph capture / compilation (faster start, slower steps on big models)",
+    "sampler.cpu_threads": "CPU backend: torch threads while sampling (default: the process's; 1 suits small models)",
     "reward.callable": "'package.module:function' taking (prompts, responses) -> list of floats",
     "reward.reward_model": "local sequence-classification folder (one output)",
     "reward.implicit": "true: DICE's implicit reward logp_policy - logp_ref",
@@ -123,9 +125,14 @@ class SamplerSpec:
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         _int("sampler.n", self.n, 2)
+        _bool("sampler.enforce_eager", self.enforce_eager)
+        if self.cpu_threads is not None:
+            _int("sampler.cpu_threads", self.cpu_threads, 1)
         self.temperature = _num("sampler.temperature", self.temperature, 0.0)
         self.top_p = _num("sampler.top_p", self.top_p, 0.0, 1.0, lo_open=True)
         _int("sampler.max_new_tokens", self.max_new_tokens, 1)

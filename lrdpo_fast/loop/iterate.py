@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,12 @@ def _summary_row(st: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]
     return row
 
 
-def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int, str] | None = None) -> list[dict]:
+def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int, str] | None = None,
+            on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Run (or resume) the iterative loop of ``cfg``; returns the summary rows (= summary.jsonl).
+
+    ``progress``: print the summary table after each iteration. ``on_row``: called with each new
+    summary row (row 0 = the start policy, then one per finished iteration) as it is written.
 
     ``stop_after=(i, phase)``: run what is missing up to and including that phase of iteration
     ``i``, then stop (``lrdpo-fast sample|score|pairs|train run.yaml --iteration i``).
@@ -153,12 +158,15 @@ def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int,
     sc = cfg.sampler
     sampler = VLLMSampler(policy_path, tokenizer=cfg.tokenizer or policy_path, seed=cfg.seed, dtype=sc.dtype,
                           max_model_len=sc.max_model_len, gpu_memory_utilization=sc.gpu_memory_utilization,
-                          tensor_parallel_size=sc.tensor_parallel_size)
+                          tensor_parallel_size=sc.tensor_parallel_size, cpu_threads=sc.cpu_threads,
+                          **({"enforce_eager": True} if sc.enforce_eager else {}))
     st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool)
     try:
         if first > 0:
             sampler.load_weights(model)
         _eval(st, first, eval_prompts, judge, metrics)  # the start policy (row 0), or a resumed one
+        if on_row is not None and first == 0 and stop_after is None:
+            on_row(summary_rows(st, 0)[0])
         for i in range(first, cfg.iterations):
             for phase in PHASES:
                 if run.is_done(i, phase):
@@ -182,6 +190,8 @@ def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int,
             atomic_write_jsonl(run.summary_path, rows)
             if progress:
                 print(format_table(rows, SUMMARY_TABLE), flush=True)
+            if on_row is not None:
+                on_row(rows[-1])
         rows = summary_rows(st, cfg.iterations)
         atomic_write_jsonl(run.summary_path, rows)
         plot_summary(rows, run.root / "report.png")

@@ -319,8 +319,8 @@ def build_pairs(
             if not kept[r]:
                 continue
             g = groups[gi]
-            w, l = int(table.index[r, best[r]]), int(table.index[r, worst[r]])
-            sw, sl = g.samples[w], g.samples[l]
+            wi, li = int(table.index[r, best[r]]), int(table.index[r, worst[r]])
+            sw, sl = g.samples[wi], g.samples[li]
             pairs.append({
                 "prompt": g.prompt if isinstance(g.prompt, str) else [dict(m) if isinstance(m, Mapping) else m
                                                                       for m in g.prompt],
@@ -331,8 +331,8 @@ def build_pairs(
                 "rejected_input_ids": list(sl.response_ids),
                 "chosen_length": sw.num_tokens,
                 "rejected_length": sl.num_tokens,
-                "chosen_score": g.scores[w],
-                "rejected_score": g.scores[l],
+                "chosen_score": g.scores[wi],
+                "rejected_score": g.scores[li],
                 "prompt_index": gi,
             })
 

@@ -43,31 +43,39 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def plot_summary(rows: Sequence[dict], path: str | os.PathLike, *, runs: dict[str, Sequence[dict]] | None = None,
-                 title: str | None = None) -> str | None:
-    """One panel per quantity of ``PLOT_KEYS`` that the rows carry, against the iteration; several
-    runs (``runs``: label -> rows) share the panels. Returns the path, or None without matplotlib."""
+                 title: str | None = None, keys: Sequence[tuple[str, str]] = PLOT_KEYS) -> str | None:
+    """One panel per quantity of ``keys`` ((row key, panel title) pairs, default ``PLOT_KEYS``)
+    that the rows carry, against the iteration, at most three panels a line; several runs
+    (``runs``: label -> rows) share the panels. Returns the path, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     runs = runs or {"run": rows}
-    keys = [(k, label) for k, label in PLOT_KEYS if any(r.get(k) is not None for rs in runs.values() for r in rs)]
+    keys = [(k, label) for k, label in keys if any(r.get(k) is not None for rs in runs.values() for r in rs)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-    for ax, (k, label) in zip(axes[0], keys):
+    ncols = min(3, len(keys)) if len(keys) != 4 else 2
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
+    flat = [ax for line in axes for ax in line]
+    for ax, (k, label) in zip(flat, keys):
         for name, rs in runs.items():
             pts = [(r["iteration"], r[k]) for r in rs if r.get(k) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_title(label)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for ax in flat[len(keys):]:
+        ax.axis("off")
     if len(runs) > 1:
-        axes[0][0].legend()
+        flat[0].legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -212,7 +212,6 @@ def register_varlen_attention() -> str:
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if ALL_ATTENTION_FUNCTIONS._global_mapping.get(ATTN_IMPLEMENTATION) is not varlen_attention_forward:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .attention import ATTN_IMPLEMENTATION, enable_varlen_attention, varlen_attention_enabled
-from ..data.records import PairExample
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
+from ..data.records import PairExample
+from .attention import ATTN_IMPLEMENTATION, enable_varlen_attention, varlen_attention_enabled
 
 
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,6 +7,8 @@ and the backward kernel rebuilds the logits tiles.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -24,14 +26,26 @@ from .losses import (
 from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
 
 
-class _PairLossParams:
-    """The per-call constants of the objective (kept out of autograd's argument list)."""
+@dataclass(frozen=True)
+class PairLossParams:
+    """The per-call constants of the objective, kept out of autograd's argument list.
 
-    def __init__(self, ref, lengths, beta, alpha, loss_type, gamma, label_smoothing):
-        self.ref, self.lengths = ref, lengths
-        self.beta, self.alpha, self.loss_type = beta, alpha, loss_type
-        self.gamma, self.label_smoothing = gamma, label_smoothing
-        self.n_pairs = lengths.numel() // 2
+    ref: float32 [2P] reference log-probs (chosen, rejected interleaved; zeros for SimPO);
+    lengths: int64 [2P] response lengths; beta, alpha, loss_type, gamma, label_smoothing: as in
+    ``fused_lrdpo_loss``.
+    """
+
+    ref: torch.Tensor
+    lengths: torch.Tensor
+    beta: float
+    alpha: float
+    loss_type: str
+    gamma: float
+    label_smoothing: float
+
+    @property
+    def n_pairs(self) -> int:
+        return self.lengths.numel() // 2
 
     def margin(self, seq_logps, p0=0, p1=None):
         p1 = self.n_pairs if p1 is None else p1
@@ -203,7 +217,8 @@ def fused_lrdpo_loss(
         )
     ref = _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type,
                            ignore_index, backend, hidden.device)
-    params = _PairLossParams(ref, lengths, beta, alpha, loss_type, gamma, label_smoothing)
+    params = PairLossParams(ref=ref, lengths=lengths, beta=beta, alpha=alpha, loss_type=loss_type, gamma=gamma,
+                            label_smoothing=label_smoothing)
     lab = labels.contiguous()
     b_ = None if bias is None else bias.detach()
 

@@ -156,7 +156,7 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainConfig:
         """Build from a mapping; unknown keys raise ValueError naming them. ``overrides`` win."""
         if not isinstance(values, dict):
             raise ValueError(f"TrainConfig: expected a mapping of field -> value, got {type(values).__name__}")
@@ -170,7 +170,7 @@ class TrainConfig:
         return cls(**merged)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Load a YAML mapping (see ``lrdpo_fast/examples/config.yaml``); unknown keys -> ValueError."""
         values = read_yaml_mapping(path)
         return cls.from_dict(values, **overrides)
@@ -189,7 +189,7 @@ class TrainConfig:
             Path(path).write_text(text)
         return text
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed (unknown names -> ValueError)."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 

@@ -483,7 +483,6 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.last_checkpoint = str(path)
         self.writer.reset(keep_until_step=self.global_step)
-        from .metrics import read_metrics
 
         if self.writer.enabled and self.writer.path.exists():
             self.history = read_metrics(self.writer.path)
