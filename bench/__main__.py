@@ -11,6 +11,7 @@ only with --only ...,loop) and eval (bench/bench_eval.py: the evaluation's share
 at the demo's settings, a full demo run, only with --only ...,eval). A section the profile has no settings for is skipped; the standalone
 scripts also write their own files (sampler.*, implicit_reward.*, loop.*) to the same folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,17 @@ STANDALONE = {  # section -> (module, the JSON file its main writes to --out)
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--profile", choices=["cpu", "gpu", "smoke"], default=None,
-                    help="sizes (default: gpu if torch.cuda.is_available() else cpu)")
-    ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                    help=f"comma list of {','.join(SECTIONS)} (default: all but loop and eval)")
+    ap.add_argument(
+        "--profile",
+        choices=["cpu", "gpu", "smoke"],
+        default=None,
+        help="sizes (default: gpu if torch.cuda.is_available() else cpu)",
+    )
+    ap.add_argument(
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list of {','.join(SECTIONS)} (default: all but loop and eval)",
+    )
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     ap.add_argument("--contenders", default=None, help="comma list overriding the profile's kernel contenders")
     ap.add_argument("--trainers", default=None, help="comma list of lrdpo_fast,trl,trl_liger")

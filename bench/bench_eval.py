@@ -15,6 +15,7 @@ sample, score, pairs, train and the held-out evaluation. Reported per run (alpha
 
 Writes eval.json and eval.md to bench/results/<device>/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,25 @@ def split_run(run_dir: Path) -> list[dict]:
     for i in range(len(rows) - 1):
         wall = {ph: json.loads((run_dir / f"iter_{i}" / "done" / f"{ph}.json").read_text())["wall_s"] for ph in PHASES}
         ev = json.loads((run_dir / "eval" / f"row_{i + 1}.json").read_text())
-        sampled = sum(len(json.loads(line)["response_ids"]) for line in
-                      (run_dir / f"iter_{i}" / "samples.jsonl").read_text().splitlines() if line.strip())
+        sampled = sum(
+            len(json.loads(line)["response_ids"])
+            for line in (run_dir / f"iter_{i}" / "samples.jsonl").read_text().splitlines()
+            if line.strip()
+        )
         eval_tokens = ev["mean_response_length"] * ev["eval_samples"]
         total = sum(wall.values()) + ev["time_eval_s"]
-        out.append({"iteration": i + 1, **{f"{ph}_s": wall[ph] for ph in PHASES}, "eval_s": ev["time_eval_s"],
-                    "iteration_s": total, "eval_share": ev["time_eval_s"] / total,
-                    "eval_samples": ev["eval_samples"], "train_samples": _count_samples(run_dir / f"iter_{i}" / "samples.jsonl"),
-                    "eval_s_per_token_vs_sampling": (ev["time_eval_s"] / eval_tokens) / (wall["sample"] / sampled)})
+        out.append(
+            {
+                "iteration": i + 1,
+                **{f"{ph}_s": wall[ph] for ph in PHASES},
+                "eval_s": ev["time_eval_s"],
+                "iteration_s": total,
+                "eval_share": ev["time_eval_s"] / total,
+                "eval_samples": ev["eval_samples"],
+                "train_samples": _count_samples(run_dir / f"iter_{i}" / "samples.jsonl"),
+                "eval_s_per_token_vs_sampling": (ev["time_eval_s"] / eval_tokens) / (wall["sample"] / sampled),
+            }
+        )
     return out
 
 
@@ -74,25 +86,35 @@ def _scaled(res: dict, fraction: float) -> float:
 
 
 def render(res: dict) -> str:
-    lines = [f"# Evaluation cost per iteration ({res['setting']} demo setting, {res['meta']['device_name']})", "",
-             "| run | iteration | sample s | train s | other s | eval s | eval share | eval / train samples "
-             "| eval s per token vs sampling |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Evaluation cost per iteration ({res['setting']} demo setting, {res['meta']['device_name']})",
+        "",
+        "| run | iteration | sample s | train s | other s | eval s | eval share | eval / train samples "
+        "| eval s per token vs sampling |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in res["runs"].items():
         for r in rows:
             other = r["score_s"] + r["pairs_s"]
-            lines.append(f"| {name} | {r['iteration']} | {r['sample_s']:.2f} | {r['train_s']:.2f} | {other:.2f} | "
-                         f"{r['eval_s']:.2f} | {r['eval_share']:.0%} | {r['eval_samples']} / {r['train_samples']} | "
-                         f"{r['eval_s_per_token_vs_sampling']:.2f}x |")
+            lines.append(
+                f"| {name} | {r['iteration']} | {r['sample_s']:.2f} | {r['train_s']:.2f} | {other:.2f} | "
+                f"{r['eval_s']:.2f} | {r['eval_share']:.0%} | {r['eval_samples']} / {r['train_samples']} | "
+                f"{r['eval_s_per_token_vs_sampling']:.2f}x |"
+            )
     worst = max(r["eval_share"] for rows in res["runs"].values() for r in rows)
     verdict = "PASS" if worst < GOAL_SHARE else "FAIL"
-    lines += ["", f"**{verdict}**: evaluation share of an iteration at most {worst:.0%} (goal < {GOAL_SHARE:.0%}).", "",
-              "The evaluation reuses the live engine: its cost per generated token is the sampling phase's "
-              "(last column), so its share is the ratio of what it generates to what the iteration generates "
-              "and trains on. The demo's acceptance asks for at least 4,000 held-out samples per row (so "
-              "accuracy differences of a point are not noise) against 1,200 training samples per iteration "
-              "(600 quick): at that ratio no evaluation that generates its samples can stay under 15%. "
-              f"Scaled to the same measured rates, evaluating as many samples as the iteration trains on would "
-              f"take {_scaled(res, 1.0):.0%} of it, a tenth as many {_scaled(res, 0.1):.0%}."]
+    lines += [
+        "",
+        f"**{verdict}**: evaluation share of an iteration at most {worst:.0%} (goal < {GOAL_SHARE:.0%}).",
+        "",
+        "The evaluation reuses the live engine: its cost per generated token is the sampling phase's "
+        "(last column), so its share is the ratio of what it generates to what the iteration generates "
+        "and trains on. The demo's acceptance asks for at least 4,000 held-out samples per row (so "
+        "accuracy differences of a point are not noise) against 1,200 training samples per iteration "
+        "(600 quick): at that ratio no evaluation that generates its samples can stay under 15%. "
+        f"Scaled to the same measured rates, evaluating as many samples as the iteration trains on would "
+        f"take {_scaled(res, 1.0):.0%} of it, a tenth as many {_scaled(res, 0.1):.0%}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +139,13 @@ def main(argv=None) -> int:
         settings = json.loads((demo_dir / "demo.json").read_text())["settings"]
         runs = {p.name: split_run(p) for p in sorted(demo_dir.iterdir()) if (p / "summary.jsonl").is_file()}
     quick = settings["prompts"] < 200
-    res = {"meta": metadata_record("cpu"), "setting": "quick" if quick else "full", "demo_settings": settings,
-           "runs": runs, "goal_share": GOAL_SHARE}
+    res = {
+        "meta": metadata_record("cpu"),
+        "setting": "quick" if quick else "full",
+        "demo_settings": settings,
+        "runs": runs,
+        "goal_share": GOAL_SHARE,
+    }
     out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / device_slug("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(res, indent=1, default=str) + "\n")

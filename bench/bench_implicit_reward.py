@@ -17,6 +17,7 @@ growth; CPU: resident high-water growth after malloc_trim). The table gives scor
 tokens/s, peak memory above the models and inputs, and the largest reward difference to the
 naive path. Writes implicit_reward.json and .md to bench/results/<device>/. Defaults take about 3 minutes on 2 busy CPU cores (the naive path is most of it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,9 +90,16 @@ def build_models(args):
     from lrdpo_fast.model.tiny import tiny_causal_lm
 
     heads = max(2, args.hidden // 32)
-    kw = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_attention_heads=heads,
-              num_key_value_heads=max(1, heads // 2), head_dim=32, num_hidden_layers=args.layers,
-              intermediate_size=args.hidden * 8 // 3, max_position_embeddings=4 * args.max_len)
+    kw = dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=32,
+        num_hidden_layers=args.layers,
+        intermediate_size=args.hidden * 8 // 3,
+        max_position_embeddings=4 * args.max_len,
+    )
     dtype = getattr(torch, args.dtype)
     return [tiny_causal_lm("llama", seed=s, dtype=dtype, **kw).to(args.device).eval() for s in (0, 1)]
 
@@ -120,9 +128,9 @@ def naive_rewards(policy, ref, prompts, responses, budget, device):
             score = torch.zeros(len(idx), L - 1, dtype=torch.bool)
             for j, i in enumerate(idx):
                 s, P = seqs[i]
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
-                score[j, P - 1:len(s) - 1] = True  # position t predicts token t + 1
+                ids[j, : len(s)] = torch.tensor(s)
+                mask[j, : len(s)] = 1
+                score[j, P - 1 : len(s) - 1] = True  # position t predicts token t + 1
             ids, mask, score = ids.to(device), mask.to(device), score.to(device)
             computed += ids.numel()
             diff = 0
@@ -160,18 +168,26 @@ def run_worker(args, key):
         examples, _ = reward._examples([reward.tokenize(p, r) for p, r in zip(prompts, responses)])
         info["computed"] = sum(ex.num_tokens for ex in examples)  # packed: a prompt once per sequence
     else:
+
         def call():
-            info["rewards"], info["computed"] = naive_rewards(policy, ref, prompts, responses, args.budget,
-                                                              args.device)
+            info["rewards"], info["computed"] = naive_rewards(policy, ref, prompts, responses, args.budget, args.device)
+
     timing = time_step(call, args.device, args.warmup, args.repeats)
     sync(args.device)
     memory = peak_growth(call, args.device)
     return {
-        "key": key, "name": CONTENDERS[key], "status": "ok", "scored_tokens": scored,
+        "key": key,
+        "name": CONTENDERS[key],
+        "status": "ok",
+        "scored_tokens": scored,
         "real_tokens": sum(len(p) + len(r) for p, r in zip(prompts, responses)),
-        "computed_tokens": info["computed"], "median_s": timing["median_s"], "times_s": timing["times_s"],
-        "tokens_per_s": scored / timing["median_s"], "peak_mib": memory["peak_bytes"] / 2**20,
-        "memory_method": memory["method"], "rewards": info["rewards"],
+        "computed_tokens": info["computed"],
+        "median_s": timing["median_s"],
+        "times_s": timing["times_s"],
+        "tokens_per_s": scored / timing["median_s"],
+        "peak_mib": memory["peak_bytes"] / 2**20,
+        "memory_method": memory["method"],
+        "rewards": info["rewards"],
     }
 
 
@@ -185,8 +201,9 @@ def run_contender(args, argv, key) -> dict:
     from bench.harness import run_isolated
 
     # argparse keeps the last value of a repeated option: the resolved device wins
-    r = run_isolated("bench.bench_implicit_reward:worker_entry", {"argv": argv, "device": args.device, "key": key},
-                     timeout=3600)
+    r = run_isolated(
+        "bench.bench_implicit_reward:worker_entry", {"argv": argv, "device": args.device, "key": key}, timeout=3600
+    )
     return r if r.get("status") == "ok" else {"key": key, "name": CONTENDERS[key], "status": r.get("status")}
 
 
@@ -206,8 +223,10 @@ def render(args, rows) -> str:
             continue
         diff = max(abs(a - b) for a, b in zip(r["rewards"], naive["rewards"])) if naive else float("nan")
         r["max_abs_diff_vs_naive"] = diff
-        lines.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['median_s']:.2f} | {r['peak_mib']:.1f} | "
-                     f"{r['computed_tokens'] / r['real_tokens']:.2f} | {diff:.2e} |")
+        lines.append(
+            f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['median_s']:.2f} | {r['peak_mib']:.1f} | "
+            f"{r['computed_tokens'] / r['real_tokens']:.2f} | {diff:.2e} |"
+        )
     return "\n".join(lines)
 
 
@@ -231,8 +250,12 @@ def main(argv=None) -> int:
     print(table)
     from bench.env import REPO, device_slug, metadata_record
 
-    res = {"args": vars(args), "meta": metadata_record(args.device),
-           "rows": [{k: v for k, v in r.items() if k != "rewards"} for r in rows], "table": table}
+    res = {
+        "args": vars(args),
+        "meta": metadata_record(args.device),
+        "rows": [{k: v for k, v in r.items() if k != "rewards"} for r in rows],
+        "table": table,
+    }
     out_dir = Path(args.out) if args.out else REPO / "bench" / "results" / device_slug(args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "implicit_reward.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -246,11 +269,13 @@ def main(argv=None) -> int:
 def markdown(res: dict) -> str:
     """implicit_reward.md: provenance and the table."""
     meta = res["meta"]
-    return (f"# Implicit reward: packed + fused vs transformers forward\n\n"
-            f"Reproduce: `python -m bench.bench_implicit_reward` (or `python -m bench --only implicit_reward`).\n\n"
-            f"Device: **{meta['device_name']}** ({meta['device']}), commit `{meta['git_commit']}`, {meta['date_utc']}; "
-            f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}. Each "
-            f"contender in a fresh process; shared machine: compare within this run.\n\n{res['table']}\n")
+    return (
+        f"# Implicit reward: packed + fused vs transformers forward\n\n"
+        f"Reproduce: `python -m bench.bench_implicit_reward` (or `python -m bench --only implicit_reward`).\n\n"
+        f"Device: **{meta['device_name']}** ({meta['device']}), commit `{meta['git_commit']}`, {meta['date_utc']}; "
+        f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}. Each "
+        f"contender in a fresh process; shared machine: compare within this run.\n\n{res['table']}\n"
+    )
 
 
 if __name__ == "__main__":

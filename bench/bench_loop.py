@@ -24,6 +24,7 @@ Wall time per phase comes from each side's own clocks (lf: the phase markers' ``
 process's wall time (launch to exit) and peak resident memory of its process tree are measured
 from outside by bench/harness.py. Writes loop.json and loop.md to bench/results/<device>/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,19 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULTS = {"prompts": 64, "n": 4, "max_new_tokens": 64, "prompt_median": 48.0, "pairs_per_step": 8,
-            "beta": 0.1, "alpha": 0.02, "learning_rate": 5e-7, "max_model_len": 512, "seed": 0, "threads": 2}
+DEFAULTS = {
+    "prompts": 64,
+    "n": 4,
+    "max_new_tokens": 64,
+    "prompt_median": 48.0,
+    "pairs_per_step": 8,
+    "beta": 0.1,
+    "alpha": 0.02,
+    "learning_rate": 5e-7,
+    "max_model_len": 512,
+    "seed": 0,
+    "threads": 2,
+}
 GOAL_SPEEDUP = 4.0
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -55,8 +67,10 @@ def make_prompts(cfg: dict) -> list[str]:
     from bench.train_data import VOCAB, _words
 
     rng = random.Random(cfg["seed"])
-    lengths = [max(4, min(256, int(round(cfg["prompt_median"] * math.exp(rng.gauss(0.0, 0.7))))))
-               for _ in range(cfg["prompts"])]
+    lengths = [
+        max(4, min(256, int(round(cfg["prompt_median"] * math.exp(rng.gauss(0.0, 0.7))))))
+        for _ in range(cfg["prompts"])
+    ]
     return [_words(rng, n, VOCAB) for n in lengths]
 
 
@@ -82,8 +96,14 @@ def scripted_sample(spec: dict) -> dict:
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
-    llm = LLM(spec["policy"], seed=spec["seed"], dtype="float32", max_model_len=spec["max_model_len"],
-              gpu_memory_utilization=0.5, enable_chunked_prefill=False)
+    llm = LLM(
+        spec["policy"],
+        seed=spec["seed"],
+        dtype="float32",
+        max_model_len=spec["max_model_len"],
+        gpu_memory_utilization=0.5,
+        enable_chunked_prefill=False,
+    )
     t_engine = time.perf_counter() - t0
     prompts = [r["prompt"] for r in _read_jsonl(spec["prompts"])]
     # the engine's seed; a per-request seed would give the n samples of a request one generator
@@ -98,8 +118,15 @@ def scripted_sample(spec: dict) -> dict:
             tokens += len(c.token_ids)
     _write_jsonl(spec["samples"], rows)
     distinct = sum(len({c.text for c in o.outputs}) for o in outs)
-    return {"status": "ok", "import_s": t_import, "engine_s": t_engine, "generate_s": t_gen, "tokens": tokens,
-            "distinct_samples": distinct, "samples": len(rows)}
+    return {
+        "status": "ok",
+        "import_s": t_import,
+        "engine_s": t_engine,
+        "generate_s": t_gen,
+        "tokens": tokens,
+        "distinct_samples": distinct,
+        "samples": len(rows),
+    }
 
 
 def scripted_score(spec: dict) -> dict:
@@ -137,22 +164,48 @@ def scripted_train(spec: dict) -> dict:
     t_load = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="bench-loop-trl-") as tmp:
         args = DPOConfig(
-            output_dir=tmp, per_device_train_batch_size=spec["pairs_per_step"], gradient_accumulation_steps=1,
-            num_train_epochs=1, learning_rate=spec["learning_rate"], lr_scheduler_type="constant", max_grad_norm=1.0,
-            beta=spec["beta"], loss_type=["sigmoid"], max_length=None, bf16=False, fp16=False, logging_steps=1,
-            report_to="none", save_strategy="no", seed=spec["seed"], disable_tqdm=True, dataloader_num_workers=0,
-            use_cpu=True, warmup_steps=0, weight_decay=0.0,
+            output_dir=tmp,
+            per_device_train_batch_size=spec["pairs_per_step"],
+            gradient_accumulation_steps=1,
+            num_train_epochs=1,
+            learning_rate=spec["learning_rate"],
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            beta=spec["beta"],
+            loss_type=["sigmoid"],
+            max_length=None,
+            bf16=False,
+            fp16=False,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            seed=spec["seed"],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            warmup_steps=0,
+            weight_decay=0.0,
         )
         t0 = time.perf_counter()
-        trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(
-            _read_jsonl(spec["pairs"])), processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref,
+            args=args,
+            train_dataset=Dataset.from_list(_read_jsonl(spec["pairs"])),
+            processing_class=tokenizer,
+        )
         trainer.train()
         t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     model.save_pretrained(spec["out"])
     tokenizer.save_pretrained(spec["out"])
-    return {"status": "ok", "import_s": t_import, "load_s": t_load, "train_s": t_train,
-            "save_s": time.perf_counter() - t0}
+    return {
+        "status": "ok",
+        "import_s": t_import,
+        "load_s": t_load,
+        "train_s": t_train,
+        "save_s": time.perf_counter() - t0,
+    }
 
 
 # ---- lrdpo-fast: one process ---------------------------------------------------------------------------
@@ -166,25 +219,52 @@ def lrdpo_fast_run(spec: dict) -> dict:
     from lrdpo_fast.loop.run_dir import RunDir
 
     t_import = time.perf_counter() - t0
-    cfg = lf.IterateConfig.from_dict({
-        "policy": spec["policy"], "prompts": spec["prompts"], "iterations": spec["iterations"],
-        "prompts_per_iteration": spec["prompts_n"], "run_dir": spec["run_dir"], "seed": spec["seed"],
-        "sampler": {"n": spec["n"], "temperature": 1.0, "top_p": 1.0, "max_new_tokens": spec["max_new_tokens"],
-                    "dtype": "float32", "max_model_len": spec["max_model_len"]},
-        "reward": {"callable": "bench.bench_loop:rule_reward"},
-        "pairs": {"strategy": "best_worst", "drop_truncated": False},
-        "train": {"beta": spec["beta"], "alpha": spec["alpha"], "learning_rate": spec["learning_rate"],
-                  "lr_scheduler": "constant", "pairs_per_step": spec["pairs_per_step"], "num_epochs": 1,
-                  "progress": False, "plot": False},
-    })
+    cfg = lf.IterateConfig.from_dict(
+        {
+            "policy": spec["policy"],
+            "prompts": spec["prompts"],
+            "iterations": spec["iterations"],
+            "prompts_per_iteration": spec["prompts_n"],
+            "run_dir": spec["run_dir"],
+            "seed": spec["seed"],
+            "sampler": {
+                "n": spec["n"],
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "max_new_tokens": spec["max_new_tokens"],
+                "dtype": "float32",
+                "max_model_len": spec["max_model_len"],
+            },
+            "reward": {"callable": "bench.bench_loop:rule_reward"},
+            "pairs": {"strategy": "best_worst", "drop_truncated": False},
+            "train": {
+                "beta": spec["beta"],
+                "alpha": spec["alpha"],
+                "learning_rate": spec["learning_rate"],
+                "lr_scheduler": "constant",
+                "pairs_per_step": spec["pairs_per_step"],
+                "num_epochs": 1,
+                "progress": False,
+                "plot": False,
+            },
+        }
+    )
     t0 = time.perf_counter()
     rows = lf.iterate(cfg, progress=False)
     total = time.perf_counter() - t0
     run = RunDir(Path(spec["run_dir"]))
-    phases = [{p: run.done_info(i, p).get("wall_s") for p in ("sample", "score", "pairs", "train")}
-              for i in range(spec["iterations"])]
-    return {"status": "ok", "import_s": t_import, "iterate_s": total, "phases": phases,
-            "pairs": [r.get("pairs_kept") for r in rows[1:]], "summary": rows}
+    phases = [
+        {p: run.done_info(i, p).get("wall_s") for p in ("sample", "score", "pairs", "train")}
+        for i in range(spec["iterations"])
+    ]
+    return {
+        "status": "ok",
+        "import_s": t_import,
+        "iterate_s": total,
+        "phases": phases,
+        "pairs": [r.get("pairs_kept") for r in rows[1:]],
+        "summary": rows,
+    }
 
 
 # ---- the comparison ------------------------------------------------------------------------------------
@@ -202,15 +282,35 @@ def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
         res["config"]["parameters"] = sum(p.numel() for p in model.parameters())
         del model
         _write_jsonl(tmp / "prompts.jsonl", [{"prompt": p} for p in make_prompts(cfg)])
-        common = {k: cfg[k] for k in ("n", "max_new_tokens", "max_model_len", "seed", "threads", "beta",
-                                      "learning_rate", "pairs_per_step")}
+        common = {
+            k: cfg[k]
+            for k in (
+                "n",
+                "max_new_tokens",
+                "max_model_len",
+                "seed",
+                "threads",
+                "beta",
+                "learning_rate",
+                "pairs_per_step",
+            )
+        }
         stages = [
-            ("sample", "bench.bench_loop:scripted_sample",
-             {"policy": str(policy), "prompts": str(tmp / "prompts.jsonl"), "samples": str(tmp / "samples.jsonl")}),
-            ("score", "bench.bench_loop:scripted_score",
-             {"samples": str(tmp / "samples.jsonl"), "pairs": str(tmp / "pairs.jsonl")}),
-            ("train", "bench.bench_loop:scripted_train",
-             {"policy": str(policy), "pairs": str(tmp / "pairs.jsonl"), "out": str(tmp / "policy_1")}),
+            (
+                "sample",
+                "bench.bench_loop:scripted_sample",
+                {"policy": str(policy), "prompts": str(tmp / "prompts.jsonl"), "samples": str(tmp / "samples.jsonl")},
+            ),
+            (
+                "score",
+                "bench.bench_loop:scripted_score",
+                {"samples": str(tmp / "samples.jsonl"), "pairs": str(tmp / "pairs.jsonl")},
+            ),
+            (
+                "train",
+                "bench.bench_loop:scripted_train",
+                {"policy": str(policy), "pairs": str(tmp / "pairs.jsonl"), "out": str(tmp / "policy_1")},
+            ),
         ]
         scripted = {}
         for name, target, extra in stages:
@@ -220,8 +320,15 @@ def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
             if r.get("status") != "ok":
                 break
         res["scripted"] = scripted
-        spec = {**common, "alpha": cfg["alpha"], "policy": str(policy), "prompts": str(tmp / "prompts.jsonl"),
-                "prompts_n": cfg["prompts"], "run_dir": str(tmp / "run"), "iterations": iterations}
+        spec = {
+            **common,
+            "alpha": cfg["alpha"],
+            "policy": str(policy),
+            "prompts": str(tmp / "prompts.jsonl"),
+            "prompts_n": cfg["prompts"],
+            "run_dir": str(tmp / "run"),
+            "iterations": iterations,
+        }
         ours = run_isolated("bench.bench_loop:lrdpo_fast_run", spec, timeout=3600, env=ENGINE_ENV, monitor=True)
         ours.pop("summary", None)
         res["lrdpo_fast"] = ours
@@ -243,7 +350,8 @@ def table(res: dict) -> dict:
     out: dict = {}
     if all(s.get(k, {}).get("status") == "ok" for k in ("sample", "score", "train")):
         out["scripted"] = {
-            "sample_s": s["sample"]["process"]["wall_s"], "score_s": s["score"]["process"]["wall_s"],
+            "sample_s": s["sample"]["process"]["wall_s"],
+            "score_s": s["score"]["process"]["wall_s"],
             "train_s": s["train"]["process"]["wall_s"],
             "iteration_s": sum(s[k]["process"]["wall_s"] for k in ("sample", "score", "train")),
             "peak_rss_bytes": max(s[k]["process"]["peak_rss_bytes"] for k in ("sample", "score", "train")),
@@ -253,10 +361,13 @@ def table(res: dict) -> dict:
         startup = o["process"]["wall_s"] - sum(sum(v or 0 for v in p.values()) for p in ph)
         first = {k: ph[0][k] for k in ph[0]}
         out["lrdpo_fast"] = {
-            "startup_s": startup, "first": first, "first_iteration_s": startup + sum(first.values()),
+            "startup_s": startup,
+            "first": first,
+            "first_iteration_s": startup + sum(first.values()),
             "later": ph[1] if len(ph) > 1 else None,
             "later_iteration_s": sum(ph[1].values()) if len(ph) > 1 else None,
-            "peak_rss_bytes": o["process"]["peak_rss_bytes"], "process_wall_s": o["process"]["wall_s"],
+            "peak_rss_bytes": o["process"]["peak_rss_bytes"],
+            "process_wall_s": o["process"]["wall_s"],
         }
     if "scripted" in out and "lrdpo_fast" in out:
         sc, lf = out["scripted"], out["lrdpo_fast"]
@@ -271,22 +382,28 @@ def table(res: dict) -> dict:
 
 def render(res: dict) -> str:
     meta, cfg, t = res["meta"], res["config"], res["table"]
-    lines = ["# One iteration of the loop: lrdpo-fast `lf.iterate` vs the scripted pipeline", "",
-             "Reproduce: `python -m bench.bench_loop` (or `python -m bench --only loop`); raw numbers in loop.json.", "",
-             f"Device: **{meta['device_name']}** ({cfg['threads']} torch threads, {meta['host_cpus']} CPUs visible, "
-             "shared with other jobs: timings are noisy, compare within this run); commit "
-             f"`{meta['git_commit']}`; {meta['date_utc']}. torch {meta['versions'].get('torch')}, vllm "
-             f"{res.get('vllm_version')}, transformers {meta['versions'].get('transformers')}, trl "
-             f"{meta['versions'].get('trl')}.", "",
-             f"{cfg['parameters'] / 1e6:.1f}M-parameter Llama (fp32), {cfg['prompts']} prompts x {cfg['n']} samples x "
-             f"at most {cfg['max_new_tokens']} tokens (temperature 1), rule reward, best/worst pairs, DPO beta "
-             f"{cfg['beta']} (lrdpo-fast: LR-DPO alpha {cfg['alpha']}, the same compute), lr {cfg['learning_rate']}, "
-             f"{cfg['pairs_per_step']} pairs per step, 1 epoch. Scripted: three fresh processes per iteration "
-             "(vLLM engine on policy_i from disk; scoring + pairs; TRL DPOTrainer with the reference loaded from "
-             "disk, save_pretrained). lrdpo-fast: one process running `lf.iterate` for "
-             f"{cfg['iterations_lrdpo_fast']} iterations; the engine and policy stay alive, weights sync in memory. "
-             "Times are wall seconds of each process (launch to exit) or phase; memory is the peak resident set "
-             "of each process tree (the pipeline's peak = its largest program's).", ""]
+    lines = [
+        "# One iteration of the loop: lrdpo-fast `lf.iterate` vs the scripted pipeline",
+        "",
+        "Reproduce: `python -m bench.bench_loop` (or `python -m bench --only loop`); raw numbers in loop.json.",
+        "",
+        f"Device: **{meta['device_name']}** ({cfg['threads']} torch threads, {meta['host_cpus']} CPUs visible, "
+        "shared with other jobs: timings are noisy, compare within this run); commit "
+        f"`{meta['git_commit']}`; {meta['date_utc']}. torch {meta['versions'].get('torch')}, vllm "
+        f"{res.get('vllm_version')}, transformers {meta['versions'].get('transformers')}, trl "
+        f"{meta['versions'].get('trl')}.",
+        "",
+        f"{cfg['parameters'] / 1e6:.1f}M-parameter Llama (fp32), {cfg['prompts']} prompts x {cfg['n']} samples x "
+        f"at most {cfg['max_new_tokens']} tokens (temperature 1), rule reward, best/worst pairs, DPO beta "
+        f"{cfg['beta']} (lrdpo-fast: LR-DPO alpha {cfg['alpha']}, the same compute), lr {cfg['learning_rate']}, "
+        f"{cfg['pairs_per_step']} pairs per step, 1 epoch. Scripted: three fresh processes per iteration "
+        "(vLLM engine on policy_i from disk; scoring + pairs; TRL DPOTrainer with the reference loaded from "
+        "disk, save_pretrained). lrdpo-fast: one process running `lf.iterate` for "
+        f"{cfg['iterations_lrdpo_fast']} iterations; the engine and policy stay alive, weights sync in memory. "
+        "Times are wall seconds of each process (launch to exit) or phase; memory is the peak resident set "
+        "of each process tree (the pipeline's peak = its largest program's).",
+        "",
+    ]
     sc, lf = t.get("scripted"), t.get("lrdpo_fast")
     if sc is None or lf is None:
         for side, rows in (("scripted", res.get("scripted", {})), ("lrdpo-fast", {"run": res.get("lrdpo_fast", {})})):
@@ -310,19 +427,22 @@ def render(res: dict) -> str:
         "",
     ]
     s = res["scripted"]
-    lines += [f"Scripted programs: sample {sc['sample_s']:.1f} s (import vLLM {s['sample']['import_s']:.1f}, engine "
-              f"{s['sample']['engine_s']:.1f}, generate {s['sample']['generate_s']:.1f}; peak "
-              f"{s['sample']['process']['peak_rss_bytes'] / MIB:.0f} MiB), score {sc['score_s']:.1f} s "
-              f"({s['score']['pairs']} pairs), train {sc['train_s']:.1f} s (imports {s['train']['import_s']:.1f}, "
-              f"load policy + reference {s['train']['load_s']:.1f}, DPOTrainer {s['train']['train_s']:.1f}, save "
-              f"{s['train']['save_s']:.1f}; peak {s['train']['process']['peak_rss_bytes'] / MIB:.0f} MiB).",
-              f"lrdpo-fast pairs kept per iteration: {res['lrdpo_fast'].get('pairs')}.", "",
-              "Goals:",
-              f"- time per iteration, scripted / lrdpo-fast (later iteration): {t['speedup_later']:.2f}x "
-              f"(first iteration, start-up included: {t['speedup_first']:.2f}x) (goal >= {GOAL_SPEEDUP:.0f}x): "
-              f"**{'PASS' if t['goal_time'] else 'FAIL'}**",
-              f"- peak memory, lrdpo-fast / scripted: {t['memory_ratio']:.2f}x (goal <= 1x): "
-              f"**{'PASS' if t['goal_memory'] else 'FAIL'}**"]
+    lines += [
+        f"Scripted programs: sample {sc['sample_s']:.1f} s (import vLLM {s['sample']['import_s']:.1f}, engine "
+        f"{s['sample']['engine_s']:.1f}, generate {s['sample']['generate_s']:.1f}; peak "
+        f"{s['sample']['process']['peak_rss_bytes'] / MIB:.0f} MiB), score {sc['score_s']:.1f} s "
+        f"({s['score']['pairs']} pairs), train {sc['train_s']:.1f} s (imports {s['train']['import_s']:.1f}, "
+        f"load policy + reference {s['train']['load_s']:.1f}, DPOTrainer {s['train']['train_s']:.1f}, save "
+        f"{s['train']['save_s']:.1f}; peak {s['train']['process']['peak_rss_bytes'] / MIB:.0f} MiB).",
+        f"lrdpo-fast pairs kept per iteration: {res['lrdpo_fast'].get('pairs')}.",
+        "",
+        "Goals:",
+        f"- time per iteration, scripted / lrdpo-fast (later iteration): {t['speedup_later']:.2f}x "
+        f"(first iteration, start-up included: {t['speedup_first']:.2f}x) (goal >= {GOAL_SPEEDUP:.0f}x): "
+        f"**{'PASS' if t['goal_time'] else 'FAIL'}**",
+        f"- peak memory, lrdpo-fast / scripted: {t['memory_ratio']:.2f}x (goal <= 1x): "
+        f"**{'PASS' if t['goal_memory'] else 'FAIL'}**",
+    ]
     if res.get("note"):  # a remark on the conditions of this run, added by whoever ran it
         lines += ["", f"Note: {res['note']}"]
     return "\n".join(lines) + "\n"
@@ -352,11 +472,20 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.env import REPO, device_slug, metadata_record
 
-    cfg = dict(DEFAULTS, prompts=args.prompts, n=args.n, max_new_tokens=args.max_new_tokens,
-               pairs_per_step=args.pairs_per_step, threads=args.threads)
+    cfg = dict(
+        DEFAULTS,
+        prompts=args.prompts,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        pairs_per_step=args.pairs_per_step,
+        threads=args.threads,
+    )
     res = {"meta": metadata_record("cpu")}
-    print(f"bench_loop: {cfg['prompts']} prompts x {cfg['n']} x {cfg['max_new_tokens']} tokens on "
-          f"{res['meta']['device_name']}", flush=True)
+    print(
+        f"bench_loop: {cfg['prompts']} prompts x {cfg['n']} x {cfg['max_new_tokens']} tokens on "
+        f"{res['meta']['device_name']}",
+        flush=True,
+    )
     res.update(run(cfg, iterations=args.iterations))
     try:
         from importlib.metadata import version

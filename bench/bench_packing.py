@@ -14,6 +14,7 @@ timed ones by the harness: on CUDA ``torch.cuda.max_memory_allocated`` growth, o
 high-water growth above the model, inputs and warm code paths. Defaults take
 about a minute or two on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,14 @@ def make_pairs(args):
         return [rng.randrange(3, args.vocab) for _ in range(n)]
 
     return [
-        [(ids(length(args.prompt_median)), ids(length(args.response_median)) + [2],
-          ids(length(args.response_median)) + [2]) for _ in range(args.pairs)]
+        [
+            (
+                ids(length(args.prompt_median)),
+                ids(length(args.response_median)) + [2],
+                ids(length(args.response_median)) + [2],
+            )
+            for _ in range(args.pairs)
+        ]
         for _ in range(args.steps + 1)
     ]
 
@@ -68,9 +75,16 @@ def build_model(args, torch):
 
     heads = max(2, args.hidden // 32)
     model = tiny_causal_lm(
-        "llama", seed=args.seed, vocab_size=args.vocab, hidden_size=args.hidden, num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2), head_dim=32, num_hidden_layers=args.layers,
-        intermediate_size=args.hidden * 8 // 3, max_position_embeddings=4 * args.max_len,
+        "llama",
+        seed=args.seed,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=32,
+        num_hidden_layers=args.layers,
+        intermediate_size=args.hidden * 8 // 3,
+        max_position_embeddings=4 * args.max_len,
     )
     return model.to(device=args.device, dtype=getattr(torch, args.dtype)).train()
 
@@ -97,7 +111,7 @@ def padded_batch(pairs, device, torch):
         n = len(p) + len(r)
         ids[i, :n] = torch.tensor(p + r)
         mask[i, :n] = 1
-        loss_mask[i, len(p):n] = 1
+        loss_mask[i, len(p) : n] = 1
     return ids.to(device), mask.to(device), loss_mask.to(device)
 
 
@@ -169,7 +183,7 @@ def run_worker(args, name):
         "seconds": dt,
         "peak_mib": peak / 2**20,
         "real_tokens": sum(real_tokens[1:]),
-        "computed_tokens": sum(computed[1:len(steps)]),
+        "computed_tokens": sum(computed[1 : len(steps)]),
     }
 
 
@@ -189,17 +203,21 @@ def main(argv=None):
         rows.append(r)
         print(f"# {name}: done in {time.time() - t0:.1f} s", file=sys.stderr)
     lengths = [2 * len(p) + len(c) + len(r) for s in make_pairs(args)[1:] for p, c, r in s]
-    print(f"\n{args.device}, {args.dtype}, Llama d={args.hidden} x {args.layers} layers, V={args.vocab}, "
-          f"{args.pairs} pairs/step x {args.steps} steps, pair tokens median {sorted(lengths)[len(lengths) // 2]} "
-          f"max {max(lengths)} (log-normal, sigma {args.sigma})\n")
+    print(
+        f"\n{args.device}, {args.dtype}, Llama d={args.hidden} x {args.layers} layers, V={args.vocab}, "
+        f"{args.pairs} pairs/step x {args.steps} steps, pair tokens median {sorted(lengths)[len(lengths) // 2]} "
+        f"max {max(lengths)} (log-normal, sigma {args.sigma})\n"
+    )
     print("| layout | real tokens/s | speed-up | peak memory (MiB) | computed tokens | padding |")
     print("|---|---:|---:|---:|---:|---:|")
     ref = next((r for r in rows if r["name"] == CONTENDERS[0]), None)
     for r in rows:
         speed = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         pad = 1 - r["real_tokens"] / r["computed_tokens"]
-        print(f"| {r['name']} | {r['tokens_per_s']:.0f} | {speed:.2f}x | {r['peak_mib']:.0f} | "
-              f"{r['computed_tokens']} | {pad:.0%} |")
+        print(
+            f"| {r['name']} | {r['tokens_per_s']:.0f} | {speed:.2f}x | {r['peak_mib']:.0f} | "
+            f"{r['computed_tokens']} | {pad:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ sampler's defaults (``VLLM_CPU_KVCACHE_SPACE=1``, whole-prompt prefill). Goals: 
 Writes ``sampler.json`` and ``sampler.md`` to ``bench/results/<device>/`` (``--out`` to change).
 Takes about 3 minutes on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,14 +108,24 @@ def run_transformers(args, prompts) -> dict:
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):  # left padding
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
 
     def gen(max_new_tokens=args.max_new_tokens, rows=len(prompts)) -> int:
         with torch.no_grad():
-            out = model.generate(ids[:rows], attention_mask=mask[:rows], do_sample=True, temperature=1.0, top_p=1.0,
-                                 top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=args.n, eos_token_id=2,
-                                 pad_token_id=0, use_cache=True)  # the saved config says use_cache=False (training)
+            out = model.generate(
+                ids[:rows],
+                attention_mask=mask[:rows],
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=args.n,
+                eos_token_id=2,
+                pad_token_id=0,
+                use_cache=True,
+            )  # the saved config says use_cache=False (training)
         new = out[:, width:]
         total = 0
         for row in new.tolist():
@@ -162,8 +173,7 @@ def run_vllm(args, prompts) -> dict:
     out = {"engine_start_s": t_start}
     for name in times:
         best = min(times[name])
-        out[name] = {"seconds": best, "tokens": tokens[name], "tokens_per_s": tokens[name] / best,
-                     "all_s": times[name]}
+        out[name] = {"seconds": best, "tokens": tokens[name], "tokens_per_s": tokens[name] / best, "all_s": times[name]}
     return out
 
 
@@ -204,10 +214,19 @@ def run_sync(args, prompts) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     sync_s = statistics.median(times)
     restart_s = t_save + t_close + t_start
-    return {"load_weights_s": sync_s, "load_weights_all_s": times, "parameters": params,
-            "restart_s": restart_s, "save_s": t_save, "close_s": t_close, "engine_start_s": t_start,
-            "speedup": restart_s / sync_s, "greedy_after_sync_equals_restart": synced == fresh,
-            "weights_device": str(next(iter(new_sd.values())).device), "torch_threads": torch.get_num_threads()}
+    return {
+        "load_weights_s": sync_s,
+        "load_weights_all_s": times,
+        "parameters": params,
+        "restart_s": restart_s,
+        "save_s": t_save,
+        "close_s": t_close,
+        "engine_start_s": t_start,
+        "speedup": restart_s / sync_s,
+        "greedy_after_sync_equals_restart": synced == fresh,
+        "weights_device": str(next(iter(new_sd.values())).device),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 WORKERS = {"transformers": run_transformers, "vllm": run_vllm, "sync": run_sync}
@@ -231,12 +250,20 @@ def _run(name: str, argv: list[str], model_dir: str, timeout: float) -> dict:
 
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r = run_isolated("bench.bench_sampler:worker", {"worker": name, "argv": argv, "model_dir": model_dir},
-                     timeout=timeout, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    r = run_isolated(
+        "bench.bench_sampler:worker",
+        {"worker": name, "argv": argv, "model_dir": model_dir},
+        timeout=timeout,
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    )
     # other processes on the machine: OpenMP threads sharing a busy core spin-wait, so timings
     # taken under load are slower and noisier (each figure is a best-of)
-    return {**r, "wall_s": time.perf_counter() - t0, "date_utc": date,
-            "load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    return {
+        **r,
+        "wall_s": time.perf_counter() - t0,
+        "date_utc": date,
+        "load_average_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 CONFIG_KEYS = ("prompts", "n", "max_new_tokens", "prompt_median", "max_model_len", "threads", "compile", "seed")
@@ -273,9 +300,11 @@ def report(res: dict) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     ref = rows.get("vllm", {}).get("seconds") if rows.get("vllm", {}).get("status") == "ok" else None
-    labels = {"sampler": "**lrdpo-fast `VLLMSampler.generate`**",
-              "vllm": "raw vLLM `LLM.generate` (n per request, same engine)",
-              "transformers": "transformers `generate` (batched, sampling)"}
+    labels = {
+        "sampler": "**lrdpo-fast `VLLMSampler.generate`**",
+        "vllm": "raw vLLM `LLM.generate` (n per request, same engine)",
+        "transformers": "transformers `generate` (batched, sampling)",
+    }
     for name in ("sampler", "vllm", "transformers"):
         r = rows.get(name)
         if r is None:
@@ -284,8 +313,9 @@ def report(res: dict) -> str:
             lines.append(f"| {labels[name]} | n/a | n/a | n/a | {r['status'][:80]} | {_load(r)} |")
             continue
         ratio = f"{r['seconds'] / ref:.2f}x" if ref else "n/a"
-        lines.append(f"| {labels[name]} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {ratio} "
-                     f"| {_load(r)} |")
+        lines.append(
+            f"| {labels[name]} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {ratio} | {_load(r)} |"
+        )
     s = rows.get("sync")
     if s and s["status"] == "ok":
         lines += [
@@ -312,8 +342,10 @@ def report(res: dict) -> str:
         lines.append(f"- {g['name']}: {g['value']} (goal {g['goal']}): **{'PASS' if g['passed'] else 'FAIL'}**")
     cold = rows.get("sampler", {}).get("engine_start_s")
     if s and s.get("status") == "ok" and cold:
-        lines.append(f"- (for reference, not the goal) a restart in a new process (vllm import + engine start, no save) "
-                     f"/ load_weights: {cold / s['load_weights_s']:.0f}x")
+        lines.append(
+            f"- (for reference, not the goal) a restart in a new process (vllm import + engine start, no save) "
+            f"/ load_weights: {cold / s['load_weights_s']:.0f}x"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -321,13 +353,24 @@ def goals(rows: dict) -> list[dict]:
     out = []
     if rows.get("sampler", {}).get("status") == "ok" and rows.get("vllm", {}).get("status") == "ok":
         ratio = rows["sampler"]["seconds"] / rows["vllm"]["seconds"]
-        out.append({"name": "sampler time / raw vLLM time", "value": f"{ratio:.3f}x",
-                    "goal": f"<= {GOAL_SAMPLER_VS_VLLM}x", "passed": ratio <= GOAL_SAMPLER_VS_VLLM})
+        out.append(
+            {
+                "name": "sampler time / raw vLLM time",
+                "value": f"{ratio:.3f}x",
+                "goal": f"<= {GOAL_SAMPLER_VS_VLLM}x",
+                "passed": ratio <= GOAL_SAMPLER_VS_VLLM,
+            }
+        )
     if rows.get("sync", {}).get("status") == "ok":
         sp = rows["sync"]["speedup"]
-        out.append({"name": "restart time / load_weights time", "value": f"{sp:.0f}x",
-                    "goal": f">= {GOAL_SYNC_SPEEDUP:.0f}x",
-                    "passed": sp >= GOAL_SYNC_SPEEDUP and rows["sync"]["greedy_after_sync_equals_restart"]})
+        out.append(
+            {
+                "name": "restart time / load_weights time",
+                "value": f"{sp:.0f}x",
+                "goal": f">= {GOAL_SYNC_SPEEDUP:.0f}x",
+                "passed": sp >= GOAL_SYNC_SPEEDUP and rows["sync"]["greedy_after_sync_equals_restart"],
+            }
+        )
     return out
 
 
@@ -350,7 +393,7 @@ def main(argv=None) -> int:
     pass_on = [a for a in argv if not a.startswith("--out")]
     if "--out" in argv:  # "--out DIR": drop the value as well
         i = argv.index("--out")
-        pass_on = argv[:i] + argv[i + 2:]
+        pass_on = argv[:i] + argv[i + 2 :]
     rows: dict = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sampler-model-") as model_dir:
@@ -359,20 +402,26 @@ def main(argv=None) -> int:
         model.save_pretrained(model_dir)
         build_tokenizer().save_pretrained(model_dir)
         params = sum(p.numel() for p in model.parameters())
-        print(f"bench_sampler: {params / 1e6:.1f}M-parameter Llama, {args.prompts} prompts x {args.n} samples x "
-              f"{args.max_new_tokens} tokens on {meta['device_name']}", flush=True)
+        print(
+            f"bench_sampler: {params / 1e6:.1f}M-parameter Llama, {args.prompts} prompts x {args.n} samples x "
+            f"{args.max_new_tokens} tokens on {meta['device_name']}",
+            flush=True,
+        )
         for name in only:
             r = _run(name, pass_on, model_dir, args.timeout)
             if name == "vllm" and r["status"] == "ok":  # one worker, two contenders
                 for sub in ("vllm", "sampler"):
-                    rows[sub] = {"status": "ok", "engine_start_s": r["engine_start_s"], **r[sub],
-                                 **{k: r[k] for k in ("date_utc", "load_average_1m")}}
+                    rows[sub] = {
+                        "status": "ok",
+                        "engine_start_s": r["engine_start_s"],
+                        **r[sub],
+                        **{k: r[k] for k in ("date_utc", "load_average_1m")},
+                    }
             elif name == "vllm":
                 rows["vllm"] = rows["sampler"] = r
             else:
                 rows[name] = r
-            brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                     if not isinstance(v, list)}
+            brief = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if not isinstance(v, list)}
             print(f"  {name}: {brief}", flush=True)
     try:
         from importlib.metadata import version
@@ -380,16 +429,26 @@ def main(argv=None) -> int:
         vllm_version = version("vllm-cpu") if device == "cpu" else version("vllm")
     except Exception:  # noqa: BLE001
         vllm_version = "missing"
-    config = {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-              "prompt_median": args.prompt_median, "max_model_len": args.max_model_len, "repeats": args.repeats,
-              "threads": args.threads, "compile": args.compile, "seed": args.seed, "parameters": params}
+    config = {
+        "prompts": args.prompts,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_median": args.prompt_median,
+        "max_model_len": args.max_model_len,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "compile": args.compile,
+        "seed": args.seed,
+        "parameters": params,
+    }
     old_path = out_dir / "sampler.json"
     if old_path.is_file():  # keep the rows not re-run when they were measured on the same set-up
         old = json.loads(old_path.read_text())
         if all(old.get("config", {}).get(k) == config[k] for k in CONFIG_KEYS):
             rows = {**{k: v for k, v in old.get("results", {}).items() if k not in rows}, **rows}
     res = {
-        "meta": meta, "vllm_version": vllm_version,
+        "meta": meta,
+        "vllm_version": vllm_version,
         "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
         "config": config,
         "results": rows,

@@ -1,5 +1,6 @@
 """Run a benchmark cell (bench/worker.py) through the harness: a fresh process, or in-process for
 the smoke test."""
+
 from __future__ import annotations
 
 from .harness import run_isolated

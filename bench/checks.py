@@ -1,5 +1,6 @@
 """Correctness of every contender against the same reference, from the sampled gradient rows the
 workers saved: relative errors of the loss, dH rows and dW rows."""
+
 from __future__ import annotations
 
 import torch

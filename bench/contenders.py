@@ -6,6 +6,7 @@ forward+backward (gradients w.r.t. hidden and weight land in the leaves' ``.grad
 that is missing, or that cannot run here, raises ``Unavailable(reason)``: the table shows
 "n/a: reason" instead of crashing. Heavy optional imports stay inside the functions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,8 +25,8 @@ class Unavailable(RuntimeError):
 @dataclass
 class Contender:
     name: str
-    loss_fn: Callable[[], torch.Tensor]          # forward only: the scalar loss
-    leaves: list[torch.Tensor]                   # [hidden-like leaf, weight leaf]
+    loss_fn: Callable[[], torch.Tensor]  # forward only: the scalar loss
+    leaves: list[torch.Tensor]  # [hidden-like leaf, weight leaf]
     notes: list[str] = field(default_factory=list)
     packed_grad_hidden: Callable[[torch.Tensor], torch.Tensor] = lambda g: g  # leaf grad -> [N, d]
     check_fn: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -94,8 +95,10 @@ def prepare_reference64(p: Problem, device: str) -> Contender:
     """The tests' float64 reference (tests/reference.py): materialized float64 logits, log_softmax,
     per-sequence sums, the pair loss written out. The correctness reference where it fits in memory."""
     if p.n_tokens * p.weight.shape[0] > REFERENCE64_MAX_LOGITS:
-        raise Unavailable(f"float64 [N, V] logits of N*V = {p.n_tokens * p.weight.shape[0]} > "
-                          f"{REFERENCE64_MAX_LOGITS}: small sizes only")
+        raise Unavailable(
+            f"float64 [N, V] logits of N*V = {p.n_tokens * p.weight.shape[0]} > "
+            f"{REFERENCE64_MAX_LOGITS}: small sizes only"
+        )
     ref = tests_reference()
     h = p.hidden.detach().double().requires_grad_(True)
     w = p.weight.detach().double().requires_grad_(True)
@@ -103,8 +106,16 @@ def prepare_reference64(p: Problem, device: str) -> Contender:
 
     def loss_fn():
         logps, _ = ref.sequence_logprobs(h, w, p.labels, p.cu_seqlens, ignore_index=IGNORE_INDEX)
-        return ref.pair_losses64(logps[0::2], logps[1::2], ref_logps[0::2], ref_logps[1::2], p.lengths[0::2],
-                                 p.lengths[1::2], beta=BETA, alpha=ALPHA).mean()
+        return ref.pair_losses64(
+            logps[0::2],
+            logps[1::2],
+            ref_logps[0::2],
+            ref_logps[1::2],
+            p.lengths[0::2],
+            p.lengths[1::2],
+            beta=BETA,
+            alpha=ALPHA,
+        ).mean()
 
     return Contender("reference64", loss_fn, [h, w], ["float64 reference from tests/reference.py"])
 
@@ -134,16 +145,20 @@ def _prepare_cce(p: Problem, device: str, impl: str) -> Contender:
             linear_cross_entropy(x, torch.randn(16, 4), torch.zeros(8, dtype=torch.long), reduction="none", impl=impl)
         except Exception as e:  # noqa: BLE001
             msg = (str(e).strip().splitlines() or [""])[0][:120]
-            raise Unavailable(f"Triton kernels need a GPU ({type(e).__name__}: {msg}); see impl=torch_compile") from None
+            raise Unavailable(
+                f"Triton kernels need a GPU ({type(e).__name__}: {msg}); see impl=torch_compile"
+            ) from None
     h, w = _leaves(p)
 
     def loss_fn():
         nll = linear_cross_entropy(h, w, p.labels, ignore_index=IGNORE_INDEX, reduction="none", impl=impl)
         return dpo_from_sequence_logps(_segment_sum(-nll.float(), p), p)
 
-    notes = ["impl=cce, filter_eps='high' (skips tiny-gradient blocks)"] if impl == "cce" else [
-        "impl=torch_compile: compiled logits + cross_entropy over scored rows"
-    ]
+    notes = (
+        ["impl=cce, filter_eps='high' (skips tiny-gradient blocks)"]
+        if impl == "cce"
+        else ["impl=torch_compile: compiled logits + cross_entropy over scored rows"]
+    )
     return Contender(f"cut-cross-entropy ({impl})", loss_fn, [h, w], notes)
 
 
@@ -170,8 +185,14 @@ def prepare_liger(p: Problem, device: str) -> Contender:
     hp = padded_pairs(p, p.hidden.detach(), 0.0).requires_grad_(True)
     w = p.weight.detach().requires_grad_(True)
     tp = padded_pairs(p, p.labels, IGNORE_INDEX)
-    kw = dict(ignore_index=IGNORE_INDEX, beta=BETA, compute_nll_loss=False, average_log_prob=False, chunk_size=1,
-              loss_type="sigmoid")
+    kw = dict(
+        ignore_index=IGNORE_INDEX,
+        beta=BETA,
+        compute_nll_loss=False,
+        average_log_prob=False,
+        chunk_size=1,
+        loss_type="sigmoid",
+    )
     timed = LigerFusedLinearDPOLoss(use_ref_model=False, **kw)
     padded_tokens = hp.shape[0] * hp.shape[1]
     notes = [
@@ -192,8 +213,14 @@ def prepare_liger(p: Problem, device: str) -> Contender:
         loss.backward()
         return loss.detach(), unpad_pairs(p, hp.grad), w.grad
 
-    return Contender("liger-kernel LigerFusedLinearDPOLoss", loss_fn, [hp, w], notes,
-                     packed_grad_hidden=lambda g: unpad_pairs(p, g), check_fn=check_fn)
+    return Contender(
+        "liger-kernel LigerFusedLinearDPOLoss",
+        loss_fn,
+        [hp, w],
+        notes,
+        packed_grad_hidden=lambda g: unpad_pairs(p, g),
+        check_fn=check_fn,
+    )
 
 
 def prepare_liger_pairs(p: Problem, device: str) -> Contender:
@@ -207,8 +234,14 @@ def prepare_liger_pairs(p: Problem, device: str) -> Contender:
     except Exception as e:  # noqa: BLE001
         raise Unavailable(f"liger-kernel not importable ({type(e).__name__}: {e})") from None
     h, w = _leaves(p)
-    kw = dict(ignore_index=IGNORE_INDEX, beta=BETA, compute_nll_loss=False, average_log_prob=False, chunk_size=1,
-              loss_type="sigmoid")
+    kw = dict(
+        ignore_index=IGNORE_INDEX,
+        beta=BETA,
+        compute_nll_loss=False,
+        average_log_prob=False,
+        chunk_size=1,
+        loss_type="sigmoid",
+    )
     cu = p.cu_seqlens.tolist()
     pairs = []
     for i in range(p.n_pairs):
@@ -226,15 +259,20 @@ def prepare_liger_pairs(p: Problem, device: str) -> Contender:
         total = 0.0
         for idx, valid, lab in pairs:
             x = hidden_src[idx] * valid[..., None].to(hidden_src.dtype)
-            extra = {} if ref_src is None else dict(ref_input=ref_src[idx] * valid[..., None].to(ref_src.dtype),
-                                                     ref_weight=p.weight)
+            extra = (
+                {}
+                if ref_src is None
+                else dict(ref_input=ref_src[idx] * valid[..., None].to(ref_src.dtype), ref_weight=p.weight)
+            )
             total = total + fn(w, x, lab, **extra)[0]
         return total / p.n_pairs
 
     timed = LigerFusedLinearDPOLoss(use_ref_model=False, **kw)
     pad = sum(2 * idx.shape[1] for idx, _, _ in pairs)
-    notes = [f"{p.n_pairs} calls, {pad} token rows for {p.n_tokens} tokens",
-             "timed with use_ref_model=False (API takes no precomputed ref logps)"]
+    notes = [
+        f"{p.n_pairs} calls, {pad} token rows for {p.n_tokens} tokens",
+        "timed with use_ref_model=False (API takes no precomputed ref logps)",
+    ]
 
     def check_fn():
         ref = LigerFusedLinearDPOLoss(use_ref_model=True, **kw)
@@ -256,8 +294,9 @@ def prepare_lrdpo_fast(p: Problem, device: str) -> Contender:
         loss, _ = lf.fused_lrdpo_loss(h, w, p.labels, p.cu_seqlens, ref_logps=p.ref_logps, beta=BETA, alpha=ALPHA)
         return loss
 
-    note = "backend=auto (the faster, measured on the first call)" if device.startswith("cuda") else \
-        "backend=auto (torch)"
+    note = (
+        "backend=auto (the faster, measured on the first call)" if device.startswith("cuda") else "backend=auto (torch)"
+    )
     return Contender("lrdpo-fast fused_lrdpo_loss", loss_fn, [h, w], [note])
 
 
@@ -269,8 +308,9 @@ def _lrdpo_fast_forced(backend: str):
         h, w = _leaves(p)
 
         def loss_fn():
-            loss, _ = lf.fused_lrdpo_loss(h, w, p.labels, p.cu_seqlens, ref_logps=p.ref_logps, beta=BETA, alpha=ALPHA,
-                                          backend=backend)
+            loss, _ = lf.fused_lrdpo_loss(
+                h, w, p.labels, p.cu_seqlens, ref_logps=p.ref_logps, beta=BETA, alpha=ALPHA, backend=backend
+            )
             return loss
 
         return Contender(f"lrdpo-fast fused_lrdpo_loss ({backend})", loss_fn, [h, w], [f"backend={backend}"])
@@ -285,7 +325,9 @@ def prepare_lrdpo_fast_lean(p: Problem, device: str) -> Contender:
 
     torch_backend.CHUNK_ELEMENTS = 16 * 2**20 // 4
     c = prepare_lrdpo_fast(p, device)
-    return Contender("lrdpo-fast fused_lrdpo_loss (16 MiB chunks)", c.loss_fn, c.leaves, c.notes + ["LRDPO_TORCH_CHUNK_MB=16"])
+    return Contender(
+        "lrdpo-fast fused_lrdpo_loss (16 MiB chunks)", c.loss_fn, c.leaves, c.notes + ["LRDPO_TORCH_CHUNK_MB=16"]
+    )
 
 
 def prepare_lrdpo_fast_unfused(p: Problem, device: str) -> Contender:
@@ -297,8 +339,9 @@ def prepare_lrdpo_fast_unfused(p: Problem, device: str) -> Contender:
     def loss_fn():
         seq, lens = lf.sequence_logprobs(h, w, p.labels, p.cu_seqlens)
         ref = p.ref_logps
-        loss, _ = lf.lrdpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], lens[0::2], lens[1::2],
-                                beta=BETA, alpha=ALPHA)
+        loss, _ = lf.lrdpo_loss(
+            seq[0::2], seq[1::2], ref[0::2], ref[1::2], lens[0::2], lens[1::2], beta=BETA, alpha=ALPHA
+        )
         return loss
 
     return Contender("lrdpo-fast sequence_logprobs + lrdpo_loss", loss_fn, [h, w], ["unfused: 4 matmuls per token"])

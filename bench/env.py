@@ -1,4 +1,5 @@
 """Where a result came from: device name, library versions, git commit, matmul throughput."""
+
 from __future__ import annotations
 
 import datetime
@@ -13,7 +14,15 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARIES = (
-    "torch", "triton", "transformers", "trl", "liger_kernel", "cut_cross_entropy", "lrdpo_fast", "numpy", "accelerate",
+    "torch",
+    "triton",
+    "transformers",
+    "trl",
+    "liger_kernel",
+    "cut_cross_entropy",
+    "lrdpo_fast",
+    "numpy",
+    "accelerate",
     "datasets",
 )
 
@@ -73,7 +82,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "lrdpo_fast", "kernels", "bench"],
-            cwd=REPO, capture_output=True, text=True, timeout=10,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return (head or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -18,6 +18,7 @@ within 8.5 minutes; with $OUT set the result files are copied there (part-a-*, p
 Goal (bf16, N=16384, d=4096, V=128256 on an H100): >= 600 TFLOP/s counting 6NdV, faster than
 Liger's and cut-cross-entropy's fused losses in the same run, peak memory <= cut-cross-entropy's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,15 @@ def _run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> 
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         try:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=max(10.0, timeout), env={**os.environ, **(env or {})})
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=max(10.0, timeout),
+                env={**os.environ, **(env or {})},
+            )
             out, rc = proc.stdout, proc.returncode
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout) or ""
@@ -71,8 +79,11 @@ def _kernel_rows(results: dict) -> list[dict]:
 
 def goal_lines(results: dict) -> list[str]:
     """'met' / 'not met' lines for the issue's goal, per lrdpo-fast row (auto first)."""
-    rows = {r["contender"]: r for r in _kernel_rows(results)
-            if (r["N"], r["d"], r["V"]) == (GOAL_SHAPE["N"], GOAL_SHAPE["d"], GOAL_SHAPE["V"])}
+    rows = {
+        r["contender"]: r
+        for r in _kernel_rows(results)
+        if (r["N"], r["d"], r["V"]) == (GOAL_SHAPE["N"], GOAL_SHAPE["d"], GOAL_SHAPE["V"])
+    }
     lines = []
     liger, cce = rows.get("liger"), rows.get("cce")
     for key in ("lrdpo_fast", "lrdpo_fast_triton", "lrdpo_fast_torch"):
@@ -95,8 +106,10 @@ def goal_lines(results: dict) -> list[str]:
             m, mc = me["memory"]["peak_bytes"], cce["memory"]["peak_bytes"]
             checks.append((f"peak {m / 2**30:.2f} GiB <= CCE {mc / 2**30:.2f} GiB", m <= mc))
         met = all(ok for _, ok in checks)
-        lines.append(f"goal [{key}]: {'MET' if met else 'NOT MET'} -- " +
-                     "; ".join(f"{txt} {'ok' if ok else 'NO'}" for txt, ok in checks))
+        lines.append(
+            f"goal [{key}]: {'MET' if met else 'NOT MET'} -- "
+            + "; ".join(f"{txt} {'ok' if ok else 'NO'}" for txt, ok in checks)
+        )
     return lines
 
 
@@ -107,8 +120,10 @@ def short_table(results: dict, probe: dict, tests: dict) -> str:
             out.append(f"| {r['contender']} | {str(r.get('status'))[:60]} | | | |")
             continue
         t = r["timing"]["median_s"]
-        out.append(f"| {r['contender']} | {t * 1e3:.1f} | {6.0 * r['N'] * r['d'] * r['V'] / t / 1e12:.0f} | "
-                   f"{r['memory']['peak_bytes'] / 2**30:.2f} | {r.get('check', {}).get('verdict', '-')} |")
+        out.append(
+            f"| {r['contender']} | {t * 1e3:.1f} | {6.0 * r['N'] * r['d'] * r['V'] / t / 1e12:.0f} | "
+            f"{r['memory']['peak_bytes'] / 2**30:.2f} | {r.get('check', {}).get('verdict', '-')} |"
+        )
     lines = ["\n".join(out)]
     rep = (probe.get("dispatch") or {}).get("report") or {}
     for key, dec in rep.items():
@@ -118,8 +133,10 @@ def short_table(results: dict, probe: dict, tests: dict) -> str:
             lines.append(f"autotune {kind}: {tab.get('chosen')}")
     for key, g in (probe.get("grad_skip") or {}).items():
         if isinstance(g, dict) and "speedup" in g:
-            lines.append(f"grad_skip {key}: x{g['speedup']:.2f} faster, dH err {g['dh_rel_to_max']:.1e}, "
-                         f"dW err {g['dw_rel_to_max']:.1e} (rel. to max)")
+            lines.append(
+                f"grad_skip {key}: x{g['speedup']:.2f} faster, dH err {g['dh_rel_to_max']:.1e}, "
+                f"dW err {g['dw_rel_to_max']:.1e} (rel. to max)"
+            )
     for name, t in tests.items():
         lines.append(f"tests {name}: rc={t['rc']} {t['tail']}")
     return "\n".join(lines)
@@ -127,14 +144,25 @@ def short_table(results: dict, probe: dict, tests: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check")
-    ap.add_argument("--budget-min", type=float, default=None,
-                    help="stop starting steps past this (minutes; default 19, or 8.5 with --part a|b)")
+    ap.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="stop starting steps past this (minutes; default 19, or 8.5 with --part a|b)",
+    )
     ap.add_argument("--out", default=None, help="default bench/results/<device>/")
     ap.add_argument("--skip", default="", help="comma list of tests,probe,kernel")
-    ap.add_argument("--part", choices=["all", "a", "b"], default="all",
-                    help="a = tests + probe, b = kernel benchmark: two runs of < 10 minutes each")
-    ap.add_argument("--copy-to", default=os.environ.get("OUT"),
-                    help="also copy the result files here (default $OUT, set on a lent device machine)")
+    ap.add_argument(
+        "--part",
+        choices=["all", "a", "b"],
+        default="all",
+        help="a = tests + probe, b = kernel benchmark: two runs of < 10 minutes each",
+    )
+    ap.add_argument(
+        "--copy-to",
+        default=os.environ.get("OUT"),
+        help="also copy the result files here (default $OUT, set on a lent device machine)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -151,24 +179,39 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "gpu_check.log"
     log.write_text("")
-    print(f"gpu-check: {meta['device_name']}, torch {meta['versions'].get('torch')}, "
-          f"triton {meta['versions'].get('triton')}, commit {meta['git_commit']} -> {out}", flush=True)
+    print(
+        f"gpu-check: {meta['device_name']}, torch {meta['versions'].get('torch')}, "
+        f"triton {meta['versions'].get('triton')}, commit {meta['git_commit']} -> {out}",
+        flush=True,
+    )
     py = sys.executable
     env = {"LRDPO_CACHE_DIR": str(out / "dispatch_cache"), "PYTHONUNBUFFERED": "1"}
     tests: dict[str, dict] = {}
     if "tests" not in skip:
-        tests["gpu-marker"] = _run([py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider",
-                                    "-x", "--timeout=240"] if _has_timeout_plugin() else
-                                   [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"],
-                                   out / "tests.log", min(300, clock.left() * 0.3), env)
+        tests["gpu-marker"] = _run(
+            [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider", "-x", "--timeout=240"]
+            if _has_timeout_plugin()
+            else [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"],
+            out / "tests.log",
+            min(300, clock.left() * 0.3),
+            env,
+        )
         # one untuned tile here: compiling every config for every small test shape would take
         # minutes; the probe checks the tuned kernels against the torch path at the goal shape
-        tests["kernel-files"] = _run([py, "-m", "pytest", "-q", *TEST_FILES, "-p", "no:cacheprovider"],
-                                     out / "tests.log", min(240, clock.left() * 0.3), {**env, "LRDPO_AUTOTUNE": "0"})
+        tests["kernel-files"] = _run(
+            [py, "-m", "pytest", "-q", *TEST_FILES, "-p", "no:cacheprovider"],
+            out / "tests.log",
+            min(240, clock.left() * 0.3),
+            {**env, "LRDPO_AUTOTUNE": "0"},
+        )
     probe = {}
     if "probe" not in skip and clock.left() > 240:
-        r = _run([py, "-m", "bench.gpu_probe", "--out", str(out)], out / "probe.log",
-                 clock.left() - (150 if "kernel" not in skip else 20), env)
+        r = _run(
+            [py, "-m", "bench.gpu_probe", "--out", str(out)],
+            out / "probe.log",
+            clock.left() - (150 if "kernel" not in skip else 20),
+            env,
+        )
         probe_file = out / "probe.json"
         probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {"status": r}
     results = {}
@@ -179,8 +222,24 @@ def main(argv=None) -> int:
                 print(f"gpu-check: no time left for {group}", flush=True)
                 break
             sub = out / f"kernel-{i + 1}"
-            _run([py, "-m", "bench", "--profile", "gpu", "--only", "kernel", "--contenders", ",".join(group),
-                  "--out", str(sub)], out / "bench.log", clock.left() - 15, env)
+            _run(
+                [
+                    py,
+                    "-m",
+                    "bench",
+                    "--profile",
+                    "gpu",
+                    "--only",
+                    "kernel",
+                    "--contenders",
+                    ",".join(group),
+                    "--out",
+                    str(sub),
+                ],
+                out / "bench.log",
+                clock.left() - 15,
+                env,
+            )
             if (sub / "results.json").is_file():
                 part = json.loads((sub / "results.json").read_text())
                 if not merged:
@@ -193,12 +252,19 @@ def main(argv=None) -> int:
     if res_file.is_file():
         results = json.loads(res_file.read_text())
     goals = goal_lines(results)
-    summary = {"meta": meta, "tests": tests, "probe": probe, "goals": goals,
-               "wall_s": round(args.budget_min * 60 - clock.left(), 1)}
+    summary = {
+        "meta": meta,
+        "tests": tests,
+        "probe": probe,
+        "goals": goals,
+        "wall_s": round(args.budget_min * 60 - clock.left(), 1),
+    }
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
     table = short_table(results, probe, tests)
-    (out / "gpu_check.md").write_text(f"# gpu-check {meta['device_name']} ({meta['git_commit']}, {meta['date_utc']})\n\n"
-                                      f"{table}\n\n" + "\n".join(goals) + "\n")
+    (out / "gpu_check.md").write_text(
+        f"# gpu-check {meta['device_name']} ({meta['git_commit']}, {meta['date_utc']})\n\n"
+        f"{table}\n\n" + "\n".join(goals) + "\n"
+    )
     print()
     print(table)
     for line in goals:
@@ -209,8 +275,7 @@ def main(argv=None) -> int:
 
         dest = Path(args.copy_to)
         dest.mkdir(parents=True, exist_ok=True)
-        names = ["gpu_check.md", "gpu_check.json", "probe.json", "results.json", "tests.log", "bench.log",
-                 "probe.log"]
+        names = ["gpu_check.md", "gpu_check.json", "probe.json", "results.json", "tests.log", "bench.log", "probe.log"]
         for name in names:
             if (out / name).is_file():
                 shutil.copy(out / name, dest / f"part-{args.part}-{name}")

@@ -22,6 +22,7 @@ resident high-water growth after malloc_trim with large blocks unmapped on free)
 ``time_step(step, device, warmup, repeats)`` (bench/timing.py: warm-up, then the median). Both
 load torch on first use only, so a child that needs no torch starts as fast as a plain script.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -91,8 +92,16 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_isolated(target: str, spec: dict, *, timeout: float = 900.0, in_process: bool = False,
-                 env: dict | None = None, verbose: bool = False, monitor: bool = False) -> dict:
+def run_isolated(
+    target: str,
+    spec: dict,
+    *,
+    timeout: float = 900.0,
+    in_process: bool = False,
+    env: dict | None = None,
+    verbose: bool = False,
+    monitor: bool = False,
+) -> dict:
     """``target(spec)`` in a fresh process (or here with ``in_process``): its result dict, or
     ``{"status": "n/a: ..."}`` when it raised, crashed, was killed or ran past ``timeout`` s.
     ``monitor``: add ``"process": {"wall_s", "peak_rss_bytes"}`` of the child's process tree."""
@@ -121,7 +130,7 @@ def run_isolated(target: str, spec: dict, *, timeout: float = 900.0, in_process:
     process = {"wall_s": wall, "peak_rss_bytes": peak} if monitor else None
     for line in reversed(stdout.splitlines()):
         if line.startswith(MARK):
-            result = json.loads(line[len(MARK):])
+            result = json.loads(line[len(MARK) :])
             result = result if isinstance(result, dict) else {"value": result}
             return {**result, "process": process} if monitor else result
     if verbose:

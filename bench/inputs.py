@@ -7,6 +7,7 @@ log-probs are the exact sequence log-probs of ``hidden + REF_NOISE * noise`` und
 so the DPO margins beta * Delta are O(1) (neither saturated nor vanishing), as early in training.
 The same (N, d, V, dtype, seed) gives bit-identical inputs in every worker process.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,15 +27,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Problem:
-    hidden: torch.Tensor       # [N, d] dtype, leaf (no grad; contenders clone it as their leaf)
-    ref_hidden: torch.Tensor   # [N, d] the reference model's hidden states (for Liger's check only)
-    weight: torch.Tensor       # [V, d] dtype
-    labels: torch.Tensor       # int64 [N], IGNORE_INDEX on prompt tokens and each sequence's last
-    cu_seqlens: torch.Tensor   # int32 [S + 1], sequences in pair order c0, r0, c1, r1, ...
-    seq_ids: torch.Tensor      # int64 [N]
-    lengths: torch.Tensor      # int64 [S] scored tokens per sequence
-    ref_logps: torch.Tensor    # float32 [S]
-    seq_lens: list[int]        # tokens per sequence (prompt + response)
+    hidden: torch.Tensor  # [N, d] dtype, leaf (no grad; contenders clone it as their leaf)
+    ref_hidden: torch.Tensor  # [N, d] the reference model's hidden states (for Liger's check only)
+    weight: torch.Tensor  # [V, d] dtype
+    labels: torch.Tensor  # int64 [N], IGNORE_INDEX on prompt tokens and each sequence's last
+    cu_seqlens: torch.Tensor  # int32 [S + 1], sequences in pair order c0, r0, c1, r1, ...
+    seq_ids: torch.Tensor  # int64 [N]
+    lengths: torch.Tensor  # int64 [S] scored tokens per sequence
+    ref_logps: torch.Tensor  # float32 [S]
+    seq_lens: list[int]  # tokens per sequence (prompt + response)
 
     @property
     def n_tokens(self) -> int:
@@ -82,7 +83,7 @@ def shifted_labels(seq_lens: list[int], vocab: int, gen: torch.Generator) -> tor
     start = 0
     for n in seq_lens:
         prompt = max(1, int(math.ceil(PROMPT_FRACTION * n)))
-        labels[start:start + min(prompt, n)] = IGNORE_INDEX
+        labels[start : start + min(prompt, n)] = IGNORE_INDEX
         labels[start + n - 1] = IGNORE_INDEX
         start += n
     return labels
@@ -94,11 +95,11 @@ def exact_sequence_logps(hidden, weight, labels, seq_ids, n_seqs, chunk: int = 1
     out = torch.zeros(n_seqs, dtype=torch.float32, device=hidden.device)
     w = weight.float()
     for s in range(0, hidden.shape[0], chunk):
-        lab = labels[s:s + chunk]
-        logits = hidden[s:s + chunk].float() @ w.t()
+        lab = labels[s : s + chunk]
+        logits = hidden[s : s + chunk].float() @ w.t()
         lp = torch.log_softmax(logits, dim=-1).gather(1, lab.clamp(min=0)[:, None]).squeeze(1)
         lp = torch.where(lab != IGNORE_INDEX, lp, torch.zeros_like(lp))
-        out.index_add_(0, seq_ids[s:s + chunk], lp)
+        out.index_add_(0, seq_ids[s : s + chunk], lp)
         del logits
     return out
 
@@ -144,7 +145,7 @@ def padded_pairs(p: Problem, values: torch.Tensor, fill) -> torch.Tensor:
     cu = p.cu_seqlens.tolist()
     order = list(range(0, p.n_seqs, 2)) + list(range(1, p.n_seqs, 2))
     for row, s in enumerate(order):
-        out[row, : cu[s + 1] - cu[s]] = values[cu[s]:cu[s + 1]]
+        out[row, : cu[s + 1] - cu[s]] = values[cu[s] : cu[s + 1]]
     return out
 
 

@@ -1,5 +1,6 @@
 """Comparison 1: the loss kernel (forward + backward of the DPO objective), every contender on the
 same seeded inputs, one fresh worker process per contender (all of its sizes run in it)."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,16 @@ def _check_file(tmp: Path, key: str, N: int, d: int, V: int) -> str:
     return str(tmp / f"{key}_{N}_{d}_{V}.pt")
 
 
-def run_matrix(prof: dict, contenders: list[str], sizes: list[tuple[int, int, int]], *, warmup: int, repeats: int,
-               isolate: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+def run_matrix(
+    prof: dict,
+    contenders: list[str],
+    sizes: list[tuple[int, int, int]],
+    *,
+    warmup: int,
+    repeats: int,
+    isolate: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Every contender at every (N, d, V); rows carry timing, memory and a correctness check
     against the tests' float64 reference at the same size where it ran (small sizes), else the
     naive contender, else lrdpo-fast's."""
@@ -31,22 +40,39 @@ def run_matrix(prof: dict, contenders: list[str], sizes: list[tuple[int, int, in
     try:
         for key in contenders:
             cells = [
-                {"kind": "kernel", "contender": key, "N": N, "d": d, "V": V, "dtype": prof["dtype"],
-                 "device": prof["device"], "warmup": warmup, "repeats": repeats, "seed": 0,
-                 "check_path": _check_file(tmp, key, N, d, V)}
+                {
+                    "kind": "kernel",
+                    "contender": key,
+                    "N": N,
+                    "d": d,
+                    "V": V,
+                    "dtype": prof["dtype"],
+                    "device": prof["device"],
+                    "warmup": warmup,
+                    "repeats": repeats,
+                    "seed": 0,
+                    "check_path": _check_file(tmp, key, N, d, V),
+                }
                 for (N, d, V) in sizes
             ]
             spec = {"kind": "kernel_cells", "contender": key, "cells": cells}
             res = run_cell(spec, isolate=isolate, timeout=prof.get("cell_timeout", 600) * len(cells))
-            got = res.get("rows") or [{**{k: c[k] for k in ("contender", "N", "d", "V", "dtype", "device")},
-                                       "status": res.get("status", "n/a: no result")} for c in cells]
+            got = res.get("rows") or [
+                {
+                    **{k: c[k] for k in ("contender", "N", "d", "V", "dtype", "device")},
+                    "status": res.get("status", "n/a: no result"),
+                }
+                for c in cells
+            ]
             for r in got:
                 r.pop("traceback", None) if r.get("status") == "ok" else None
                 log(f"  {key:<20} N={r['N']:<6} d={r['d']:<5} V={r['V']:<7} {describe(r)}")
             rows.extend(got)
-        for (N, d, V) in sizes:
-            attach_checks([r for r in rows if (r["N"], r["d"], r["V"]) == (N, d, V)],
-                          lambda key, N=N, d=d, V=V: _check_file(tmp, key, N, d, V))
+        for N, d, V in sizes:
+            attach_checks(
+                [r for r in rows if (r["N"], r["d"], r["V"]) == (N, d, V)],
+                lambda key, N=N, d=d, V=V: _check_file(tmp, key, N, d, V),
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -65,11 +91,21 @@ def attach_checks(rows: list[dict], path_of: Callable[[str], str]) -> None:
         r["check"] = {"reference": ref_key, "errors": errs, "verdict": checks.verdict(errs, r["dtype"])}
 
 
-def run_kernel(prof: dict, *, isolate: bool = True, log: Callable[[str], None] = print,
-               contenders: list[str] | None = None) -> dict:
+def run_kernel(
+    prof: dict, *, isolate: bool = True, log: Callable[[str], None] = print, contenders: list[str] | None = None
+) -> dict:
     k = prof["kernel"]
     log(f"kernel: N={k['N']} d={k['d']} V={k['V']} {prof['dtype']} on {prof['device']}")
-    rows = run_matrix(prof, contenders or k["contenders"], [(k["N"], k["d"], k["V"])], warmup=k["warmup"],
-                      repeats=k["repeats"], isolate=isolate, log=log)
-    return {"config": {key: k[key] for key in ("N", "d", "V", "warmup", "repeats")} | {"dtype": prof["dtype"]},
-            "rows": rows}
+    rows = run_matrix(
+        prof,
+        contenders or k["contenders"],
+        [(k["N"], k["d"], k["V"])],
+        warmup=k["warmup"],
+        repeats=k["repeats"],
+        isolate=isolate,
+        log=log,
+    )
+    return {
+        "config": {key: k[key] for key in ("N", "d", "V", "warmup", "repeats")} | {"dtype": prof["dtype"]},
+        "rows": rows,
+    }

@@ -10,6 +10,7 @@ free (``mallopt(M_MMAP_THRESHOLD)``: RSS then tracks live bytes instead of alloc
 resets the kernel's high-water mark (``/proc/self/clear_refs`` <- 5) and reads ``VmHWM`` after
 the step. Where the reset is refused it falls back to ``ru_maxrss`` since process start.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -84,8 +85,11 @@ def peak_growth(work: Callable[[], object], device: str, isolated: bool = True) 
         base = torch.cuda.memory_allocated()
         work()
         torch.cuda.synchronize()
-        return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "baseline_bytes": base,
-                "method": "cuda max_memory_allocated growth"}
+        return {
+            "peak_bytes": torch.cuda.max_memory_allocated() - base,
+            "baseline_bytes": base,
+            "method": "cuda max_memory_allocated growth",
+        }
     if isolated:
         unmap_on_free()
     release_heap()
@@ -94,10 +98,16 @@ def peak_growth(work: Callable[[], object], device: str, isolated: bool = True) 
         work()
         hwm = _status_kib("VmHWM")
         if hwm is not None:
-            return {"peak_bytes": max(0, hwm * 1024 - base), "baseline_bytes": base,
-                    "method": "VmHWM growth after clear_refs reset"}
+            return {
+                "peak_bytes": max(0, hwm * 1024 - base),
+                "baseline_bytes": base,
+                "method": "VmHWM growth after clear_refs reset",
+            }
     base = rss_bytes()
     work()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"peak_bytes": max(0, maxrss - base), "baseline_bytes": base,
-            "method": "ru_maxrss growth (HWM reset refused: includes warm-up)"}
+    return {
+        "peak_bytes": max(0, maxrss - base),
+        "baseline_bytes": base,
+        "method": "ru_maxrss growth (HWM reset refused: includes warm-up)",
+    }

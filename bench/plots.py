@@ -1,5 +1,6 @@
 """PNG plots of the scaling sweeps (matplotlib, Agg backend): time and peak memory against N and
 against V, one line per contender, plus the roofline 6*N*d*V / (measured matmul FLOP/s)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,11 @@ def plot_scaling(scaling: dict, matmul: dict | None, out_dir: Path, title: str) 
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
         keys = list(dict.fromkeys(r["contender"] for r in scaling["rows"]))
         for key in keys:
-            pts = [r for r in scaling["rows"] if r["contender"] == key and (r["N"], r["d"], r["V"]) in sizes
-                   and r.get("status") == "ok"]
+            pts = [
+                r
+                for r in scaling["rows"]
+                if r["contender"] == key and (r["N"], r["d"], r["V"]) in sizes and r.get("status") == "ok"
+            ]
             if not pts:
                 continue
             pts.sort(key=lambda r: (r["N"], r["V"]))
@@ -29,12 +33,20 @@ def plot_scaling(scaling: dict, matmul: dict | None, out_dir: Path, title: str) 
             ax_m.plot(xs, [r["memory"]["peak_bytes"] / 2**20 for r in pts], label=name, **style)
         if matmul:
             xs = [s[idx] for s in sizes]
-            ax_t.plot(xs, [6.0 * n * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes], "k--",
-                      label=f"roofline 6NdV / {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s (all N tokens)")
+            ax_t.plot(
+                xs,
+                [6.0 * n * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes],
+                "k--",
+                label=f"roofline 6NdV / {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s (all N tokens)",
+            )
             scored = {(r["N"], r["d"], r["V"]): r["scored_tokens"] for r in scaling["rows"] if "scored_tokens" in r}
             if all(s in scored for s in sizes):
-                ax_t.plot(xs, [6.0 * scored[(n, d, v)] * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes],
-                          "k:", label="roofline counting scored tokens only")
+                ax_t.plot(
+                    xs,
+                    [6.0 * scored[(n, d, v)] * d * v / matmul["flops_per_s"] * 1e3 for (n, d, v) in sizes],
+                    "k:",
+                    label="roofline counting scored tokens only",
+                )
         fixed = {"N": f"d={sizes[0][1]}, V={sizes[0][2]}", "V": f"N={sizes[0][0]}, d={sizes[0][1]}"}[axis]
         for ax, ylabel in ((ax_t, "forward+backward time (ms)"), (ax_m, "peak memory growth (MiB)")):
             ax.set_xscale("log", base=2)

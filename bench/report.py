@@ -1,4 +1,5 @@
 """Markdown tables, goal verdicts and JSON for the results folder."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def kernel_table(rows: list[dict]) -> str:
         if r.get("check") and r["check"]["reference"] != "naive":
             chk += f" vs {r['check']['reference']}"
         notes = "; ".join(r.get("notes", []))
-        out.append(f"| {r['name']} | {t * 1e3:.1f} | {tr} | {m / MIB:.1f} | {mr} | {flops(r) / t / 1e12:.3f} | {chk} | "
-                   f"{notes} |")
+        out.append(
+            f"| {r['name']} | {t * 1e3:.1f} | {tr} | {m / MIB:.1f} | {mr} | {flops(r) / t / 1e12:.3f} | {chk} | "
+            f"{notes} |"
+        )
     return "\n".join(out)
 
 
@@ -66,24 +69,30 @@ def scaling_table(rows: list[dict], sizes: list[list[int]], axis: str) -> str:
             r = next((x for x in rows if x["contender"] == key and [x["N"], x["d"], x["V"]] == list(s)), None)
             if r is not None:
                 name = r.get("name", key)
-            cells.append(f"{_t(r) * 1e3:.1f} ms / {_m(r) / MIB:.0f} MiB" if _ok(r) else
-                         (r or {}).get("status", "n/a")[:40])
+            cells.append(
+                f"{_t(r) * 1e3:.1f} ms / {_m(r) / MIB:.0f} MiB" if _ok(r) else (r or {}).get("status", "n/a")[:40]
+            )
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def train_table(rows: list[dict]) -> str:
     base = next((r for r in rows if r.get("trainer") == "lrdpo_fast" and _ok(r)), None)
-    out = ["| trainer | tokens/s (steady) | tokens/s / lrdpo-fast | tokens/s (end to end) | peak mem (MiB) | "
-           "mem / lrdpo-fast |", "|---|---:|---:|---:|---:|---:|"]
+    out = [
+        "| trainer | tokens/s (steady) | tokens/s / lrdpo-fast | tokens/s (end to end) | peak mem (MiB) | "
+        "mem / lrdpo-fast |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if not _ok(r):
             out.append(f"| {r.get('name', r.get('trainer'))} | {r.get('status')} | | | | |")
             continue
         tr = _ratio(r["tokens_per_s"], base["tokens_per_s"]) if base else "-"
         mr = _ratio(_m(r), _m(base)) if base else "-"
-        out.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {tr} | {r['end_to_end_tokens_per_s']:.0f} | "
-                   f"{_m(r) / MIB:.1f} | {mr} |")
+        out.append(
+            f"| {r['name']} | {r['tokens_per_s']:.0f} | {tr} | {r['end_to_end_tokens_per_s']:.0f} | "
+            f"{_m(r) / MIB:.1f} | {mr} |"
+        )
     return "\n".join(out)
 
 
@@ -106,8 +115,10 @@ def goals(kernel: dict | None, matmul: dict | None, device: str) -> list[str]:
     gpu = device.startswith("cuda")
     if gpu:
         ok = all(_t(me) < _t(p) for p in peers)
-        lines.append(f"{'PASS' if ok else 'FAIL'}  GPU time at {size}: lrdpo-fast {_t(me) * 1e3:.1f} ms vs fastest peer "
-                     f"{fastest['name']} {_t(fastest) * 1e3:.1f} ms (goal: faster than every peer)")
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'}  GPU time at {size}: lrdpo-fast {_t(me) * 1e3:.1f} ms vs fastest peer "
+            f"{fastest['name']} {_t(fastest) * 1e3:.1f} ms (goal: faster than every peer)"
+        )
         if matmul:
             eff = flops(me) / _t(me)
             scored = eff * me["scored_tokens"] / me["N"]
@@ -116,21 +127,28 @@ def goals(kernel: dict | None, matmul: dict | None, device: str) -> list[str]:
                 f"{'PASS' if frac >= 0.75 else 'FAIL'}  GPU throughput: 6NdV/t = {eff / 1e12:.0f} TFLOP/s = "
                 f"{frac:.0%} of measured {matmul['dtype']} matmul {matmul['flops_per_s'] / 1e12:.0f} TFLOP/s (goal >= 75%;"
                 f" N counts all tokens, counting only the {me['scored_tokens']} scored ones: "
-                f"{scored / matmul['flops_per_s']:.0%})")
+                f"{scored / matmul['flops_per_s']:.0%})"
+            )
     else:
         ok = _t(me) <= _t(fastest)
-        lines.append(f"{'PASS' if ok else 'FAIL'}  CPU time at {size}: lrdpo-fast {_t(me) * 1e3:.0f} ms vs fastest peer "
-                     f"{fastest['name']} {_t(fastest) * 1e3:.0f} ms (goal: <= fastest peer)")
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'}  CPU time at {size}: lrdpo-fast {_t(me) * 1e3:.0f} ms vs fastest peer "
+            f"{fastest['name']} {_t(fastest) * 1e3:.0f} ms (goal: <= fastest peer)"
+        )
     ok = _m(me) <= 1.2 * _m(leanest)
-    lines.append(f"{'PASS' if ok else 'FAIL'}  {'GPU' if gpu else 'CPU'} peak memory at {size}: lrdpo-fast "
-                 f"{_m(me) / MIB:.1f} MiB vs leanest peer {leanest['name']} {_m(leanest) / MIB:.1f} MiB "
-                 f"(goal: <= 1.2x = {1.2 * _m(leanest) / MIB:.1f} MiB)")
+    lines.append(
+        f"{'PASS' if ok else 'FAIL'}  {'GPU' if gpu else 'CPU'} peak memory at {size}: lrdpo-fast "
+        f"{_m(me) / MIB:.1f} MiB vs leanest peer {leanest['name']} {_m(leanest) / MIB:.1f} MiB "
+        f"(goal: <= 1.2x = {1.2 * _m(leanest) / MIB:.1f} MiB)"
+    )
     lean = next((r for r in rows if r["contender"] == "lrdpo_fast_lean" and _ok(r)), None)
     if lean is not None and not gpu:  # the same kernel with small torch chunks: memory for time
         mem_ok, time_ok = _m(lean) <= 1.2 * _m(leanest), _t(lean) <= _t(fastest)
-        lines.append(f"{'PASS' if mem_ok else 'FAIL'}  CPU peak memory with 16 MiB chunks: {_m(lean) / MIB:.1f} MiB "
-                     f"(goal <= {1.2 * _m(leanest) / MIB:.1f} MiB), at {_t(lean) * 1e3:.0f} ms "
-                     f"({'PASS' if time_ok else 'FAIL'} on time: pairs larger than a chunk rebuild their logits)")
+        lines.append(
+            f"{'PASS' if mem_ok else 'FAIL'}  CPU peak memory with 16 MiB chunks: {_m(lean) / MIB:.1f} MiB "
+            f"(goal <= {1.2 * _m(leanest) / MIB:.1f} MiB), at {_t(lean) * 1e3:.0f} ms "
+            f"({'PASS' if time_ok else 'FAIL'} on time: pairs larger than a chunk rebuild their logits)"
+        )
     bad = [r["name"] for r in rows if _ok(r) and "MISMATCH" in r.get("check", {}).get("verdict", "")]
     if bad:
         lines.append(f"FAIL  correctness: {', '.join(bad)} disagree with the reference beyond tolerance")
@@ -139,16 +157,23 @@ def goals(kernel: dict | None, matmul: dict | None, device: str) -> list[str]:
 
 def header(meta: dict, matmul: dict | None) -> str:
     v = meta["versions"]
-    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "triton", "transformers", "trl", "liger_kernel",
-                                              "cut_cross_entropy", "lrdpo_fast") if k in v)
-    lines = [f"Device: **{meta['device_name']}** ({meta['device']}, {meta['torch_threads']} torch threads, "
-             f"{meta['host_cpus']} CPUs visible); commit `{meta['git_commit']}`; {meta['date_utc']}.",
-             f"Libraries: {libs}."]
+    libs = ", ".join(
+        f"{k} {v[k]}"
+        for k in ("torch", "triton", "transformers", "trl", "liger_kernel", "cut_cross_entropy", "lrdpo_fast")
+        if k in v
+    )
+    lines = [
+        f"Device: **{meta['device_name']}** ({meta['device']}, {meta['torch_threads']} torch threads, "
+        f"{meta['host_cpus']} CPUs visible); commit `{meta['git_commit']}`; {meta['date_utc']}.",
+        f"Libraries: {libs}.",
+    ]
     if matmul:
         med = matmul.get("median_flops_per_s")
-        lines.append(f"Measured matmul throughput ({matmul['dtype']} {matmul['shape'][0]}^3, best of "
-                     f"{len(matmul['times_s'])}): {matmul['flops_per_s'] / 1e12:.3f} TFLOP/s"
-                     + (f" (median {med / 1e12:.3f})." if med else "."))
+        lines.append(
+            f"Measured matmul throughput ({matmul['dtype']} {matmul['shape'][0]}^3, best of "
+            f"{len(matmul['times_s'])}): {matmul['flops_per_s'] / 1e12:.3f} TFLOP/s"
+            + (f" (median {med / 1e12:.3f})." if med else ".")
+        )
     return "\n".join(lines)
 
 
@@ -163,42 +188,76 @@ def _provenance(section: dict, meta: dict) -> list[str]:
 def render(results: dict) -> str:
     """The whole markdown report of a results dict (sections that ran)."""
     meta, mm = results["meta"], results.get("matmul")
-    parts = [f"# lrdpo-fast benchmark: {meta['device_slug']} (profile {results['profile']})", "",
-             f"Reproduce: `python -m bench --profile {results['profile']}` (or `./dev bench --profile "
-             f"{results['profile']}`); raw numbers in results.json.", "", header(meta, mm)]
+    parts = [
+        f"# lrdpo-fast benchmark: {meta['device_slug']} (profile {results['profile']})",
+        "",
+        f"Reproduce: `python -m bench --profile {results['profile']}` (or `./dev bench --profile "
+        f"{results['profile']}`); raw numbers in results.json.",
+        "",
+        header(meta, mm),
+    ]
     if results.get("kernel"):
         c = results["kernel"]["config"]
         any_row = next((r for r in results["kernel"]["rows"] if "n_pairs" in r), {})
-        batch = (f" ({any_row['n_pairs']} pairs of long-tailed length, {any_row['scored_tokens']} scored response "
-                 "tokens; prompt and each sequence's last position are ignore_index)") if any_row else ""
-        parts += ["", f"## Loss kernel: forward + backward, N={c['N']} tokens, d={c['d']}, V={c['V']}, {c['dtype']}",
-                  "", f"DPO objective from hidden [N, d] and LM head [V, d]{batch}, gradients w.r.t. both, "
-                  "precomputed reference log-probs. Time: median of "
-                  f"{c['repeats']} after {c['warmup']} warm-up. Peak memory: growth over the inputs (gradients "
-                  "included) in a fresh worker process per contender. Ratios > 1 mean lrdpo-fast is better. "
-                  "6NdV TFLOP/s counts all N tokens. Check: max relative error of the loss and sampled dH/dW rows "
-                  "vs the naive contender (vs the float64 reference of tests/reference.py where the row says so).", "",
-                  kernel_table(results["kernel"]["rows"]), *_provenance(results["kernel"], meta)]
+        batch = (
+            (
+                f" ({any_row['n_pairs']} pairs of long-tailed length, {any_row['scored_tokens']} scored response "
+                "tokens; prompt and each sequence's last position are ignore_index)"
+            )
+            if any_row
+            else ""
+        )
+        parts += [
+            "",
+            f"## Loss kernel: forward + backward, N={c['N']} tokens, d={c['d']}, V={c['V']}, {c['dtype']}",
+            "",
+            f"DPO objective from hidden [N, d] and LM head [V, d]{batch}, gradients w.r.t. both, "
+            "precomputed reference log-probs. Time: median of "
+            f"{c['repeats']} after {c['warmup']} warm-up. Peak memory: growth over the inputs (gradients "
+            "included) in a fresh worker process per contender. Ratios > 1 mean lrdpo-fast is better. "
+            "6NdV TFLOP/s counts all N tokens. Check: max relative error of the loss and sampled dH/dW rows "
+            "vs the naive contender (vs the float64 reference of tests/reference.py where the row says so).",
+            "",
+            kernel_table(results["kernel"]["rows"]),
+            *_provenance(results["kernel"], meta),
+        ]
     if results.get("goals"):
         parts += ["", "## Goals", "", "```", *results["goals"], "```"]
     if results.get("scaling"):
         s = results["scaling"]
-        parts += ["", "## Scaling (time / peak memory)", "", "Token sweep:", "",
-                  scaling_table(s["rows"], s["sweeps"]["N"], "N"), "", "Vocabulary sweep:", "",
-                  scaling_table(s["rows"], s["sweeps"]["V"], "V"), "",
-                  "Plots: scaling_N.png, scaling_V.png (dashed: roofline 6NdV / measured matmul FLOP/s).",
-                  *_provenance(s, meta)]
+        parts += [
+            "",
+            "## Scaling (time / peak memory)",
+            "",
+            "Token sweep:",
+            "",
+            scaling_table(s["rows"], s["sweeps"]["N"], "N"),
+            "",
+            "Vocabulary sweep:",
+            "",
+            scaling_table(s["rows"], s["sweeps"]["V"], "V"),
+            "",
+            "Plots: scaling_N.png, scaling_V.png (dashed: roofline 6NdV / measured matmul FLOP/s).",
+            *_provenance(s, meta),
+        ]
     if results.get("train"):
         t = results["train"]
         any_row = next((r for r in t["rows"] if "params_m" in r), {})
         model = f"{any_row['params_m']}M-parameter Llama, " if any_row else ""
-        parts += ["", f"## Train step end to end ({model}{t['config']['n_pairs']} long-tailed pairs, "
-                  f"{t['config']['pairs_per_step']} pairs/step, {t['config']['epochs']} epoch)", "",
-                  "Same model init, tokenizer, pairs, learning rate, precision and precomputed reference for "
-                  "both trainers. Steady tokens/s: real (unpadded) tokens through the model's training forwards "
-                  "between the first and the last optimizer step; end to end: the epoch's tokens over trainer "
-                  "construction + train() (tokenization and reference precompute included). Peak memory: growth "
-                  "over the built model and data.", "", train_table(t["rows"]), *_provenance(t, meta)]
+        parts += [
+            "",
+            f"## Train step end to end ({model}{t['config']['n_pairs']} long-tailed pairs, "
+            f"{t['config']['pairs_per_step']} pairs/step, {t['config']['epochs']} epoch)",
+            "",
+            "Same model init, tokenizer, pairs, learning rate, precision and precomputed reference for "
+            "both trainers. Steady tokens/s: real (unpadded) tokens through the model's training forwards "
+            "between the first and the last optimizer step; end to end: the epoch's tokens over trainer "
+            "construction + train() (tokenization and reference precompute included). Peak memory: growth "
+            "over the built model and data.",
+            "",
+            train_table(t["rows"]),
+            *_provenance(t, meta),
+        ]
     for key in STANDALONE_TITLES:
         if results.get(key):
             parts += ["", *standalone_section(key, results[key], meta)]

@@ -5,6 +5,7 @@ inputs, in-process; peak memory growth goes into extra_info. A contender that ca
 a PEER library that fails inside its own code. lrdpo_fast's own contenders never turn an error
 into a skip, and neither does a failure whose traceback passes through lrdpo_fast. Sizes:
 LRDPO_BENCH_SIZE="N,d,V" (default 1024,256,8192 on CPU, 16384,4096,128256 bf16 on CUDA)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Wall time of a step: warm-up calls, then the median of timed repeats (device synchronized)."""
+
 from __future__ import annotations
 
 import statistics

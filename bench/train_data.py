@@ -1,6 +1,7 @@
 """The small, local, seeded set-up of the train-step comparison: a word-level tokenizer built with
 `tokenizers` (no download), a ~20M-parameter Llama (both from lrdpo_fast.model.tiny, the one tiny
 model + tokenizer factory), and long-tailed pairs."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ def build_model(vocab_size: int = VOCAB, tiny: bool = False, seed: int = 0):
 
     hidden = 64 if tiny else 256
     model = tiny_causal_lm(
-        "llama", seed=seed, vocab_size=vocab_size, hidden_size=hidden, intermediate_size=128 if tiny else 688,
-        num_hidden_layers=1 if tiny else 4, num_attention_heads=4, num_key_value_heads=4, head_dim=hidden // 4,
+        "llama",
+        seed=seed,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=128 if tiny else 688,
+        num_hidden_layers=1 if tiny else 4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=hidden // 4,
         max_position_embeddings=4096,
     )
     model.config.use_cache = False
@@ -54,8 +62,13 @@ def build_pairs(n_pairs: int, seed: int = 0, tiny: bool = False, vocab_size: int
         p = _long_tailed(rng, 48 * scale, 2, 256)
         c = _long_tailed(rng, 96 * scale, 2, 512)
         r = _long_tailed(rng, 110 * scale, 2, 512)
-        pairs.append({"prompt": _words(rng, p, vocab_size), "chosen": _words(rng, c, vocab_size),
-                      "rejected": _words(rng, r, vocab_size)})
+        pairs.append(
+            {
+                "prompt": _words(rng, p, vocab_size),
+                "chosen": _words(rng, c, vocab_size),
+                "rejected": _words(rng, r, vocab_size),
+            }
+        )
     return pairs
 
 

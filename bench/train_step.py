@@ -13,6 +13,7 @@ Measured per trainer, in its own worker process:
 
 This is the worker side (``train_cell``, run by bench/worker.py); bench/train.py runs the cells.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,13 @@ class TokenMeter:
         if len(self.step_ends) < 2:
             return {"steps": len(self.step_ends), "tokens_per_s": None}
         (t0, k0), (t1, k1) = self.step_ends[0], self.step_ends[-1]
-        return {"steps": len(self.step_ends), "window_steps": len(self.step_ends) - 1, "window_tokens": k1 - k0,
-                "window_s": t1 - t0, "tokens_per_s": (k1 - k0) / (t1 - t0)}
+        return {
+            "steps": len(self.step_ends),
+            "window_steps": len(self.step_ends) - 1,
+            "window_tokens": k1 - k0,
+            "window_s": t1 - t0,
+            "tokens_per_s": (k1 - k0) / (t1 - t0),
+        }
 
 
 def _body(model) -> torch.nn.Module:
@@ -83,10 +89,20 @@ def run_lrdpo_fast(model, tokenizer, pairs, spec: dict, out_dir: str) -> dict:
     except (ImportError, AttributeError):
         raise RuntimeError("n/a: lrdpo_fast.Trainer not available") from None
     cfg = TrainConfig(
-        beta=BETA, learning_rate=LEARNING_RATE, num_epochs=spec["epochs"], pairs_per_step=spec["pairs_per_step"],
-        max_tokens_per_batch=spec["max_tokens_per_batch"], seed=0, output_dir=out_dir, progress=False, plot=False,
-        save_final=False, lr_scheduler="constant", max_grad_norm=1.0,
-        dtype="bf16" if spec["device"].startswith("cuda") else "fp32", gradient_checkpointing=False,
+        beta=BETA,
+        learning_rate=LEARNING_RATE,
+        num_epochs=spec["epochs"],
+        pairs_per_step=spec["pairs_per_step"],
+        max_tokens_per_batch=spec["max_tokens_per_batch"],
+        seed=0,
+        output_dir=out_dir,
+        progress=False,
+        plot=False,
+        save_final=False,
+        lr_scheduler="constant",
+        max_grad_norm=1.0,
+        dtype="bf16" if spec["device"].startswith("cuda") else "fp32",
+        gradient_checkpointing=False,
     )
     trainer = Trainer(model, tokenizer, pairs, cfg)
     trainer.train()
@@ -101,12 +117,30 @@ def run_trl(model, tokenizer, pairs, spec: dict, out_dir: str, liger: bool = Fal
         raise RuntimeError(f"n/a: trl not importable ({e})") from None
     cuda = spec["device"].startswith("cuda")
     args = DPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=spec["pairs_per_step"], gradient_accumulation_steps=1,
-        num_train_epochs=spec["epochs"], learning_rate=LEARNING_RATE, lr_scheduler_type="constant",
-        max_grad_norm=1.0, beta=BETA, loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=True,
-        bf16=cuda, fp16=False, gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no",
-        seed=0, disable_tqdm=True, dataloader_num_workers=0, use_cpu=not cuda, use_liger_kernel=liger,
-        warmup_steps=0, weight_decay=0.0,
+        output_dir=out_dir,
+        per_device_train_batch_size=spec["pairs_per_step"],
+        gradient_accumulation_steps=1,
+        num_train_epochs=spec["epochs"],
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        max_length=None,
+        precompute_ref_log_probs=True,
+        bf16=cuda,
+        fp16=False,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        use_liger_kernel=liger,
+        warmup_steps=0,
+        weight_decay=0.0,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     trainer.train()
@@ -122,6 +156,7 @@ def _preimport(key: str) -> None:
             import datasets  # noqa: F401
             import trl  # noqa: F401
             from trl import DPOConfig, DPOTrainer  # noqa: F401
+
             if key == "trl_liger":
                 import liger_kernel.transformers  # noqa: F401
     except ImportError:
@@ -139,11 +174,13 @@ def train_cell(spec: dict) -> dict:
     tokenizer = build_tokenizer()
     model = build_model(tiny=tiny).to(device)
     pairs = build_pairs(spec["n_pairs"], seed=0, tiny=tiny)
-    out.update(n_pairs=len(pairs), epoch_tokens=pair_tokens(pairs),
-               params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2))
+    out.update(
+        n_pairs=len(pairs),
+        epoch_tokens=pair_tokens(pairs),
+        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    )
     _preimport(key)
-    runner = {"lrdpo_fast": run_lrdpo_fast, "trl": run_trl,
-              "trl_liger": lambda *a: run_trl(*a, liger=True)}[key]
+    runner = {"lrdpo_fast": run_lrdpo_fast, "trl": run_trl, "trl_liger": lambda *a: run_trl(*a, liger=True)}[key]
     meter = TokenMeter(_body(model))
     timing: dict = {}
 
@@ -175,4 +212,3 @@ def train_cell(spec: dict) -> dict:
     out["end_to_end_tokens_per_s"] = out["epoch_tokens"] * spec["epochs"] / timing["end_to_end_s"]
     out["status"] = "ok" if steady["tokens_per_s"] else "n/a: fewer than 2 optimizer steps"
     return out
-

@@ -6,6 +6,7 @@ prepares one contender, warms it up, times it, measures its peak memory (bench/m
 saves sampled gradient rows for the correctness check; a train cell delegates to
 bench/train_step.py. Failures become {"status": "n/a: reason"}, never a crash without a result.
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,13 +29,16 @@ def save_check(path: str, p, loss, dh, dw) -> None:
     scored = torch.nonzero(p.labels.cpu() != -100).flatten()
     rows_h = _sample_rows(p.n_tokens, 64, gen, scored)
     rows_w = torch.cat([_sample_rows(0, 32, gen, p.labels.cpu()[scored]), _sample_rows(p.weight.shape[0], 32, gen)])
-    torch.save({
-        "loss": float(loss),
-        "dh_rows": dh.detach().float().cpu()[rows_h],
-        "dw_rows": dw.detach().float().cpu()[rows_w],
-        "dh_norm": float(dh.detach().float().norm()),
-        "dw_norm": float(dw.detach().float().norm()),
-    }, path)
+    torch.save(
+        {
+            "loss": float(loss),
+            "dh_rows": dh.detach().float().cpu()[rows_h],
+            "dw_rows": dw.detach().float().cpu()[rows_w],
+            "dh_norm": float(dh.detach().float().norm()),
+            "dw_norm": float(dw.detach().float().norm()),
+        },
+        path,
+    )
 
 
 def kernel_cell(spec: dict, isolated: bool = True, phase: str = "all") -> dict:
@@ -45,8 +49,15 @@ def kernel_cell(spec: dict, isolated: bool = True, phase: str = "all") -> dict:
     from .inputs import make_problem
 
     key, device = spec["contender"], spec["device"]
-    out = {"contender": key, "name": DISPLAY.get(key, key), "N": spec["N"], "d": spec["d"], "V": spec["V"],
-           "dtype": spec["dtype"], "device": device}
+    out = {
+        "contender": key,
+        "name": DISPLAY.get(key, key),
+        "N": spec["N"],
+        "d": spec["d"],
+        "V": spec["V"],
+        "dtype": spec["dtype"],
+        "device": device,
+    }
     torch.manual_seed(0)
     p = make_problem(spec["N"], spec["d"], spec["V"], spec["dtype"], device, spec.get("seed", 0))
     out["n_pairs"], out["scored_tokens"] = p.n_pairs, p.scored_tokens
@@ -118,4 +129,3 @@ def run(spec: dict, isolated: bool = True) -> dict:
 
         return {"status": "ok", **matmul_throughput(spec["device"], DTYPES[spec["dtype"]], spec["size"])}
     raise ValueError(f"unknown cell kind {spec['kind']!r}")
-

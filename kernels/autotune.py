@@ -10,6 +10,7 @@ Under ``TRITON_INTERPRET=1`` (read at import) there is one tiny config: no tunin
 Keys: ``D`` and ``V`` (the autotuner adds every tensor argument's dtype); N is not a key (the best
 tile depends little on it, and re-tuning per batch length would stall training).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ import os
 import torch
 import triton
 
-BIG_MIN_SMEM = 160 * 1024          # A100 opt-in: 163 KiB; H100: 227 KiB
+BIG_MIN_SMEM = 160 * 1024  # A100 opt-in: 163 KiB; H100: 227 KiB
 A100_SMEM = 163 * 1024
-CONSUMER_SMEM = 99 * 1024          # RTX 3090/4090 opt-in per block
+CONSUMER_SMEM = 99 * 1024  # RTX 3090/4090 opt-in per block
 
 
 def _cfg(bn: int, bv: int, bd: int, warps: int, stages: int) -> triton.Config:

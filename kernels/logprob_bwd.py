@@ -12,6 +12,7 @@ tiles whose gradient is entirely below ``skip_below`` (0.0 = exact) skip the two
 config run starts from zeroed DH, DW, DB (``reset_to_zero``, also after tuning);
 ``logprob_bwd_jit`` the plain kernel (ahead-of-time compiles).
 """
+
 import triton
 import triton.language as tl
 
@@ -21,16 +22,31 @@ from .tiles import logits_tile
 
 @triton.jit
 def logprob_bwd_jit(
-    H, W, B, LABELS, LSE, GRAD,
-    DH, DW, DB,                       # float32 accumulators [N, D], [V, D], [V]
-    N, V, D,
-    stride_h, stride_w,
-    inv_temp, skip_below,
+    H,
+    W,
+    B,
+    LABELS,
+    LSE,
+    GRAD,
+    DH,
+    DW,
+    DB,  # float32 accumulators [N, D], [V, D], [V]
+    N,
+    V,
+    D,
+    stride_h,
+    stride_w,
+    inv_temp,
+    skip_below,
     HAS_BIAS: tl.constexpr,
-    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    NEED_DH: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -40,12 +56,29 @@ def logprob_bwd_jit(
     mask_n = rn < N
     mask_v = rv < V
     lab = tl.load(LABELS + rn, mask=mask_n, other=-1).to(tl.int64)
-    g = tl.load(GRAD + rn, mask=mask_n, other=0.0)   # zero on unscored rows (host-side mask)
+    g = tl.load(GRAD + rn, mask=mask_n, other=0.0)  # zero on unscored rows (host-side mask)
     n_live = tl.sum((g != 0.0).to(tl.int32), axis=0)
     if n_live > 0:
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
-        logits = logits_tile(H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
-                             HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+        logits = logits_tile(
+            H,
+            W,
+            B,
+            rn,
+            rv,
+            mask_n,
+            mask_v,
+            D,
+            stride_h,
+            stride_w,
+            inv_temp,
+            HAS_BIAS,
+            UPCAST,
+            PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+        )
         p = tl.exp(tl.minimum(logits - lse[:, None], 0.0))  # logit <= lse; no overflow
         # rows without gradient (ignored: lse stored as 0) and padded vocab columns contribute nothing
         p = tl.where((g != 0.0)[:, None] & mask_v[None, :], p, 0.0)
@@ -60,24 +93,32 @@ def logprob_bwd_jit(
             for d0 in range(0, D, BLOCK_D):
                 mask_d = (d0 + rd) < D
                 if NEED_DH:
-                    w = tl.load(W + rv[:, None] * stride_w + (d0 + rd)[None, :],
-                                mask=mask_v[:, None] & mask_d[None, :], other=0.0)
+                    w = tl.load(
+                        W + rv[:, None] * stride_w + (d0 + rd)[None, :],
+                        mask=mask_v[:, None] & mask_d[None, :],
+                        other=0.0,
+                    )
                     if UPCAST:
                         w = w.to(tl.float32)
                     dh = tl.dot(dz.to(w.dtype), w, input_precision=PRECISION)
-                    tl.atomic_add(DH + rn[:, None] * D + (d0 + rd)[None, :], dh,
-                                  mask=mask_n[:, None] & mask_d[None, :])
+                    tl.atomic_add(DH + rn[:, None] * D + (d0 + rd)[None, :], dh, mask=mask_n[:, None] & mask_d[None, :])
                 if NEED_DW:
-                    h = tl.load(H + rn[:, None] * stride_h + (d0 + rd)[None, :],
-                                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                    h = tl.load(
+                        H + rn[:, None] * stride_h + (d0 + rd)[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :],
+                        other=0.0,
+                    )
                     if UPCAST:
                         h = h.to(tl.float32)
                     dw = tl.dot(tl.trans(dz.to(h.dtype)), h, input_precision=PRECISION)
-                    tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw,
-                                  mask=mask_v[:, None] & mask_d[None, :])
+                    tl.atomic_add(DW + rv[:, None] * D + (d0 + rd)[None, :], dw, mask=mask_v[:, None] & mask_d[None, :])
 
 
 logprob_bwd_kernel = triton.autotune(
-    configs=configs("bwd"), key=["D", "V"], prune_configs_by={"early_config_prune": pruner("bwd")},
-    reset_to_zero=["DH", "DW", "DB"], do_bench=quick_bench, cache_results=True,
+    configs=configs("bwd"),
+    key=["D", "V"],
+    prune_configs_by={"early_config_prune": pruner("bwd")},
+    reset_to_zero=["DH", "DW", "DB"],
+    do_bench=quick_bench,
+    cache_results=True,
 )(logprob_bwd_jit)

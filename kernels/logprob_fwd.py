@@ -10,6 +10,7 @@ Token blocks whose labels are all ignored (prompt, padding) skip the matmuls ent
 the dtypes; it writes every output, so re-running a config is harmless); ``logprob_fwd_jit`` the
 plain kernel (ahead-of-time compiles).
 """
+
 import triton
 import triton.language as tl
 
@@ -19,15 +20,27 @@ from .tiles import logits_tile
 
 @triton.jit
 def logprob_fwd_jit(
-    H, W, B, LABELS,
-    MAX_OUT, SUM_OUT, LABEL_OUT,      # float32 [SPLITS, N] partial results
-    N, V, D,
-    stride_h, stride_w,
-    n_splits, inv_temp, ignore_index,
+    H,
+    W,
+    B,
+    LABELS,
+    MAX_OUT,
+    SUM_OUT,
+    LABEL_OUT,  # float32 [SPLITS, N] partial results
+    N,
+    V,
+    D,
+    stride_h,
+    stride_w,
+    n_splits,
+    inv_temp,
+    ignore_index,
     HAS_BIAS: tl.constexpr,
-    UPCAST: tl.constexpr,             # interpreter: tl.dot needs float32 operands
-    PRECISION: tl.constexpr,          # "ieee" for float32 inputs, "tf32" allowed by the caller
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreter: tl.dot needs float32 operands
+    PRECISION: tl.constexpr,  # "ieee" for float32 inputs, "tf32" allowed by the caller
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -48,8 +61,25 @@ def logprob_fwd_jit(
         for v0 in range(v_start, v_end, BLOCK_V):
             rv = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
             mask_v = rv < v_end
-            acc = logits_tile(H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
-                              HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+            acc = logits_tile(
+                H,
+                W,
+                B,
+                rn,
+                rv,
+                mask_n,
+                mask_v,
+                D,
+                stride_h,
+                stride_w,
+                inv_temp,
+                HAS_BIAS,
+                UPCAST,
+                PRECISION,
+                BLOCK_N,
+                BLOCK_V,
+                BLOCK_D,
+            )
             acc = tl.where(mask_v[None, :], acc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(acc, axis=1))
             s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), axis=1)
@@ -63,6 +93,9 @@ def logprob_fwd_jit(
 
 
 logprob_fwd_kernel = triton.autotune(
-    configs=configs("fwd"), key=["D", "V"], prune_configs_by={"early_config_prune": pruner("fwd")},
-    do_bench=quick_bench, cache_results=True,
+    configs=configs("fwd"),
+    key=["D", "V"],
+    prune_configs_by={"early_config_prune": pruner("fwd")},
+    do_bench=quick_bench,
+    cache_results=True,
 )(logprob_fwd_jit)

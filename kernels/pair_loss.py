@@ -4,6 +4,7 @@ One program per block of pairs. Sequences are in pair order [c0, r0, c1, r1, ...
 index 2i (chosen) and 2i+1 (rejected). Outputs the per-pair loss and d(mean loss)/d logp for every
 sequence (already divided by the number of pairs). LOSS_TYPE is a code of ``loss_types.py``.
 """
+
 import triton
 import triton.language as tl
 
@@ -29,9 +30,17 @@ def _sigmoid(x):
 
 @triton.jit
 def pair_loss_kernel(
-    LOGPS, REF, LENS,                 # float32 [S]
-    LOSS, DLOGPS,                     # float32 [P], [S]
-    P, beta, alpha, gamma, smoothing, inv_pairs,
+    LOGPS,
+    REF,
+    LENS,  # float32 [S]
+    LOSS,
+    DLOGPS,  # float32 [P], [S]
+    P,
+    beta,
+    alpha,
+    gamma,
+    smoothing,
+    inv_pairs,
     LOSS_TYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -44,19 +53,19 @@ def pair_loss_kernel(
     lw = tl.load(LENS + 2 * rp, mask=m, other=1.0)
     ll = tl.load(LENS + 2 * rp + 1, mask=m, other=1.0)
     length_term = alpha * (lw - ll)
-    if LOSS_TYPE == _SIGMOID or LOSS_TYPE == _HINGE:      # sigmoid (DPO / LR-DPO), hinge
+    if LOSS_TYPE == _SIGMOID or LOSS_TYPE == _HINGE:  # sigmoid (DPO / LR-DPO), hinge
         z = beta * ((pw - rw) - (pl - rl)) + length_term
         dzw = beta + 0.0 * lw
         dzl = -beta + 0.0 * ll
-    elif LOSS_TYPE == _SIGMOID_NORM:                      # sigmoid_norm (LN-DPO)
+    elif LOSS_TYPE == _SIGMOID_NORM:  # sigmoid_norm (LN-DPO)
         z = beta * ((pw - rw) / lw - (pl - rl) / ll) + length_term
         dzw = beta / lw
         dzl = -beta / ll
-    elif LOSS_TYPE == _SIMPO:                             # simpo
+    elif LOSS_TYPE == _SIMPO:  # simpo
         z = beta * (pw / lw - pl / ll) - gamma + length_term
         dzw = beta / lw
         dzl = -beta / ll
-    else:                                     # ipo
+    else:  # ipo
         z = (pw - rw) / lw - (pl - rl) / ll
         dzw = 1.0 / lw
         dzl = -1.0 / ll

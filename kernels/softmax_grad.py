@@ -21,15 +21,28 @@ The row is read once for the log-sum-exp and once more (from L2 for rows up to a
 gradient; the gradient is written once. Not autotuned: it writes in place, and an autotuner
 would re-run it on its own output.
 """
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
 def softmax_grad_kernel(
-    Z, GOUT, LABELS, LSE, LOGP, G, BLOCKMAX,
-    V, stride_z, stride_g, inv_temp,
-    COMPUTE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, HAS_G: tl.constexpr, TRACK_MAX: tl.constexpr,
+    Z,
+    GOUT,
+    LABELS,
+    LSE,
+    LOGP,
+    G,
+    BLOCKMAX,
+    V,
+    stride_z,
+    stride_g,
+    inv_temp,
+    COMPUTE_LSE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    HAS_G: tl.constexpr,
+    TRACK_MAX: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)

@@ -1,13 +1,28 @@
 """Shared device functions: the logits tile both the forward and backward kernels rebuild."""
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
 def logits_tile(
-    H, W, B, rn, rv, mask_n, mask_v, D, stride_h, stride_w, inv_temp,
-    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    H,
+    W,
+    B,
+    rn,
+    rv,
+    mask_n,
+    mask_v,
+    D,
+    stride_h,
+    stride_w,
+    inv_temp,
+    HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """float32 [BLOCK_N, BLOCK_V] tile of (H W^T + b) / T for token rows rn and vocab rows rv."""
     rd = tl.arange(0, BLOCK_D)

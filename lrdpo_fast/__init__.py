@@ -19,6 +19,7 @@ in this list):
 Only ``ops`` is imported eagerly (torch); everything else on first use, so ``import lrdpo_fast``
 loads neither transformers nor vllm.
 """
+
 from importlib import import_module
 
 from ._version import __version__  # noqa: F401  (re-exported)
@@ -27,12 +28,27 @@ from .ops import LOSS_TYPES, LRDPOLoss, fused_lrdpo_loss, linear_logprobs, lrdpo
 _LAZY = {
     "data.records": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs"],
     "data.files": ["read_jsonl", "load_jsonl", "save_jsonl", "load_hf_dataset", "load_pairs"],
-    "data.packing": ["PackedBatch", "pack_pairs", "split_pairs", "token_budget_batches", "packed_batches",
-                     "packing_stats"],
-    "model.attention": ["ATTN_IMPLEMENTATION", "register_varlen_attention", "enable_varlen_attention",
-                        "varlen_attention_enabled"],
-    "model.packed": ["decoder_body", "lm_head_params", "packed_hidden_states", "model_sequence_logprobs",
-                     "precompute_reference_logps"],
+    "data.packing": [
+        "PackedBatch",
+        "pack_pairs",
+        "split_pairs",
+        "token_budget_batches",
+        "packed_batches",
+        "packing_stats",
+    ],
+    "model.attention": [
+        "ATTN_IMPLEMENTATION",
+        "register_varlen_attention",
+        "enable_varlen_attention",
+        "varlen_attention_enabled",
+    ],
+    "model.packed": [
+        "decoder_body",
+        "lm_head_params",
+        "packed_hidden_states",
+        "model_sequence_logprobs",
+        "precompute_reference_logps",
+    ],
     "train.config": ["TrainConfig"],
     "train.trainer": ["Trainer"],
     "loop.samples": ["Sample"],
@@ -46,8 +62,7 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["LOSS_TYPES", "LRDPOLoss", "fused_lrdpo_loss", "linear_logprobs", "lrdpo_loss", "sequence_logprobs",
-           *_WHERE]
+__all__ = ["LOSS_TYPES", "LRDPOLoss", "fused_lrdpo_loss", "linear_logprobs", "lrdpo_loss", "sequence_logprobs", *_WHERE]
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ The recipe, the seed and the training loop live in ``lrdpo_fast/demo/sft.py`` (a
 ``python -m lrdpo_fast.demo.sft``); on the same CPU the weights come out bit for bit the same
 (compare the printed sha256 with the one in ``start_policy/README.md``).
 """
+
 import sys
 
 from lrdpo_fast.demo.sft import main

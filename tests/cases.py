@@ -1,4 +1,5 @@
 """Input builders for kernel tests: packed batches with odd shapes and ignored prompts."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def to_device(device, *tensors):
     return [None if t is None else t.to(device) for t in tensors]
 
 
-def make_case(n, d, v, *, dtype=torch.float32, scale=1.0, ignore_frac=0.3, n_seqs=None, seed=0, bias=False,
-              device="cpu"):
+def make_case(
+    n, d, v, *, dtype=torch.float32, scale=1.0, ignore_frac=0.3, n_seqs=None, seed=0, bias=False, device="cpu"
+):
     """hidden [n, d], weight [v, d], labels int64 [n] (some -100), cu_seqlens int32, bias [v]|None.
 
     ``scale`` multiplies the logits' typical magnitude (1e4 tests the large-logit path). Built on

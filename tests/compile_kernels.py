@@ -4,6 +4,7 @@ up in CPU CI. Usage: python compile_kernels.py SM (e.g. 90 for H100, 80 for A100
 TRITON_INTERPRET unset. Prints one line per variant with its shared-memory use; the autotuned
 tiles (kernels/autotune.py) as "autotune FAMILY KIND DTYPE CONFIG shared=S estimate=E limit=L",
 every config that survives pruning for an A100-class (163 KiB) and a consumer (99 KiB) GPU."""
+
 import sys
 
 import triton
@@ -33,26 +34,86 @@ def main(sm: int) -> None:
     for dt, label_t in (("bf16", "i64"), ("fp16", "i32"), ("fp32", "i64")):
         prec = "ieee" if dt == "fp32" else "tf32"
         common = {"H": f"*{dt}", "W": f"*{dt}", "B": f"*{dt}", "LABELS": f"*{label_t}"}
-        fwd = {**common, "MAX_OUT": "*fp32", "SUM_OUT": "*fp32", "LABEL_OUT": "*fp32", "N": "i32", "V": "i32",
-               "D": "i32", "stride_h": "i32", "stride_w": "i32", "n_splits": "i32", "inv_temp": "fp32",
-               "ignore_index": "i32", "HAS_BIAS": "constexpr", "UPCAST": "constexpr", "PRECISION": "constexpr",
-               "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr"}
+        fwd = {
+            **common,
+            "MAX_OUT": "*fp32",
+            "SUM_OUT": "*fp32",
+            "LABEL_OUT": "*fp32",
+            "N": "i32",
+            "V": "i32",
+            "D": "i32",
+            "stride_h": "i32",
+            "stride_w": "i32",
+            "n_splits": "i32",
+            "inv_temp": "fp32",
+            "ignore_index": "i32",
+            "HAS_BIAS": "constexpr",
+            "UPCAST": "constexpr",
+            "PRECISION": "constexpr",
+            "BLOCK_N": "constexpr",
+            "BLOCK_V": "constexpr",
+            "BLOCK_D": "constexpr",
+        }
         for has_bias in (False, True):
-            compile_one(logprob_fwd_kernel, fwd, dict(HAS_BIAS=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS),
-                        target, 8)
-        bwd = {**common, "LSE": "*fp32", "GRAD": "*fp32", "DH": "*fp32", "DW": "*fp32", "DB": "*fp32", "N": "i32",
-               "V": "i32", "D": "i32", "stride_h": "i32", "stride_w": "i32", "inv_temp": "fp32",
-               "skip_below": "fp32", "HAS_BIAS": "constexpr", "NEED_DH": "constexpr", "NEED_DW": "constexpr",
-               "NEED_DB": "constexpr", "UPCAST": "constexpr", "PRECISION": "constexpr",
-               "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "BLOCK_D": "constexpr"}
+            compile_one(
+                logprob_fwd_kernel, fwd, dict(HAS_BIAS=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS), target, 8
+            )
+        bwd = {
+            **common,
+            "LSE": "*fp32",
+            "GRAD": "*fp32",
+            "DH": "*fp32",
+            "DW": "*fp32",
+            "DB": "*fp32",
+            "N": "i32",
+            "V": "i32",
+            "D": "i32",
+            "stride_h": "i32",
+            "stride_w": "i32",
+            "inv_temp": "fp32",
+            "skip_below": "fp32",
+            "HAS_BIAS": "constexpr",
+            "NEED_DH": "constexpr",
+            "NEED_DW": "constexpr",
+            "NEED_DB": "constexpr",
+            "UPCAST": "constexpr",
+            "PRECISION": "constexpr",
+            "BLOCK_N": "constexpr",
+            "BLOCK_V": "constexpr",
+            "BLOCK_D": "constexpr",
+        }
         sigs[dt] = (fwd, bwd, prec)
         for has_bias, need_w in ((False, True), (True, True), (False, False)):
-            compile_one(logprob_bwd_kernel, bwd, dict(HAS_BIAS=has_bias, NEED_DH=True, NEED_DW=need_w,
-                                                      NEED_DB=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS),
-                        target, 8)
-    loss = {"LOGPS": "*fp32", "REF": "*fp32", "LENS": "*fp32", "LOSS": "*fp32", "DLOGPS": "*fp32", "P": "i32",
-            "beta": "fp32", "alpha": "fp32", "gamma": "fp32", "smoothing": "fp32", "inv_pairs": "fp32",
-            "LOSS_TYPE": "constexpr", "BLOCK": "constexpr"}
+            compile_one(
+                logprob_bwd_kernel,
+                bwd,
+                dict(
+                    HAS_BIAS=has_bias,
+                    NEED_DH=True,
+                    NEED_DW=need_w,
+                    NEED_DB=has_bias,
+                    UPCAST=False,
+                    PRECISION=prec,
+                    **BLOCKS,
+                ),
+                target,
+                8,
+            )
+    loss = {
+        "LOGPS": "*fp32",
+        "REF": "*fp32",
+        "LENS": "*fp32",
+        "LOSS": "*fp32",
+        "DLOGPS": "*fp32",
+        "P": "i32",
+        "beta": "fp32",
+        "alpha": "fp32",
+        "gamma": "fp32",
+        "smoothing": "fp32",
+        "inv_pairs": "fp32",
+        "LOSS_TYPE": "constexpr",
+        "BLOCK": "constexpr",
+    }
     for loss_type in range(5):
         compile_one(pair_loss_kernel, loss, dict(LOSS_TYPE=loss_type, BLOCK=128), target, 4)
     # every autotuned tile that a device of each family would try, for 16-bit and float32 inputs
@@ -61,27 +122,58 @@ def main(sm: int) -> None:
             fwd, bwd, prec = sigs[dt]
             for kind, fn, sig, flags in (
                 ("fwd", logprob_fwd_kernel, fwd, dict(HAS_BIAS=False, UPCAST=False, PRECISION=prec)),
-                ("bwd", logprob_bwd_kernel, bwd, dict(HAS_BIAS=False, NEED_DH=True, NEED_DW=True, NEED_DB=False,
-                                                      UPCAST=False, PRECISION=prec)),
+                (
+                    "bwd",
+                    logprob_bwd_kernel,
+                    bwd,
+                    dict(HAS_BIAS=False, NEED_DH=True, NEED_DW=True, NEED_DB=False, UPCAST=False, PRECISION=prec),
+                ),
             ):
                 for cfg in autotune.fits(kind, limit, elem):
-                    shared = compile_one(fn, sig, {**flags, **cfg.kwargs}, target, cfg.num_warps, cfg.num_stages,
-                                         quiet=True)
+                    shared = compile_one(
+                        fn, sig, {**flags, **cfg.kwargs}, target, cfg.num_warps, cfg.num_stages, quiet=True
+                    )
                     tile = "x".join(str(cfg.kwargs[k]) for k in ("BLOCK_N", "BLOCK_V", "BLOCK_D"))
-                    print(f"autotune {fam} {kind} {dt} {tile}/w{cfg.num_warps}/s{cfg.num_stages} shared={shared} "
-                          f"estimate={autotune.smem_estimate(kind, cfg, elem)} limit={limit}")
+                    print(
+                        f"autotune {fam} {kind} {dt} {tile}/w{cfg.num_warps}/s{cfg.num_stages} shared={shared} "
+                        f"estimate={autotune.smem_estimate(kind, cfg, elem)} limit={limit}"
+                    )
     # the chunked path's row pass (torch_backend.row_pass: BLOCK_V=2048, 8 warps): lse only, then
     # the in-place gradient in each input dtype, with and without the filter's block max
-    row = {"Z": "*fp32", "GOUT": "*fp32", "LABELS": "*i64", "LSE": "*fp32", "LOGP": "*fp32", "G": "*fp32",
-           "BLOCKMAX": "*fp32", "V": "i32", "stride_z": "i32", "stride_g": "i32", "inv_temp": "fp32",
-           "COMPUTE_LSE": "constexpr", "WRITE_GRAD": "constexpr", "HAS_G": "constexpr", "TRACK_MAX": "constexpr",
-           "BLOCK_V": "constexpr"}
-    compile_one(softmax_grad_kernel, row, dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False,
-                                               BLOCK_V=2048), target, 8)
+    row = {
+        "Z": "*fp32",
+        "GOUT": "*fp32",
+        "LABELS": "*i64",
+        "LSE": "*fp32",
+        "LOGP": "*fp32",
+        "G": "*fp32",
+        "BLOCKMAX": "*fp32",
+        "V": "i32",
+        "stride_z": "i32",
+        "stride_g": "i32",
+        "inv_temp": "fp32",
+        "COMPUTE_LSE": "constexpr",
+        "WRITE_GRAD": "constexpr",
+        "HAS_G": "constexpr",
+        "TRACK_MAX": "constexpr",
+        "BLOCK_V": "constexpr",
+    }
+    compile_one(
+        softmax_grad_kernel,
+        row,
+        dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False, BLOCK_V=2048),
+        target,
+        8,
+    )
     for dt in ("bf16", "fp16", "fp32"):
         for track in (False, True):
-            compile_one(softmax_grad_kernel, {**row, "GOUT": f"*{dt}"},
-                        dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, BLOCK_V=2048), target, 8)
+            compile_one(
+                softmax_grad_kernel,
+                {**row, "GOUT": f"*{dt}"},
+                dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, BLOCK_V=2048),
+                target,
+                8,
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 first thing here. Without CUDA the Triton backend runs on CPU tensors through Triton's interpreter
 (TRITON_INTERPRET=1); with CUDA it stays unset, so the Triton tests run the compiled kernels users
 get (tensor-core block sizes, 16-bit dots), and ``pytest -m gpu`` selects the GPU-only set."""
+
 import os
 
 import torch  # noqa: E402  (importing torch does not import triton)

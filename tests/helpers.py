@@ -4,6 +4,7 @@
 chat template. ``tiny_model(kind)``: a random-weight causal LM ("llama", "qwen2", "mistral")
 with hidden 64, 2 heads of dim 32, 1 KV head (GQA), 2 layers, fp32.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,9 @@ def tiny_tokenizer(vocab_size: int = 320):
     """
     from lrdpo_fast.model.tiny import train_bpe_tokenizer
 
-    return train_bpe_tokenizer(TRAIN_LINES * 4, vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=CHATML_TEMPLATE)
+    return train_bpe_tokenizer(
+        TRAIN_LINES * 4, vocab_size, special_tokens=SPECIAL_TOKENS, chat_template=CHATML_TEMPLATE
+    )
 
 
 def tiny_config(kind: str = "llama", *, vocab_size: int = 320, tie_word_embeddings: bool = False, **overrides):
@@ -74,6 +77,10 @@ def random_records(n: int, *, seed: int = 0, min_words: int = 1, max_words: int 
         return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
 
     return [
-        {"prompt": text(min_words, max_words), "chosen": text(min_words, max_words), "rejected": text(min_words, max_words)}
+        {
+            "prompt": text(min_words, max_words),
+            "chosen": text(min_words, max_words),
+            "rejected": text(min_words, max_words),
+        }
         for _ in range(n)
     ]

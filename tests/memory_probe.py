@@ -7,6 +7,7 @@ measurement (``peak_growth``: resident high-water growth after malloc_trim, larg
 on free) around the call, once the inputs exist and a tiny warm-up call has loaded every code
 path, so it counts only what the call itself allocated at its peak (the returned gradients included).
 """
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Plain float64 references with materialized logits: what every kernel is checked against."""
+
 from __future__ import annotations
 
 import math
@@ -186,10 +187,10 @@ def model_sequence_logps64(model, examples, noise_scale=False):
             res = model(ids, output_hidden_states=noise_scale)
             logp = res.logits[0].double().log_softmax(-1)
             p = len(ex.prompt_ids)
-            out.append(logp[p - 1:-1].gather(1, ids[0, p:, None]).sum())
+            out.append(logp[p - 1 : -1].gather(1, ids[0, p:, None]).sum())
             lengths.append(len(resp))
             if noise_scale:
-                h = res.hidden_states[-1][0, p - 1:-1].detach().double()  # after the final norm
+                h = res.hidden_states[-1][0, p - 1 : -1].detach().double()  # after the final norm
                 per_token = (h.pow(2) @ head.detach().pow(2).T).max(-1).values  # max_v sum_k (h_k W_vk)^2
                 noise.append(per_token.sum().sqrt())
     if noise_scale:
@@ -197,8 +198,9 @@ def model_sequence_logps64(model, examples, noise_scale=False):
     return torch.stack(out), torch.tensor(lengths)
 
 
-def reference_step(policy, examples, *, ref_model=None, beta, alpha=0.0, loss_type="sigmoid", gamma=0.0,
-                   label_smoothing=0.0):
+def reference_step(
+    policy, examples, *, ref_model=None, beta, alpha=0.0, loss_type="sigmoid", gamma=0.0, label_smoothing=0.0
+):
     """The first step of LR-DPO training on ``examples`` (all in one batch), in float64 on the CPU.
 
     ``policy`` (and ``ref_model``, default: the policy itself, as the Trainer's default reference)
@@ -217,10 +219,22 @@ def reference_step(policy, examples, *, ref_model=None, beta, alpha=0.0, loss_ty
         ref = torch.zeros_like(logps)
     else:
         with torch.no_grad():
-            ref = model_sequence_logps64(copy.deepcopy(ref_model if ref_model is not None else policy).cpu().double().eval(),
-                                         examples)[0]
-    losses = pair_losses64(logps[0::2], logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2], beta=beta,
-                           alpha=alpha, loss_type=loss_type, gamma=gamma, label_smoothing=label_smoothing)
+            ref = model_sequence_logps64(
+                copy.deepcopy(ref_model if ref_model is not None else policy).cpu().double().eval(), examples
+            )[0]
+    losses = pair_losses64(
+        logps[0::2],
+        logps[1::2],
+        ref[0::2],
+        ref[1::2],
+        lengths[0::2],
+        lengths[1::2],
+        beta=beta,
+        alpha=alpha,
+        loss_type=loss_type,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+    )
     loss = losses.mean()
     loss.backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach() for n, p in pol.named_parameters()}
@@ -230,15 +244,26 @@ def reference_step(policy, examples, *, ref_model=None, beta, alpha=0.0, loss_ty
     else:
         rewards = beta * (lp - ref)
     metrics = {
-        "rewards/chosen": float(rewards[0::2].mean()), "rewards/rejected": float(rewards[1::2].mean()),
+        "rewards/chosen": float(rewards[0::2].mean()),
+        "rewards/rejected": float(rewards[1::2].mean()),
         "rewards/margins": float((rewards[0::2] - rewards[1::2]).mean()),
         "rewards/accuracies": float((rewards[0::2] > rewards[1::2]).double().mean()),
-        "logps/chosen": float(lp[0::2].mean()), "logps/rejected": float(lp[1::2].mean()),
-        "length/chosen": float(lengths[0::2].double().mean()), "length/rejected": float(lengths[1::2].double().mean()),
+        "logps/chosen": float(lp[0::2].mean()),
+        "logps/rejected": float(lp[1::2].mean()),
+        "length/chosen": float(lengths[0::2].double().mean()),
+        "length/rejected": float(lengths[1::2].double().mean()),
     }
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
-    return SimpleNamespace(loss=float(loss.detach()), grads=grads, grad_norm=norm, metrics=metrics,
-                           logps=lp, ref_logps=ref, lengths=lengths, logp_noise=noise)
+    return SimpleNamespace(
+        loss=float(loss.detach()),
+        grads=grads,
+        grad_norm=norm,
+        metrics=metrics,
+        logps=lp,
+        ref_logps=ref,
+        lengths=lengths,
+        logp_noise=noise,
+    )
 
 
 def adamw_first_step(p0, g, *, lr, weight_decay, eps=1e-8, max_grad_norm=None, grad_norm=None):

@@ -1,4 +1,5 @@
 """varlen attention: exactness against per-sequence references, registration, fallbacks."""
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def reference(q, k, v, lens, window=None):
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     outs, a = [], 0
     for n in lens:
-        qs, ks, vs = (t[a:a + n].double().transpose(0, 1) for t in (q, k, v))
+        qs, ks, vs = (t[a : a + n].double().transpose(0, 1) for t in (q, k, v))
         s = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
         i = torch.arange(n)
         allowed = i[:, None] >= i[None, :]
@@ -98,8 +99,12 @@ def test_model_without_cu_seqlens(kind, monkeypatch):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids, attention_mask=mask).logits[mask.bool()],
-                                   sdpa(ids, attention_mask=mask).logits[mask.bool()], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours(ids, attention_mask=mask).logits[mask.bool()],
+            sdpa(ids, attention_mask=mask).logits[mask.bool()],
+            rtol=1e-5,
+            atol=1e-5,
+        )
         a, b = ids[0, :5], ids[1, :4]
         kernel.clear()
         packed = ours(torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])).logits[0]

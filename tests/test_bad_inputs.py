@@ -5,6 +5,7 @@ contract of issue 14: one ``lrdpo-fast: error: ...`` line on stderr, exit code 2
 Groups: kernels and losses, data files and records, packing, TrainConfig, IterateConfig, the
 Trainer (and its checkpoints), the sampler (the session's engine), the rewards, build_pairs, the CLI.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ N, D, V = 8, 16, 37
 
 def _lin(**over):
     g = torch.Generator().manual_seed(0)
-    args = dict(hidden=torch.randn(N, D, generator=g), weight=torch.randn(V, D, generator=g),
-                labels=torch.randint(0, V, (N,), generator=g), cu_seqlens=torch.tensor([0, 2, 4, 6, 8], dtype=torch.int32))
+    args = dict(
+        hidden=torch.randn(N, D, generator=g),
+        weight=torch.randn(V, D, generator=g),
+        labels=torch.randint(0, V, (N,), generator=g),
+        cu_seqlens=torch.tensor([0, 2, 4, 6, 8], dtype=torch.int32),
+    )
     args["labels"][[0, 2, 4, 6]] = -100
     args.update(over)
     return args
@@ -62,9 +67,14 @@ def _seq(**over):
 
 
 def _pair(**over):
-    t = dict(chosen_logps=torch.tensor([-3.0, -4.0]), rejected_logps=torch.tensor([-5.0, -6.0]),
-             ref_chosen_logps=torch.tensor([-3.5, -4.0]), ref_rejected_logps=torch.tensor([-5.0, -5.5]),
-             chosen_lengths=torch.tensor([3, 4]), rejected_lengths=torch.tensor([5, 6]))
+    t = dict(
+        chosen_logps=torch.tensor([-3.0, -4.0]),
+        rejected_logps=torch.tensor([-5.0, -6.0]),
+        ref_chosen_logps=torch.tensor([-3.5, -4.0]),
+        ref_rejected_logps=torch.tensor([-5.0, -5.5]),
+        chosen_lengths=torch.tensor([3, 4]),
+        rejected_lengths=torch.tensor([5, 6]),
+    )
     kw = {k: v for k, v in over.items() if k not in t}
     t.update({k: v for k, v in over.items() if k in t})
     return lf.lrdpo_loss(*t.values(), **kw)
@@ -82,52 +92,127 @@ KERNEL_CASES = [
     ("weight_inf", lambda: _seq(weight=_poke(W, -INF)), NonFiniteInputError, ["weight contains non-finite values"]),
     ("bias_nan", lambda: _seq(bias=_poke(torch.zeros(V), NAN, 5)), NonFiniteInputError, ["bias contains non-finite"]),
     ("fused_weight_nan", lambda: _fused(weight=_poke(W, NAN)), NonFiniteInputError, ["weight contains non-finite"]),
-    ("fused_bias_inf", lambda: _fused(bias=_poke(torch.zeros(V), INF, 0)), NonFiniteInputError,
-     ["bias contains non-finite"]),
-    ("fused_ref_weight_nan", lambda: _fused(ref_logps=None, ref_hidden=H, ref_weight=_poke(W, NAN)),
-     NonFiniteInputError, ["ref_weight contains non-finite"]),
-    ("fused_ref_hidden_nan", lambda: _fused(ref_logps=None, ref_hidden=_poke(H, NAN)), NonFiniteInputError,
-     ["ref_hidden contains non-finite"]),
+    (
+        "fused_bias_inf",
+        lambda: _fused(bias=_poke(torch.zeros(V), INF, 0)),
+        NonFiniteInputError,
+        ["bias contains non-finite"],
+    ),
+    (
+        "fused_ref_weight_nan",
+        lambda: _fused(ref_logps=None, ref_hidden=H, ref_weight=_poke(W, NAN)),
+        NonFiniteInputError,
+        ["ref_weight contains non-finite"],
+    ),
+    (
+        "fused_ref_hidden_nan",
+        lambda: _fused(ref_logps=None, ref_hidden=_poke(H, NAN)),
+        NonFiniteInputError,
+        ["ref_hidden contains non-finite"],
+    ),
     ("weight_dtype_mismatch", lambda: _seq(weight=W.half()), ValueError, ["weight dtype", "does not match hidden"]),
     ("weight_width", lambda: _seq(weight=torch.randn(V, D + 1)), ValueError, ["weight has shape", "hidden size 16"]),
     ("hidden_1d", lambda: _seq(hidden=torch.randn(N)), ValueError, ["hidden must have 2 dimensions"]),
     ("hidden_int", lambda: _seq(hidden=torch.ones(N, D, dtype=torch.int64)), ValueError, ["hidden must be float32"]),
     ("hidden_not_tensor", lambda: _seq(hidden=[[0.0] * D] * N), ValueError, ["hidden must be a torch.Tensor", "list"]),
     ("labels_float", lambda: _seq(labels=torch.zeros(N)), ValueError, ["labels must be int32 or int64"]),
-    ("labels_length", lambda: _seq(labels=torch.zeros(N - 1, dtype=torch.long)), ValueError,
-     ["labels has 7 entries", "8 rows"]),
+    (
+        "labels_length",
+        lambda: _seq(labels=torch.zeros(N - 1, dtype=torch.long)),
+        ValueError,
+        ["labels has 7 entries", "8 rows"],
+    ),
     ("bias_length", lambda: _seq(bias=torch.zeros(V - 1)), ValueError, ["bias has 36 entries"]),
     ("cu_not_from_0", lambda: _seq(cu_seqlens=torch.tensor([1, 4, 8])), ValueError, ["cu_seqlens must start at 0"]),
-    ("cu_decreasing", lambda: _seq(cu_seqlens=torch.tensor([0, 5, 3, 8])), ValueError, ["cu_seqlens must be non-decreasing"]),
+    (
+        "cu_decreasing",
+        lambda: _seq(cu_seqlens=torch.tensor([0, 5, 3, 8])),
+        ValueError,
+        ["cu_seqlens must be non-decreasing"],
+    ),
     ("cu_wrong_end", lambda: _seq(cu_seqlens=torch.tensor([0, 4, 7])), ValueError, ["cu_seqlens must end at", "(8)"]),
     ("cu_one_entry", lambda: _seq(cu_seqlens=torch.tensor([0])), ValueError, ["cu_seqlens must hold at least 2"]),
-    ("odd_sequences", lambda: _fused(cu_seqlens=torch.tensor([0, 3, 6, 8])), ValueError, ["3 sequences", "even number"]),
+    (
+        "odd_sequences",
+        lambda: _fused(cu_seqlens=torch.tensor([0, 3, 6, 8])),
+        ValueError,
+        ["3 sequences", "even number"],
+    ),
     ("temperature_zero", lambda: _seq(temperature=0.0), ValueError, ["temperature must be a positive finite number"]),
-    ("backend_name", lambda: _seq(backend="cuda"), ValueError, ["backend must be 'auto', 'torch' or 'triton'", "'cuda'"]),
-    ("ref_logps_nan", lambda: _fused(ref_logps=torch.tensor([0.0, NAN, 0.0, 0.0])), ValueError,
-     ["ref_logps contains non-finite values"]),
-    ("ref_logps_shape", lambda: _fused(ref_logps=torch.zeros(3)), ValueError, ["ref_logps must be a float tensor of shape [4]"]),
+    (
+        "backend_name",
+        lambda: _seq(backend="cuda"),
+        ValueError,
+        ["backend must be 'auto', 'torch' or 'triton'", "'cuda'"],
+    ),
+    (
+        "ref_logps_nan",
+        lambda: _fused(ref_logps=torch.tensor([0.0, NAN, 0.0, 0.0])),
+        ValueError,
+        ["ref_logps contains non-finite values"],
+    ),
+    (
+        "ref_logps_shape",
+        lambda: _fused(ref_logps=torch.zeros(3)),
+        ValueError,
+        ["ref_logps must be a float tensor of shape [4]"],
+    ),
     ("no_reference", lambda: _fused(ref_logps=None), ValueError, ["needs the reference", "ref_logps"]),
     ("both_references", lambda: _fused(ref_hidden=H), ValueError, ["either ref_logps or ref_hidden"]),
-    ("simpo_empty_response", lambda: _fused(loss_type="simpo", ref_logps=None, labels=torch.full((N,), -100)),
-     ValueError, ["pair 0 has no chosen response tokens", "'simpo'"]),
+    (
+        "simpo_empty_response",
+        lambda: _fused(loss_type="simpo", ref_logps=None, labels=torch.full((N,), -100)),
+        ValueError,
+        ["pair 0 has no chosen response tokens", "'simpo'"],
+    ),
     ("beta_zero", lambda: _pair(beta=0.0), ValueError, ["beta must be a positive finite number"]),
     ("beta_string", lambda: _pair(beta="0.1"), ValueError, ["beta must be a number, got str '0.1'"]),
     ("loss_type", lambda: _pair(loss_type="dpo"), ValueError, ["loss_type must be one of", "'dpo'"]),
     ("ipo_alpha", lambda: _pair(loss_type="ipo", alpha=0.1), ValueError, ["alpha must be 0 with loss_type='ipo'"]),
     ("gamma_not_simpo", lambda: _pair(gamma=1.0), ValueError, ["gamma is SimPO's margin"]),
     ("label_smoothing", lambda: _pair(label_smoothing=0.5), ValueError, ["label_smoothing must be in [0, 0.5)"]),
-    ("chosen_logps_nan", lambda: _pair(chosen_logps=torch.tensor([NAN, -4.0])), ValueError,
-     ["chosen_logps contains non-finite values"]),
-    ("ref_rejected_inf", lambda: _pair(ref_rejected_logps=torch.tensor([-INF, -4.0])), ValueError,
-     ["ref_rejected_logps contains non-finite values"]),
-    ("lengths_shape", lambda: _pair(rejected_lengths=torch.tensor([5])), ValueError, ["rejected_lengths must have shape [2]"]),
-    ("lengths_negative", lambda: _pair(chosen_lengths=torch.tensor([-1, 4])), ValueError, ["chosen_lengths must be >= 0"]),
-    ("lengths_nan", lambda: _pair(chosen_lengths=torch.tensor([NAN, 4.0])), ValueError,
-     ["chosen_lengths", "non-finite"]),
-    ("lengths_zero_normalized", lambda: _pair(loss_type="sigmoid_norm", rejected_lengths=torch.tensor([0, 6])),
-     ValueError, ["rejected_lengths must be >= 0, and > 0 for the length-normalized loss"]),
-    ("logps_int", lambda: _pair(chosen_logps=torch.tensor([-3, -4])), ValueError, ["chosen_logps must be a floating tensor"]),
+    (
+        "chosen_logps_nan",
+        lambda: _pair(chosen_logps=torch.tensor([NAN, -4.0])),
+        ValueError,
+        ["chosen_logps contains non-finite values"],
+    ),
+    (
+        "ref_rejected_inf",
+        lambda: _pair(ref_rejected_logps=torch.tensor([-INF, -4.0])),
+        ValueError,
+        ["ref_rejected_logps contains non-finite values"],
+    ),
+    (
+        "lengths_shape",
+        lambda: _pair(rejected_lengths=torch.tensor([5])),
+        ValueError,
+        ["rejected_lengths must have shape [2]"],
+    ),
+    (
+        "lengths_negative",
+        lambda: _pair(chosen_lengths=torch.tensor([-1, 4])),
+        ValueError,
+        ["chosen_lengths must be >= 0"],
+    ),
+    (
+        "lengths_nan",
+        lambda: _pair(chosen_lengths=torch.tensor([NAN, 4.0])),
+        ValueError,
+        ["chosen_lengths", "non-finite"],
+    ),
+    (
+        "lengths_zero_normalized",
+        lambda: _pair(loss_type="sigmoid_norm", rejected_lengths=torch.tensor([0, 6])),
+        ValueError,
+        ["rejected_lengths must be >= 0, and > 0 for the length-normalized loss"],
+    ),
+    (
+        "logps_int",
+        lambda: _pair(chosen_logps=torch.tensor([-3, -4])),
+        ValueError,
+        ["chosen_logps must be a floating tensor"],
+    ),
 ]
 
 
@@ -148,8 +233,9 @@ def test_non_finite_weight_refused_on_the_triton_backend_too():
         pytest.skip("triton cannot run here")
     a = _lin()
     with pytest.raises(NonFiniteInputError, match="weight contains non-finite values"):
-        lf.sequence_logprobs(a["hidden"].to(dev), _poke(W, NAN).to(dev), a["labels"].to(dev), a["cu_seqlens"].to(dev),
-                             backend="triton")
+        lf.sequence_logprobs(
+            a["hidden"].to(dev), _poke(W, NAN).to(dev), a["labels"].to(dev), a["cu_seqlens"].to(dev), backend="triton"
+        )
 
 
 def test_a_huge_but_finite_weight_is_not_refused():
@@ -179,32 +265,69 @@ def _lines(*recs):
 
 
 DATA_CASES = [
-    ("bad_json_line", lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD, GOOD, '{"prompt": "x",'))),
-     ["a.jsonl", "line 3: invalid JSON"]),
-    ("not_an_object", lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD, "[1, 2]"))),
-     ["a.jsonl", "line 2: expected a JSON object, got list"]),
-    ("latin1_bytes", lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD).encode() + b'{"prompt": "caf\xe9"}\n')),
-     ["a.jsonl", "line 2: not UTF-8 text", "0xe9"]),
-    ("utf16_file", lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD).encode("utf-16"))),
-     ["a.jsonl", "line 1: not UTF-8 text"]),
+    (
+        "bad_json_line",
+        lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD, GOOD, '{"prompt": "x",'))),
+        ["a.jsonl", "line 3: invalid JSON"],
+    ),
+    (
+        "not_an_object",
+        lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD, "[1, 2]"))),
+        ["a.jsonl", "line 2: expected a JSON object, got list"],
+    ),
+    (
+        "latin1_bytes",
+        lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD).encode() + b'{"prompt": "caf\xe9"}\n')),
+        ["a.jsonl", "line 2: not UTF-8 text", "0xe9"],
+    ),
+    (
+        "utf16_file",
+        lambda t: read_jsonl(_write(t, "a.jsonl", _lines(GOOD).encode("utf-16"))),
+        ["a.jsonl", "line 1: not UTF-8 text"],
+    ),
     ("missing_file", lambda t: read_jsonl(t / "nope.jsonl"), ["nope.jsonl", "is not a file"]),
     ("folder_not_file", lambda t: read_jsonl(t), ["is not a file"]),
-    ("record_missing_chosen", lambda t: load_jsonl(_write(t, "p.jsonl", _lines(GOOD, {"prompt": "a", "rejected": "b"})),
-                                                   tiny_tokenizer()), ["p.jsonl", "line 2: chosen is missing"]),
-    ("record_wrong_shape", lambda t: load_jsonl(_write(t, "p.jsonl", _lines({**GOOD, "chosen": 5})), tiny_tokenizer()),
-     ["p.jsonl", "line 1: chosen must be a string, a list of chat messages or a list of token ids"]),
-    ("record_ids_outside_vocab", lambda t: load_jsonl(_write(t, "p.jsonl", _lines(
-        GOOD, "", {"prompt": [1, 5], "chosen": [7, 999], "rejected": [8]})), tiny_tokenizer()),
-     ["p.jsonl", "line 3: chosen holds token id 999 outside the tokenizer's vocabulary [0, 320)"]),
-    ("record_negative_id", lambda t: load_jsonl(_write(t, "p.jsonl", _lines({"prompt": [1, -3], "chosen": [7],
-                                                                              "rejected": [8]}))),
-     ["line 1: prompt holds token id -3", "must be >= 0"]),
-    ("record_ref_nan", lambda t: load_jsonl(_write(t, "p.jsonl", _lines({**GOOD, "ref_chosen_logps": "NaN"})),
-                                            tiny_tokenizer()), ["line 1: ref_chosen_logps must be a finite number"]),
-    ("json_nan_ref", lambda t: load_jsonl(_write(t, "p.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c", '
-                                                               '"ref_rejected_logps": NaN}\n'), tiny_tokenizer()),
-     ["line 1: ref_rejected_logps must be a finite number", "nan"]),
-    ("hf_unsupported_extension", lambda t: load_hf_dataset(_write(t, "pairs.txt", "x")), ["unsupported extension '.txt'"]),
+    (
+        "record_missing_chosen",
+        lambda t: load_jsonl(_write(t, "p.jsonl", _lines(GOOD, {"prompt": "a", "rejected": "b"})), tiny_tokenizer()),
+        ["p.jsonl", "line 2: chosen is missing"],
+    ),
+    (
+        "record_wrong_shape",
+        lambda t: load_jsonl(_write(t, "p.jsonl", _lines({**GOOD, "chosen": 5})), tiny_tokenizer()),
+        ["p.jsonl", "line 1: chosen must be a string, a list of chat messages or a list of token ids"],
+    ),
+    (
+        "record_ids_outside_vocab",
+        lambda t: load_jsonl(
+            _write(t, "p.jsonl", _lines(GOOD, "", {"prompt": [1, 5], "chosen": [7, 999], "rejected": [8]})),
+            tiny_tokenizer(),
+        ),
+        ["p.jsonl", "line 3: chosen holds token id 999 outside the tokenizer's vocabulary [0, 320)"],
+    ),
+    (
+        "record_negative_id",
+        lambda t: load_jsonl(_write(t, "p.jsonl", _lines({"prompt": [1, -3], "chosen": [7], "rejected": [8]}))),
+        ["line 1: prompt holds token id -3", "must be >= 0"],
+    ),
+    (
+        "record_ref_nan",
+        lambda t: load_jsonl(_write(t, "p.jsonl", _lines({**GOOD, "ref_chosen_logps": "NaN"})), tiny_tokenizer()),
+        ["line 1: ref_chosen_logps must be a finite number"],
+    ),
+    (
+        "json_nan_ref",
+        lambda t: load_jsonl(
+            _write(t, "p.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c", "ref_rejected_logps": NaN}\n'),
+            tiny_tokenizer(),
+        ),
+        ["line 1: ref_rejected_logps must be a finite number", "nan"],
+    ),
+    (
+        "hf_unsupported_extension",
+        lambda t: load_hf_dataset(_write(t, "pairs.txt", "x")),
+        ["unsupported extension '.txt'"],
+    ),
     ("load_pairs_missing_path", lambda t: load_pairs(t / "missing.jsonl", None), ["missing.jsonl", "does not exist"]),
 ]
 
@@ -223,20 +346,36 @@ RECORD_CASES = [
     ("not_a_mapping", lambda: tokenize_record(["a", "b"]), ["record must be a mapping", "list"]),
     ("text_without_tokenizer", lambda: tokenize_record(GOOD, None), ["prompt is text but tokenizer is None"]),
     ("empty_chosen", lambda: tokenize_record({**GOOD, "chosen": ""}, tiny_tokenizer()), ["chosen is empty"]),
-    ("chat_without_template", lambda: tokenize_record(
-        {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}, _no_template()),
-     ["no chat_template"]),
-    ("ref_string", lambda: tokenize_record({**GOOD, "ref_chosen_logps": "-3"}, tiny_tokenizer()),
-     ["ref_chosen_logps must be a finite number or None", "'-3'"]),
+    (
+        "chat_without_template",
+        lambda: tokenize_record(
+            {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}, _no_template()
+        ),
+        ["no chat_template"],
+    ),
+    (
+        "ref_string",
+        lambda: tokenize_record({**GOOD, "ref_chosen_logps": "-3"}, tiny_tokenizer()),
+        ["ref_chosen_logps must be a finite number or None", "'-3'"],
+    ),
     ("max_length_1", lambda: tokenize_record(GOOD, tiny_tokenizer(), max_length=1), ["max_length must be an int >= 2"]),
-    ("vocab_size_explicit", lambda: tokenize_record({"prompt": [1], "chosen": [12], "rejected": [3]}, vocab_size=10),
-     ["chosen holds token id 12 outside the vocabulary [0, 10)"]),
-    ("list_names_the_record", lambda: tokenize_pairs([GOOD, {**GOOD, "rejected": None}], tiny_tokenizer()),
-     ["record 1: rejected is missing"]),
+    (
+        "vocab_size_explicit",
+        lambda: tokenize_record({"prompt": [1], "chosen": [12], "rejected": [3]}, vocab_size=10),
+        ["chosen holds token id 12 outside the vocabulary [0, 10)"],
+    ),
+    (
+        "list_names_the_record",
+        lambda: tokenize_pairs([GOOD, {**GOOD, "rejected": None}], tiny_tokenizer()),
+        ["record 1: rejected is missing"],
+    ),
     ("pairs_wrong_type", lambda: load_pairs(42, None), ["pairs must be a JSONL path", "int"]),
     ("pairs_empty", lambda: load_pairs([], None), ["pairs is empty"]),
-    ("pair_examples_outside_vocab", lambda: load_pairs([EX, PairExample([1], [400], [2])], None, vocab_size=320),
-     ["pairs[1]: chosen holds token id 400 outside the vocabulary [0, 320)"]),
+    (
+        "pair_examples_outside_vocab",
+        lambda: load_pairs([EX, PairExample([1], [400], [2])], None, vocab_size=320),
+        ["pairs[1]: chosen holds token id 400 outside the vocabulary [0, 320)"],
+    ),
 ]
 
 
@@ -342,13 +481,24 @@ ITERATE_CASES = [
     ("unknown_sampler_key", {"sampler": {"nn": 4}}, ["sampler has unknown key(s) ['nn']"]),
     ("sampler_not_mapping", {"sampler": [4]}, ["sampler must be a mapping, got list"]),
     ("sampler_n_one", {"sampler": {"n": 1}}, ["sampler.n must be an int >= 2, got 1"]),
-    ("sampler_temperature_string", {"sampler": {"temperature": "hot"}}, ["sampler.temperature must be a finite number"]),
+    (
+        "sampler_temperature_string",
+        {"sampler": {"temperature": "hot"}},
+        ["sampler.temperature must be a finite number"],
+    ),
     ("sampler_top_p_zero", {"sampler": {"top_p": 0}}, ["sampler.top_p must be in (0.0, 1.0]"]),
     ("sampler_dtype", {"sampler": {"dtype": "fp8"}}, ["sampler.dtype must be auto, float32, bfloat16 or float16"]),
     ("reward_empty", {"reward": None}, ["reward needs exactly one of callable, reward_model, implicit; got none"]),
-    ("reward_two_kinds", {"reward": {"callable": "a:b", "implicit": True, "reference": "r"}},
-     ["reward needs exactly one of callable, reward_model, implicit"]),
-    ("reward_callable_spec", {"reward": {"callable": "pkg.fn"}}, ["reward.callable must look like 'package.module:function'"]),
+    (
+        "reward_two_kinds",
+        {"reward": {"callable": "a:b", "implicit": True, "reference": "r"}},
+        ["reward needs exactly one of callable, reward_model, implicit"],
+    ),
+    (
+        "reward_callable_spec",
+        {"reward": {"callable": "pkg.fn"}},
+        ["reward.callable must look like 'package.module:function'"],
+    ),
     ("implicit_without_reference", {"reward": {"implicit": True}}, ["reward.reference is needed with implicit: true"]),
     ("train_output_dir", {"train": {"output_dir": "/tmp/elsewhere"}}, ["train.output_dir is set by the loop"]),
     ("train_wrong_type", {"train": {"beta": "abc"}}, ["IterateConfig: train: TrainConfig: beta must be a number"]),
@@ -370,11 +520,15 @@ def test_iterate_config(values, words):
         assert w in str(info.value), (w, str(info.value))
 
 
-@pytest.mark.parametrize("text, words", [
-    ("iterations: 2\nsampler: {n: 4\n", ["run.yaml", "not valid YAML"]),
-    ("- policy\n", ["run.yaml", "must hold a mapping of keys, got list"]),
-    (b"policy: caf\xe9\n", ["run.yaml", "not valid YAML", "utf-8"]),
-], ids=["syntax", "list", "latin1"])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("iterations: 2\nsampler: {n: 4\n", ["run.yaml", "not valid YAML"]),
+        ("- policy\n", ["run.yaml", "must hold a mapping of keys, got list"]),
+        (b"policy: caf\xe9\n", ["run.yaml", "not valid YAML", "utf-8"]),
+    ],
+    ids=["syntax", "list", "latin1"],
+)
 def test_iterate_config_yaml(tmp_path, text, words):
     p = _write(tmp_path, "run.yaml", text)
     with pytest.raises(ValueError) as info:
@@ -397,8 +551,12 @@ def test_iterate_config_missing_yaml(tmp_path):
 # Trainer and checkpoints
 # ================================================================================================
 def _tcfg(tmp_path, **kw):
-    return TrainConfig(**{**dict(output_dir=str(tmp_path / "out"), progress=False, plot=False, pairs_per_step=2,
-                                 learning_rate=1e-3), **kw})
+    return TrainConfig(
+        **{
+            **dict(output_dir=str(tmp_path / "out"), progress=False, plot=False, pairs_per_step=2, learning_rate=1e-3),
+            **kw,
+        }
+    )
 
 
 def test_trainer_refuses_ids_outside_the_models_vocabulary(tmp_path):
@@ -412,17 +570,32 @@ def test_trainer_refuses_ids_outside_the_models_vocabulary(tmp_path):
         lf.Trainer(small, tiny_tokenizer(), [{"prompt": [1], "chosen": [310], "rejected": [9]}], _tcfg(tmp_path))
 
 
-@pytest.mark.parametrize("build, words", [
-    (lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), config={"beta": 0.1}),
-     ["config must be a TrainConfig, got dict"]),
-    (lambda t: lf.Trainer("model", tiny_tokenizer(), random_records(2), _tcfg(t)), ["model must be a torch.nn.Module"]),
-    (lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).train("latest"),
-     ["resume_from_checkpoint='latest' but", "has no checkpoint"]),
-    (lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).train(str(t)),
-     ["has no trainer_state.pt: not a trainer checkpoint"]),
-    (lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).accumulate_gradients([]),
-     ["step_idx is empty"]),
-], ids=["config_dict", "model_string", "resume_latest_none", "resume_not_a_checkpoint", "empty_step"])
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        (
+            lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), config={"beta": 0.1}),
+            ["config must be a TrainConfig, got dict"],
+        ),
+        (
+            lambda t: lf.Trainer("model", tiny_tokenizer(), random_records(2), _tcfg(t)),
+            ["model must be a torch.nn.Module"],
+        ),
+        (
+            lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).train("latest"),
+            ["resume_from_checkpoint='latest' but", "has no checkpoint"],
+        ),
+        (
+            lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).train(str(t)),
+            ["has no trainer_state.pt: not a trainer checkpoint"],
+        ),
+        (
+            lambda t: lf.Trainer(tiny_model(), tiny_tokenizer(), random_records(2), _tcfg(t)).accumulate_gradients([]),
+            ["step_idx is empty"],
+        ),
+    ],
+    ids=["config_dict", "model_string", "resume_latest_none", "resume_not_a_checkpoint", "empty_step"],
+)
 def test_trainer_bad_arguments(tmp_path, build, words):
     with pytest.raises(ValueError) as info:
         build(tmp_path)
@@ -479,9 +652,17 @@ SAMPLER_CASES = [
     ("logprobs_string", dict(logprobs="yes"), ["logprobs must be a bool"]),
     ("prompt_empty_string", dict(prompts=["ok", ""]), ["prompts[1] is an empty string"]),
     ("prompt_ids_outside_vocab", dict(prompts=[[1, 2, 99999]]), ["prompts[0] holds token ids outside [0, 320)"]),
-    ("prompt_single_message", dict(prompts=[{"role": "user", "content": "hi"}]), ["prompts[0] is a single chat message"]),
+    (
+        "prompt_single_message",
+        dict(prompts=[{"role": "user", "content": "hi"}]),
+        ["prompts[0] is a single chat message"],
+    ),
     ("prompt_too_long", dict(prompts=[[5] * 300]), ["prompts[0] has 300 tokens", "max_model_len=256"]),
-    ("prompt_wrong_type", dict(prompts=[3.5]), ["prompts[0] must be a str, a list of chat messages or a list of token ids"]),
+    (
+        "prompt_wrong_type",
+        dict(prompts=[3.5]),
+        ["prompts[0] must be a str, a list of chat messages or a list of token ids"],
+    ),
 ]
 
 
@@ -508,12 +689,16 @@ def test_sampler_load_weights_refuses_bad_tensors_and_keeps_serving(vllm_sampler
     assert len(out[0][0].response_ids) >= 1
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(model="MISSING", seed=-1), ["seed must be an int >= 0"]),
-    (dict(model="MISSING", gpu_memory_utilization=1.5), ["gpu_memory_utilization must be in (0, 1]"]),
-    (dict(model="MISSING", max_model_len=1), ["max_model_len must be an int >= 2"]),
-    (dict(model="MISSING"), ["model must be a local save_pretrained folder with a config.json", "MISSING"]),
-], ids=["seed", "gpu_memory_utilization", "max_model_len", "missing_folder"])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(model="MISSING", seed=-1), ["seed must be an int >= 0"]),
+        (dict(model="MISSING", gpu_memory_utilization=1.5), ["gpu_memory_utilization must be in (0, 1]"]),
+        (dict(model="MISSING", max_model_len=1), ["max_model_len must be an int >= 2"]),
+        (dict(model="MISSING"), ["model must be a local save_pretrained folder with a config.json", "MISSING"]),
+    ],
+    ids=["seed", "gpu_memory_utilization", "max_model_len", "missing_folder"],
+)
 def test_sampler_constructor(tmp_path, kw, words):
     pytest.importorskip("vllm")
     from lrdpo_fast.loop.sampler import VLLMSampler
@@ -556,13 +741,19 @@ REWARD_CASES = [
     ("spec_attribute_missing", lambda: _reward("os.path:no_such_fn"), ["'os.path' has no attribute 'no_such_fn'"]),
     ("spec_not_callable", lambda: _reward("os:sep"), ["'sep' is a str, not a callable"]),
     ("not_callable", lambda: _reward(42), ["fn_or_spec must be a callable or a 'package.module:function' string"]),
-    ("returns_nan", lambda: _reward(_scores_nan)(["a", "b"], ["x", "y"]), ["returned nan at index 1",
-                                                                           "scores must be finite"]),
+    (
+        "returns_nan",
+        lambda: _reward(_scores_nan)(["a", "b"], ["x", "y"]),
+        ["returned nan at index 1", "scores must be finite"],
+    ),
     ("returns_too_few", lambda: _reward(_scores_short)(["a", "b"], ["x", "y"]), ["returned 1 scores for 2 responses"]),
     ("returns_text", lambda: _reward(_scores_text)(["a"], ["x"]), ["returned a non-number at index 0: 'good'"]),
     ("raises", lambda: _reward(_scores_raise)(["a"], ["x"]), ["raised ZeroDivisionError"]),
-    ("length_mismatch", lambda: _reward(_scores_short)(["a", "b"], ["x"]),
-     ["prompts and responses must have the same length"]),
+    (
+        "length_mismatch",
+        lambda: _reward(_scores_short)(["a", "b"], ["x"]),
+        ["prompts and responses must have the same length"],
+    ),
     ("response_not_text", lambda: _reward(_scores_short)(["a"], [3]), ["responses[0] must be"]),
 ]
 
@@ -604,10 +795,16 @@ PAIRS_CASES = [
     ("drop_truncated_string", dict(drop_truncated="yes"), ["drop_truncated must be a bool"]),
     ("min_score_gap_nan", dict(min_score_gap=NAN), ["min_score_gap must be a finite float >= 0"]),
     ("groups_mapping", dict(groups={"a": 1}), ["groups must be a list of ScoredGroup"]),
-    ("score_nan", dict(groups=[("p", [_sample([3, 2]), _sample([4, 2])], [1.0, NAN])]),
-     ["groups[0].scores[1] must be a finite number"]),
-    ("score_count", dict(groups=[("p", [_sample([3, 2]), _sample([4, 2])], [1.0])]),
-     ["groups[0].scores has 1 values for 2 samples"]),
+    (
+        "score_nan",
+        dict(groups=[("p", [_sample([3, 2]), _sample([4, 2])], [1.0, NAN])]),
+        ["groups[0].scores[1] must be a finite number"],
+    ),
+    (
+        "score_count",
+        dict(groups=[("p", [_sample([3, 2]), _sample([4, 2])], [1.0])]),
+        ["groups[0].scores has 1 values for 2 samples"],
+    ),
     ("group_not_tuple", dict(groups=["p"]), ["groups[0] must be a ScoredGroup or a (prompt, samples, scores) tuple"]),
 ]
 
@@ -646,32 +843,66 @@ def _train_yaml(tmp_path, body):
 CLI_TRAIN_CASES = [
     ("missing_config", lambda t: t / "nope.yaml", ["nope.yaml", "does not exist"]),
     ("config_is_folder", lambda t: t, ["is not a file"]),
-    ("yaml_syntax", lambda t: _train_yaml(t, "model: example\ndata: example\nbeta: [0.1\n  alpha: 2\n"),
-     ["cfg.yaml", "line 4: not valid YAML"]),
-    ("yaml_wrong_type", lambda t: _train_yaml(t, 'model: example\ndata: example\nbeta: "abc"\n'),
-     ["TrainConfig: beta must be a number, got str 'abc'"]),
+    (
+        "yaml_syntax",
+        lambda t: _train_yaml(t, "model: example\ndata: example\nbeta: [0.1\n  alpha: 2\n"),
+        ["cfg.yaml", "line 4: not valid YAML"],
+    ),
+    (
+        "yaml_wrong_type",
+        lambda t: _train_yaml(t, 'model: example\ndata: example\nbeta: "abc"\n'),
+        ["TrainConfig: beta must be a number, got str 'abc'"],
+    ),
     ("yaml_unknown_key", lambda t: _train_yaml(t, "model: example\ndata: example\nbetaa: 0.1\n"), ["['betaa']"]),
     ("yaml_list", lambda t: _train_yaml(t, "- model\n"), ["must hold a mapping of keys, got list"]),
     ("yaml_latin1", lambda t: _train_yaml(t, b"model: example\ndata: caf\xe9\n"), ["cfg.yaml", "is not UTF-8 text"]),
     ("no_model_key", lambda t: _train_yaml(t, "data: example\n"), ["needs a 'model' key"]),
-    ("model_folder_missing", lambda t: _train_yaml(t, "model: no_model_here\ntokenizer: example\ndata: example\n"),
-     ["model folder", "no_model_here' does not exist"]),
-    ("model_folder_without_config", lambda t: (t / "empty").mkdir() or _train_yaml(
-        t, "model: empty\ntokenizer: example\ndata: example\n"), ["model folder", "has no config.json"]),
-    ("tokenizer_folder_missing", lambda t: _train_yaml(t, "model: example\ntokenizer: tok\ndata: example\n"),
-     ["tokenizer folder", "tok' does not exist"]),
-    ("ref_model_folder_missing", lambda t: _train_yaml(
-        t, "model: example\ntokenizer: example\ndata: example\nref_model: ref\n"), ["ref_model folder", "does not exist"]),
-    ("data_missing", lambda t: _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"),
-     ["pairs.jsonl", "does not exist"]),
-    ("data_latin1_line", lambda t: (_write(t, "pairs.jsonl", _lines(GOOD).encode() + b'{"prompt": "\xe9"}\n'),
-                                    _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"))[1],
-     ["pairs.jsonl", "line 2: not UTF-8 text"]),
-    ("data_bad_record", lambda t: (_write(t, "pairs.jsonl", _lines(GOOD, {"prompt": "x", "chosen": "y"})),
-                                   _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"))[1],
-     ["pairs.jsonl", "line 2: rejected is missing"]),
-    ("trust_remote_code_string", lambda t: _train_yaml(t, "model: example\ndata: example\ntrust_remote_code: yes-please\n"),
-     ["trust_remote_code must be true or false"]),
+    (
+        "model_folder_missing",
+        lambda t: _train_yaml(t, "model: no_model_here\ntokenizer: example\ndata: example\n"),
+        ["model folder", "no_model_here' does not exist"],
+    ),
+    (
+        "model_folder_without_config",
+        lambda t: (t / "empty").mkdir() or _train_yaml(t, "model: empty\ntokenizer: example\ndata: example\n"),
+        ["model folder", "has no config.json"],
+    ),
+    (
+        "tokenizer_folder_missing",
+        lambda t: _train_yaml(t, "model: example\ntokenizer: tok\ndata: example\n"),
+        ["tokenizer folder", "tok' does not exist"],
+    ),
+    (
+        "ref_model_folder_missing",
+        lambda t: _train_yaml(t, "model: example\ntokenizer: example\ndata: example\nref_model: ref\n"),
+        ["ref_model folder", "does not exist"],
+    ),
+    (
+        "data_missing",
+        lambda t: _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"),
+        ["pairs.jsonl", "does not exist"],
+    ),
+    (
+        "data_latin1_line",
+        lambda t: (
+            _write(t, "pairs.jsonl", _lines(GOOD).encode() + b'{"prompt": "\xe9"}\n'),
+            _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"),
+        )[1],
+        ["pairs.jsonl", "line 2: not UTF-8 text"],
+    ),
+    (
+        "data_bad_record",
+        lambda t: (
+            _write(t, "pairs.jsonl", _lines(GOOD, {"prompt": "x", "chosen": "y"})),
+            _train_yaml(t, "model: example\ntokenizer: example\ndata: pairs.jsonl\n"),
+        )[1],
+        ["pairs.jsonl", "line 2: rejected is missing"],
+    ),
+    (
+        "trust_remote_code_string",
+        lambda t: _train_yaml(t, "model: example\ndata: example\ntrust_remote_code: yes-please\n"),
+        ["trust_remote_code must be true or false"],
+    ),
     ("data_not_a_string", lambda t: _train_yaml(t, "model: example\ndata: [1, 2]\n"), ["data must be a path string"]),
 ]
 
@@ -682,10 +913,16 @@ def test_cli_train(tmp_path, capsys, make, words):
 
 
 def test_cli_train_resume_errors(tmp_path, capsys):
-    _cli_error(capsys, ["train", "--example", "--resume", tmp_path / "nockpt", "--output-dir", tmp_path / "o",
-                        "--no-progress"], ["nockpt' has no trainer_state.pt"])
-    _cli_error(capsys, ["train", "--example", "--resume", "--output-dir", tmp_path / "o2", "--no-progress"],
-               ["resume_from_checkpoint='latest' but", "has no checkpoint"])
+    _cli_error(
+        capsys,
+        ["train", "--example", "--resume", tmp_path / "nockpt", "--output-dir", tmp_path / "o", "--no-progress"],
+        ["nockpt' has no trainer_state.pt"],
+    )
+    _cli_error(
+        capsys,
+        ["train", "--example", "--resume", "--output-dir", tmp_path / "o2", "--no-progress"],
+        ["resume_from_checkpoint='latest' but", "has no checkpoint"],
+    )
     _cli_error(capsys, ["train"], ["give a CONFIG.yaml or --example (exactly one)"])
 
 
@@ -696,12 +933,18 @@ CLI_ITERATE_CASES = [
     ("set_unknown_key", ["iterate", "RUN", "--set", "sampler.nn=3"], ["sampler has unknown key(s) ['nn']"]),
     ("set_wrong_type", ["iterate", "RUN", "--set", "sampler.n=abc"], ["sampler.n must be an int >= 2, got 'abc'"]),
     ("set_bad_yaml", ["iterate", "RUN", "--set", "train={beta: [1"], ["--set train: value", "is not valid YAML"]),
-    ("set_train_output_dir", ["iterate", "RUN", "--set", "train.output_dir=/tmp/x"],
-     ["train.output_dir is set by the loop"]),
+    (
+        "set_train_output_dir",
+        ["iterate", "RUN", "--set", "train.output_dir=/tmp/x"],
+        ["train.output_dir is set by the loop"],
+    ),
     ("missing_run_yaml", ["iterate", "MISSING"], ["missing.yaml' does not exist"]),
     ("run_yaml_syntax", ["iterate", "SYNTAX"], ["syntax.yaml' line 3: not valid YAML"]),
-    ("phase_bad_set", ["sample", "RUN", "--iteration", "0", "--set", "iterations=0"],
-     ["iterations must be an int >= 1, got 0"]),
+    (
+        "phase_bad_set",
+        ["sample", "RUN", "--iteration", "0", "--set", "iterations=0"],
+        ["iterations must be an int >= 1, got 0"],
+    ),
     ("report_missing_run_dir", ["report", "NODIR"], ["has no summary.jsonl"]),
 ]
 
@@ -710,17 +953,25 @@ CLI_ITERATE_CASES = [
 def test_cli_iterate(tmp_path, capsys, argv, words):
     run = _write(tmp_path, "run.yaml", RUN_YAML + f"run_dir: {tmp_path / 'run'}\n")
     _write(tmp_path, "syntax.yaml", "policy: example\nsampler: {n: 4\n")
-    subst = {"RUN": run, "MISSING": tmp_path / "missing.yaml", "SYNTAX": tmp_path / "syntax.yaml",
-             "NODIR": tmp_path / "nodir"}
+    subst = {
+        "RUN": run,
+        "MISSING": tmp_path / "missing.yaml",
+        "SYNTAX": tmp_path / "syntax.yaml",
+        "NODIR": tmp_path / "nodir",
+    }
     _cli_error(capsys, [subst.get(a, a) for a in argv], words)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", "--max-steps", "abc"], ["argument --max-steps: invalid int value: 'abc'"]),
-    (["train", "--example", "--bogus"], ["unrecognized arguments: --bogus"]),
-    (["sample", "run.yaml"], ["the following arguments are required: --iteration"]),
-    (["nosuchcommand"], ["invalid choice: 'nosuchcommand'"]),
-], ids=["int_flag", "unknown_flag", "missing_required", "unknown_command"])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--max-steps", "abc"], ["argument --max-steps: invalid int value: 'abc'"]),
+        (["train", "--example", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["sample", "run.yaml"], ["the following arguments are required: --iteration"]),
+        (["nosuchcommand"], ["invalid choice: 'nosuchcommand'"]),
+    ],
+    ids=["int_flag", "unknown_flag", "missing_required", "unknown_command"],
+)
 def test_cli_bad_flags(capsys, argv, words):
     from lrdpo_fast import cli
 
@@ -736,8 +987,10 @@ def test_cli_bad_flags(capsys, argv, words):
 def test_cli_errors_in_a_real_process(tmp_path):
     """What a user sees: exit code 2, exactly one stderr line, no traceback (console entry point)."""
     cfg = _train_yaml(tmp_path, "model: missing_model\ntokenizer: example\ndata: example\n")
-    for argv, words in ([["train", str(cfg)], ["model folder", "missing_model' does not exist"]],
-                        [["train", str(tmp_path / "nope.yaml")], ["nope.yaml' does not exist"]]):
+    for argv, words in (
+        [["train", str(cfg)], ["model folder", "missing_model' does not exist"]],
+        [["train", str(tmp_path / "nope.yaml")], ["nope.yaml' does not exist"]],
+    ):
         proc = subprocess.run([sys.executable, "-m", "lrdpo_fast", *argv], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr

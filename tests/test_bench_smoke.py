@@ -1,5 +1,6 @@
 """The benchmark harness still runs: toy-sized kernel comparison, naive vs lrdpo-fast, in-process,
 both checked against the tests' float64 reference (tests/reference.py, imported by the bench)."""
+
 from __future__ import annotations
 
 import sys
@@ -14,8 +15,15 @@ from bench.profiles import get_profile  # noqa: E402
 
 def test_kernel_comparison_toy():
     prof = get_profile("smoke")
-    rows = run_matrix(prof, ["lrdpo_fast", "naive", "reference64"], [(64, 16, 100)], warmup=0, repeats=1,
-                      isolate=False, log=lambda _: None)
+    rows = run_matrix(
+        prof,
+        ["lrdpo_fast", "naive", "reference64"],
+        [(64, 16, 100)],
+        warmup=0,
+        repeats=1,
+        isolate=False,
+        log=lambda _: None,
+    )
     assert [r["contender"] for r in rows] == ["lrdpo_fast", "naive", "reference64"]
     for r in rows:
         assert r["status"] == "ok", r
@@ -37,21 +45,43 @@ def test_loop_table_per_iteration_and_verdicts():
     def proc(wall, mib):
         return {"status": "ok", "process": {"wall_s": wall, "peak_rss_bytes": mib * 2**20}}
 
-    res = {"scripted": {"sample": proc(10.0, 2000) | {"import_s": 3, "engine_s": 4, "generate_s": 2},
-                        "score": proc(1.0, 20) | {"pairs": 64},
-                        "train": proc(20.0, 1500) | {"import_s": 5, "load_s": 1, "train_s": 13, "save_s": 1}},
-           "lrdpo_fast": proc(40.0, 3000) | {"pairs": [64, 64], "phases": [
-               {"sample": 2.0, "score": 0.5, "pairs": 1.0, "train": 4.0},
-               {"sample": 1.0, "score": 0.5, "pairs": 0.5, "train": 3.0}]}}
+    res = {
+        "scripted": {
+            "sample": proc(10.0, 2000) | {"import_s": 3, "engine_s": 4, "generate_s": 2},
+            "score": proc(1.0, 20) | {"pairs": 64},
+            "train": proc(20.0, 1500) | {"import_s": 5, "load_s": 1, "train_s": 13, "save_s": 1},
+        },
+        "lrdpo_fast": proc(40.0, 3000)
+        | {
+            "pairs": [64, 64],
+            "phases": [
+                {"sample": 2.0, "score": 0.5, "pairs": 1.0, "train": 4.0},
+                {"sample": 1.0, "score": 0.5, "pairs": 0.5, "train": 3.0},
+            ],
+        },
+    }
     t = table(res)
     assert t["scripted"]["iteration_s"] == 31.0 and t["scripted"]["peak_rss_bytes"] == 2000 * 2**20
     lf = t["lrdpo_fast"]
     assert lf["startup_s"] == 27.5 and lf["first_iteration_s"] == 35.0 and lf["later_iteration_s"] == 5.0
     assert t["speedup_later"] == 31.0 / 5.0 and t["goal_time"] is True
     assert t["memory_ratio"] == 1.5 and t["goal_memory"] is False
-    res.update(table=t, vllm_version="x", meta={"device_name": "cpu", "host_cpus": 2, "git_commit": "c",
-                                                 "date_utc": "d", "versions": {}},
-               config={"prompts": 64, "n": 4, "max_new_tokens": 64, "beta": 0.1, "alpha": 0.02, "threads": 2,
-                       "learning_rate": 5e-7, "pairs_per_step": 8, "iterations_lrdpo_fast": 2, "parameters": 2e7})
+    res.update(
+        table=t,
+        vllm_version="x",
+        meta={"device_name": "cpu", "host_cpus": 2, "git_commit": "c", "date_utc": "d", "versions": {}},
+        config={
+            "prompts": 64,
+            "n": 4,
+            "max_new_tokens": 64,
+            "beta": 0.1,
+            "alpha": 0.02,
+            "threads": 2,
+            "learning_rate": 5e-7,
+            "pairs_per_step": 8,
+            "iterations_lrdpo_fast": 2,
+            "parameters": 2e7,
+        },
+    )
     md = render(res)
     assert "**31.0**" in md and "6.20x" in md and "**PASS**" in md and "**FAIL**" in md

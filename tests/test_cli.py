@@ -1,4 +1,5 @@
 """The CLI: the embedded example end to end (2 steps), config files, errors."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def test_module_entry_point():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "lrdpo_fast", "train", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lrdpo_fast", "train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and "--example" in proc.stdout
 
 
@@ -57,9 +59,14 @@ def test_demo_bad_arguments_are_one_line_errors(tmp_path, capsys):
     import torch
 
     threads = torch.get_num_threads()
-    for args, name in ((["--alpha", "0"], "--alpha"), (["--alpha", "-0.1"], "--alpha"), (["--alpha", "nan"], "--alpha"),
-                       (["--iterations", "0"], "--iterations"), (["--threads", "0"], "--threads"),
-                       (["--seed", "-1"], "--seed")):
+    for args, name in (
+        (["--alpha", "0"], "--alpha"),
+        (["--alpha", "-0.1"], "--alpha"),
+        (["--alpha", "nan"], "--alpha"),
+        (["--iterations", "0"], "--iterations"),
+        (["--threads", "0"], "--threads"),
+        (["--seed", "-1"], "--seed"),
+    ):
         assert cli.main(["demo", "--quick", "--out", str(tmp_path / "d"), *args]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and name in err and "Traceback" not in err, err

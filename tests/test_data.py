@@ -1,4 +1,5 @@
 """tokenize_pair and the loaders: string, chat and pre-tokenized records, truncation, errors."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,10 @@ def test_chat_messages(tok):
     assert tok.decode(ex.rejected_ids) == "I do not know<|im_end|>\n</s>"
     # chosen/rejected as whole conversations without "prompt": the shared prefix is the prompt
     implicit = tokenize_record(
-        {"chosen": prompt + [{"role": "assistant", "content": "Paris."}],
-         "rejected": prompt + [{"role": "assistant", "content": "I do not know"}]},
+        {
+            "chosen": prompt + [{"role": "assistant", "content": "Paris."}],
+            "rejected": prompt + [{"role": "assistant", "content": "I do not know"}],
+        },
         tok,
     )
     assert implicit == ex
@@ -83,8 +86,13 @@ def test_pretokenized_records(tok):
     assert ex == PairExample([1, 10, 11], [20, 21, EOS], [30, EOS])
     # TRL's column names, refs carried along, no tokenizer and no EOS: nothing appended
     ex = tokenize_record(
-        {"prompt_input_ids": [1, 10], "chosen_input_ids": [20], "rejected_input_ids": [30, 31],
-         "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.0}
+        {
+            "prompt_input_ids": [1, 10],
+            "chosen_input_ids": [20],
+            "rejected_input_ids": [30, 31],
+            "ref_chosen_logps": -1.5,
+            "ref_rejected_logps": -2.0,
+        }
     )
     assert ex.chosen_ids == [20] and ex.rejected_ids == [30, 31]
     assert ex.has_ref and ex.ref_chosen_logps == -1.5 and ex.ref_rejected_logps == -2.0
@@ -113,7 +121,9 @@ def test_bad_records(tok):
     with pytest.raises(ValueError, match="ref_chosen_logps"):
         tokenize_record({"prompt": [1], "chosen": [5], "rejected": [6], "ref_chosen_logps": float("nan")})
     with pytest.raises(ValueError, match="record 1"):
-        tokenize_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "", "rejected": "c"}], tok)
+        tokenize_pairs(
+            [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "", "rejected": "c"}], tok
+        )
 
 
 def test_truncation_keeps_prompt_end_and_response_start():
@@ -130,15 +140,22 @@ def test_truncation_keeps_prompt_end_and_response_start():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    p=st.integers(1, 12), c=st.integers(1, 12), r=st.integers(1, 12),
-    max_length=st.one_of(st.none(), st.integers(2, 20)), max_prompt=st.one_of(st.none(), st.integers(1, 12)),
+    p=st.integers(1, 12),
+    c=st.integers(1, 12),
+    r=st.integers(1, 12),
+    max_length=st.one_of(st.none(), st.integers(2, 20)),
+    max_prompt=st.one_of(st.none(), st.integers(1, 12)),
 )
 def test_truncation_invariants(p, c, r, max_length, max_prompt):
     prompt, chosen, rejected = list(range(100, 100 + p)), list(range(200, 200 + c)), list(range(300, 300 + r))
-    ex = tokenize_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}, eos_token_id=EOS,
-                       max_length=max_length, max_prompt_length=max_prompt)
+    ex = tokenize_record(
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected},
+        eos_token_id=EOS,
+        max_length=max_length,
+        max_prompt_length=max_prompt,
+    )
     full_c, full_r = chosen + [EOS], rejected + [EOS]
-    assert prompt[len(prompt) - len(ex.prompt_ids):] == ex.prompt_ids  # a suffix
+    assert prompt[len(prompt) - len(ex.prompt_ids) :] == ex.prompt_ids  # a suffix
     assert full_c[: len(ex.chosen_ids)] == ex.chosen_ids and len(ex.chosen_ids) >= 1  # a prefix
     assert full_r[: len(ex.rejected_ids)] == ex.rejected_ids and len(ex.rejected_ids) >= 1
     if max_length is not None:
@@ -186,8 +203,14 @@ def test_datasets_loading(tmp_path, tok):
     ds.save_to_disk(str(tmp_path / "saved"))
     assert load_hf_dataset(str(tmp_path / "saved"), tok) == want
     # chat-message columns survive the Arrow round trip
-    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in recs]
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in recs
+    ]
     assert load_hf_dataset(datasets.Dataset.from_list(chat), tok) == tokenize_pairs(chat, tok)
     with pytest.raises(ValueError, match="split"):
         load_hf_dataset(datasets.DatasetDict({"test": ds}), tok, split="train")

@@ -6,6 +6,7 @@ in the summary, the effect the demo exists to show, and that a seed gives the sa
 The effect assertions are the demo's acceptance: a trainer that drops alpha lets the alpha > 0 run
 grow like the alpha = 0 run (red); a loop that skips the weight sync, or trains on nothing, leaves
 alpha = 0's length flat (red)."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ ALPHA_RUN = "alpha_0.065"  # the default --alpha of the demo
 def _demo(out: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     env.pop("TRITON_INTERPRET", None)  # what a user's shell has
-    res = subprocess.run([sys.executable, "-m", "lrdpo_fast.cli", "demo", "--quick", "--out", str(out), *args],
-                         capture_output=True, text=True, env=env, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "lrdpo_fast.cli", "demo", "--quick", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     assert res.returncode == 0, f"demo failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return res
 
@@ -80,9 +86,12 @@ def test_length_regularization_effect(quick):
     _, _, runs = quick
     dpo, lr = runs["alpha_0"], runs[ALPHA_RUN]
     start = dpo[0]
-    assert dpo[-1]["mean_response_length"] >= 1.3 * start["mean_response_length"], [r["mean_response_length"] for r in dpo]
-    assert abs(lr[-1]["mean_response_length"] / start["mean_response_length"] - 1) <= 0.10, \
-        [r["mean_response_length"] for r in lr]
+    assert dpo[-1]["mean_response_length"] >= 1.3 * start["mean_response_length"], [
+        r["mean_response_length"] for r in dpo
+    ]
+    assert abs(lr[-1]["mean_response_length"] / start["mean_response_length"] - 1) <= 0.10, [
+        r["mean_response_length"] for r in lr
+    ]
     assert lr[-1]["true_accuracy"] > start["true_accuracy"], [r["true_accuracy"] for r in lr]
     assert lr[-1]["true_accuracy"] >= dpo[-1]["true_accuracy"] - 0.01, (lr[-1], dpo[-1])
     # the judge is what the loop optimizes: alpha = 0 gains more judge reward, by length
@@ -95,8 +104,17 @@ def test_same_seed_same_numbers(quick, tmp_path):
     _, _, runs = quick
     out = tmp_path / "again"
     _demo(out, "--iterations", "1")
-    keys = ("true_accuracy", "judge_reward", "mean_response_length", "pairs_kept", "win_rate", "lc_win_rate",
-            "chosen_length", "rejected_length", "loss")
+    keys = (
+        "true_accuracy",
+        "judge_reward",
+        "mean_response_length",
+        "pairs_kept",
+        "win_rate",
+        "lc_win_rate",
+        "chosen_length",
+        "rejected_length",
+        "loss",
+    )
     for name in runs:
         again = _rows(out / name / "summary.jsonl")
         for r in (0, 1):

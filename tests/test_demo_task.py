@@ -1,4 +1,5 @@
 """The demo's task, judge, prompt splits, tokenizer and shipped start policy (lrdpo_fast.demo)."""
+
 from __future__ import annotations
 
 import json
@@ -14,28 +15,31 @@ LONG = "Let me reverse the digits of 4817 one by one. The reversed number is 718
 
 
 # ---- truth --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("response, ok", [
-    ("7184", True),
-    ("The answer is 7184.", True),
-    (LONG, True),
-    ("7148", False),                                                       # two digits swapped
-    ("The answer is 4817.", False),                                        # copied, not reversed
-    ("Let me reverse the digits of 4817 one by one. The reversed number is 7194.", False),
-    ("Let me reverse the digits of 4817 one by one. The reversed number is", False),  # cut: last number is 4817
-    ("71845", False),                                                      # an extra digit
-    ("0718", False),
-    ("", False),
-    ("The answer is", False),
-    ("zzzz .. ,", False),
-    ("7184 7184", False),                                                  # garbage around the right number
-    ("1 7184", False),
-    ("7184 1", False),
-    ("The reversed ne.e ssss 7184.", False),                               # garbled words, right digits
-    ("Let me reverse the digits of 4817 one by one. The reversed ne.e 7184.", False),
-    ("Let me reverse the digits of 1234 one by one. The reversed number is 7184.", False),  # another number
-    ("The answer is 7184", False),                                         # cut before the full stop
-    (" 7184", False),
-])
+@pytest.mark.parametrize(
+    "response, ok",
+    [
+        ("7184", True),
+        ("The answer is 7184.", True),
+        (LONG, True),
+        ("7148", False),  # two digits swapped
+        ("The answer is 4817.", False),  # copied, not reversed
+        ("Let me reverse the digits of 4817 one by one. The reversed number is 7194.", False),
+        ("Let me reverse the digits of 4817 one by one. The reversed number is", False),  # cut: last number is 4817
+        ("71845", False),  # an extra digit
+        ("0718", False),
+        ("", False),
+        ("The answer is", False),
+        ("zzzz .. ,", False),
+        ("7184 7184", False),  # garbage around the right number
+        ("1 7184", False),
+        ("7184 1", False),
+        ("The reversed ne.e ssss 7184.", False),  # garbled words, right digits
+        ("Let me reverse the digits of 4817 one by one. The reversed ne.e 7184.", False),
+        ("Let me reverse the digits of 1234 one by one. The reversed number is 7184.", False),  # another number
+        ("The answer is 7184", False),  # cut before the full stop
+        (" 7184", False),
+    ],
+)
 def test_is_correct_hand_made(response, ok):
     assert task.is_correct(P, response) is ok
 
@@ -182,7 +186,10 @@ def test_shipped_start_policy_loads_with_transformers():
     assert cfg["hidden_size"] == MODEL_KWARGS["hidden_size"]
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.convert_ids_to_tokens(list(range(len(VOCAB)))) == VOCAB
-    assert tok(LONG, add_special_tokens=False)["input_ids"] == make_tokenizer()(LONG, add_special_tokens=False)["input_ids"]
+    assert (
+        tok(LONG, add_special_tokens=False)["input_ids"]
+        == make_tokenizer()(LONG, add_special_tokens=False)["input_ids"]
+    )
     assert tok.decode(tok(LONG)["input_ids"], skip_special_tokens=True) == LONG
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert next(model.parameters()).dtype == torch.float32
@@ -191,5 +198,5 @@ def test_shipped_start_policy_loads_with_transformers():
     enc = tok(prompts, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, max_new_tokens=90, pad_token_id=0, eos_token_id=EOS_ID)
-    responses = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    responses = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert task.true_accuracy(prompts, responses) >= 0.75

@@ -1,6 +1,7 @@
 """backend="auto": the measured choice per shape bucket (lrdpo_fast.ops.dispatch), with a stubbed
 timer instead of CUDA events. The trials themselves run for real (tiny shapes; the Triton one
 through the interpreter on a CPU machine)."""
+
 import json
 import logging
 
@@ -57,8 +58,7 @@ def test_picks_the_faster_and_reports_it(fast, caplog):
     with caplog.at_level(logging.INFO, logger="lrdpo_fast.dispatch"):
         assert dispatch.measure(key, trial, timer=timer) == fast
     assert sorted(timer.calls) == ["torch", "triton"] and sorted(ran) == ["torch", "triton"]
-    assert dispatch.backend_report()[key] == {"backend": fast, "source": "measured",
-                                              "times_ms": {fast: 1.0, slow: 5.0}}
+    assert dispatch.backend_report()[key] == {"backend": fast, "source": "measured", "times_ms": {fast: 1.0, slow: 5.0}}
     assert sum(fast in r.message and "measured" in r.message for r in caplog.records) == 1
 
 
@@ -84,7 +84,7 @@ def test_caches_per_bucket_in_memory_and_on_disk():
     assert timer3.calls == [] and dispatch.backend_report()[k1]["source"] == "disk"
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "choices": 7}', "\x00\xff", '[]'])
+@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "choices": 7}', "\x00\xff", "[]"])
 def test_survives_a_corrupted_cache_file(content):
     _, _, trial, _ = _trial_case()
     path = dispatch.cache_path()
@@ -101,8 +101,11 @@ def test_stale_versions_in_cache_are_ignored():
     _, _, trial, _ = _trial_case()
     key = dispatch.bucket_key("logprobs", 9, 16, 40, torch.float32, "Fake GPU")
     dispatch.cache_path().parent.mkdir(parents=True, exist_ok=True)
-    dispatch.cache_path().write_text(json.dumps({"version": dispatch.CACHE_VERSION, "versions": {"torch": "0"},
-                                                 "choices": {key: {"backend": "torch"}}}))
+    dispatch.cache_path().write_text(
+        json.dumps(
+            {"version": dispatch.CACHE_VERSION, "versions": {"torch": "0"}, "choices": {key: {"backend": "torch"}}}
+        )
+    )
     assert dispatch.measure(key, trial, timer=StubTimer(torch=0.002, triton=0.001)) == "triton"
 
 

@@ -1,5 +1,6 @@
 """2 processes (torchrun, FSDP2 on gloo) vs 1 process on the same data: the same trajectory;
 and a 2-process resume from a checkpoint continues it."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,20 @@ def test_two_processes_match_one(tmp_path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lrdpo_fast.cli", "train", str(tmp_path / "cfg.yaml"), "--output-dir", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lrdpo_fast.cli",
+        "train",
+        str(tmp_path / "cfg.yaml"),
+        "--output-dir",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout
@@ -61,8 +74,18 @@ def test_two_processes_match_one(tmp_path):
     assert [r["step"] for r in two] == [1, 2, 3]
     assert max(r["micro_batches"] for r in two) >= 2
     for a, b in zip(one, two):
-        for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                    "logps/chosen", "logps/rejected", "length/chosen", "length/rejected", "grad_norm"):
+        for key in (
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "length/chosen",
+            "length/rejected",
+            "grad_norm",
+        ):
             assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (a["step"], key)
         assert a["pairs"] == b["pairs"] and a["tokens"] == b["tokens"]
     (resumed,) = _rows(tmp_path / "two_resumed")
@@ -90,8 +113,13 @@ def test_two_processes_match_one(tmp_path):
     for k, st in opt_straight.items():
         assert st.keys() == opt_resumed[k].keys(), k
         for name, value in st.items():
-            torch.testing.assert_close(torch.as_tensor(opt_resumed[k][name]), torch.as_tensor(value), atol=1e-7,
-                                       rtol=1e-5, msg=f"optimizer state {name} of {k}")
+            torch.testing.assert_close(
+                torch.as_tensor(opt_resumed[k][name]),
+                torch.as_tensor(value),
+                atol=1e-7,
+                rtol=1e-5,
+                msg=f"optimizer state {name} of {k}",
+            )
 
 
 ITERATIVE_SCRIPT = """\
@@ -129,11 +157,14 @@ def test_iterative_loop_two_processes_match_one(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = tests_dir + os.pathsep + env.get("PYTHONPATH", "")
     results = {}
-    for name, launcher in (("one", [sys.executable]),
-                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+    for name, launcher in (
+        ("one", [sys.executable]),
+        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]),
+    ):
         (tmp_path / name).mkdir()
-        proc = subprocess.run(launcher + [str(script), str(tmp_path / name)], env=env, capture_output=True, text=True,
-                              timeout=240)
+        proc = subprocess.run(
+            launcher + [str(script), str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=240
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         results[name] = json.loads((tmp_path / name / "result.json").read_text())
     one, two = results["one"]["rows"], results["two"]["rows"]

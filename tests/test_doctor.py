@@ -1,4 +1,5 @@
 """``lrdpo-fast doctor``: the environment report and its self-checks, exit 0 only when all pass."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,18 @@ import pytest
 
 from lrdpo_fast import cli
 
-LABELS = ("python:", "torch:", "triton:", "transformers:", "vllm:", "flash-attn:", "liger-kernel:", "cuda:",
-          "device:", "backend auto:")
+LABELS = (
+    "python:",
+    "torch:",
+    "triton:",
+    "transformers:",
+    "vllm:",
+    "flash-attn:",
+    "liger-kernel:",
+    "cuda:",
+    "device:",
+    "backend auto:",
+)
 
 
 def test_doctor_reports_the_environment_and_passes_the_fused_check(capsys):
@@ -42,8 +53,9 @@ def test_doctor_full_with_vllm_in_a_fresh_process():
     process, so the session's engine is not disturbed)."""
     pytest.importorskip("vllm")
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lrdpo_fast", "doctor"], capture_output=True, text=True,
-                          timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lrdpo_fast", "doctor"], capture_output=True, text=True, timeout=900, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "check vllm:       ok: 1 token generated" in proc.stdout
     assert "check fused-loss: ok" in proc.stdout

@@ -2,6 +2,7 @@
 quality only, both, data drawn from the model itself), the regression against two independent
 optimizers of the same loss, refusal of bad input, and ``evaluate`` (best-of-n, records, baseline
 handling) with a scripted sampler and with the session's vLLM engine against itself."""
+
 from __future__ import annotations
 
 import math
@@ -177,8 +178,9 @@ def test_newton_matches_torch_lbfgs(soft):
     w = fit_logistic(X, y, lam)
     Xt, yt, lt = (torch.tensor(v, dtype=torch.float64) for v in (X, y, lam))
     wt = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([wt], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [wt], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -230,21 +232,24 @@ def test_lc_win_rate_is_the_sigmoid_of_the_fitted_intercept():
 
 
 # ---- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, name", [
-    (([1.0, 2.0], [0.0], [1, 1], [1, 1]), "baseline_scores"),
-    (([1.0, 2.0], [0.0, 0.0], [1, 1, 1], [1, 1]), "policy_lengths"),
-    (([1.0, 2.0], [0.0, 0.0], [1, 1], [1]), "baseline_lengths"),
-    (([], [], [], []), "policy_scores"),
-    (([1.0, float("nan")], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
-    (([1.0, 2.0], [0.0, float("inf")], [1, 1], [1, 1]), "baseline_scores"),
-    (([1.0, 2.0], [0.0, 0.0], [1, -1], [1, 1]), "policy_lengths"),
-    (([1.0, 2.0], [0.0, 0.0], [1, 1], [float("nan"), 1]), "baseline_lengths"),
-    (([1.0, 2.0], [0.0, 0.0], [1, 1], [-3, 1]), "baseline_lengths"),
-    (("ab", [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
-    (([[1.0], [2.0]], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
-    (([1.0, "x"], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
-    ((None, [0.0], [1], [1]), "policy_scores"),
-])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (([1.0, 2.0], [0.0], [1, 1], [1, 1]), "baseline_scores"),
+        (([1.0, 2.0], [0.0, 0.0], [1, 1, 1], [1, 1]), "policy_lengths"),
+        (([1.0, 2.0], [0.0, 0.0], [1, 1], [1]), "baseline_lengths"),
+        (([], [], [], []), "policy_scores"),
+        (([1.0, float("nan")], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
+        (([1.0, 2.0], [0.0, float("inf")], [1, 1], [1, 1]), "baseline_scores"),
+        (([1.0, 2.0], [0.0, 0.0], [1, -1], [1, 1]), "policy_lengths"),
+        (([1.0, 2.0], [0.0, 0.0], [1, 1], [float("nan"), 1]), "baseline_lengths"),
+        (([1.0, 2.0], [0.0, 0.0], [1, 1], [-3, 1]), "baseline_lengths"),
+        (("ab", [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
+        (([[1.0], [2.0]], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
+        (([1.0, "x"], [0.0, 0.0], [1, 1], [1, 1]), "policy_scores"),
+        ((None, [0.0], [1], [1]), "policy_scores"),
+    ],
+)
 def test_bad_input_raises_naming_the_argument(args, name):
     with pytest.raises(ValueError, match=name):
         lc_win_rate(*args)
@@ -270,8 +275,17 @@ class ScriptedSampler:
         self.calls = []
 
     def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, stop, seed, logprobs):
-        self.calls.append(dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop,
-                               seed=seed, logprobs=logprobs))
+        self.calls.append(
+            dict(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                seed=seed,
+                logprobs=logprobs,
+            )
+        )
         out = []
         for i, _ in enumerate(prompts):
             group = []
@@ -302,11 +316,23 @@ def test_best_of_n_keeps_the_judges_best_and_records_it():
     sampler = ScriptedSampler(lambda i, j, seed: (7 * i + 3 * j + seed) % 11 + 1)
     judge = CountingJudge(lambda p, r: -abs(len(r) - 6))
     base = Baseline(["x" * 3] * len(PROMPTS), [3] * len(PROMPTS), prompts=PROMPTS)
-    res = evaluate(sampler, base, PROMPTS, judge, n=4, select="judge", temperature=0.9, top_p=0.95,
-                   max_new_tokens=10, stop=["\n"], seed=5)
+    res = evaluate(
+        sampler,
+        base,
+        PROMPTS,
+        judge,
+        n=4,
+        select="judge",
+        temperature=0.9,
+        top_p=0.95,
+        max_new_tokens=10,
+        stop=["\n"],
+        seed=5,
+    )
     assert isinstance(res, EvalResult)
-    assert sampler.calls == [dict(n=4, temperature=0.9, top_p=0.95, max_new_tokens=10, stop=["\n"], seed=5,
-                                  logprobs=False)]
+    assert sampler.calls == [
+        dict(n=4, temperature=0.9, top_p=0.95, max_new_tokens=10, stop=["\n"], seed=5, logprobs=False)
+    ]
     assert judge.calls == 1
     assert len(res.records) == len(PROMPTS) and res.num_prompts == len(PROMPTS) and res.n == 4
     for i, rec in enumerate(res.records):
@@ -316,8 +342,12 @@ def test_best_of_n_keeps_the_judges_best_and_records_it():
         assert rec["candidate_lengths"][rec["sample_index"]] == rec["response_length"]
         assert rec["baseline_score"] == -3 and rec["baseline_length"] == 3
         assert rec["outcome"] == (1.0 if rec["score"] > -3 else 0.0 if rec["score"] < -3 else 0.5)
-    stats = lc_win_rate([r["score"] for r in res.records], [r["baseline_score"] for r in res.records],
-                        [r["response_length"] for r in res.records], [r["baseline_length"] for r in res.records])
+    stats = lc_win_rate(
+        [r["score"] for r in res.records],
+        [r["baseline_score"] for r in res.records],
+        [r["response_length"] for r in res.records],
+        [r["baseline_length"] for r in res.records],
+    )
     assert res.win_rate == stats["win_rate"] and res.lc_win_rate == stats["lc_win_rate"]
     assert res.stats == stats
     assert res.mean_response_length == pytest.approx(np.mean([r["response_length"] for r in res.records]))
@@ -362,27 +392,34 @@ def _ok_sampler():
     return ScriptedSampler(lambda i, j, seed: 3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(policy_or_sampler=object()), "policy_or_sampler"),
-    (dict(prompts=[]), "prompts"),
-    (dict(prompts="p0"), "prompts"),
-    (dict(n=0), "n must"),
-    (dict(select="best"), "select"),
-    (dict(n=2, temperature=0.0), "temperature"),
-    (dict(baseline=["x"] * 40), "baseline_lengths"),
-    (dict(baseline=["x"] * 39, baseline_lengths=[1] * 39), "baseline has 39"),
-    (dict(baseline=Baseline(["x"] * 40, [1] * 40, prompts=[f"q{i}" for i in range(40)])), "baseline answers other"),
-    (dict(baseline=Baseline(["x"] * 40, [1] * 40), baseline_lengths=[1] * 40), "baseline_lengths"),
-    (dict(baseline=[Sample([1], [3], "x", "stop", False)] * 40, baseline_lengths=[1] * 40), "baseline_lengths"),
-    (dict(baseline=[1.0] * 40), "baseline"),
-    (dict(judge=lambda p, r: [0.0] * (len(r) - 1)), "judge returned"),
-    (dict(judge=lambda p, r: [float("nan")] * len(r)), "judge returned a non-finite"),
-    (dict(judge=lambda p, r: ["high"] * len(r)), "judge returned a non-finite or non-numeric"),
-    (dict(judge="not callable"), "judge must be callable"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(policy_or_sampler=object()), "policy_or_sampler"),
+        (dict(prompts=[]), "prompts"),
+        (dict(prompts="p0"), "prompts"),
+        (dict(n=0), "n must"),
+        (dict(select="best"), "select"),
+        (dict(n=2, temperature=0.0), "temperature"),
+        (dict(baseline=["x"] * 40), "baseline_lengths"),
+        (dict(baseline=["x"] * 39, baseline_lengths=[1] * 39), "baseline has 39"),
+        (dict(baseline=Baseline(["x"] * 40, [1] * 40, prompts=[f"q{i}" for i in range(40)])), "baseline answers other"),
+        (dict(baseline=Baseline(["x"] * 40, [1] * 40), baseline_lengths=[1] * 40), "baseline_lengths"),
+        (dict(baseline=[Sample([1], [3], "x", "stop", False)] * 40, baseline_lengths=[1] * 40), "baseline_lengths"),
+        (dict(baseline=[1.0] * 40), "baseline"),
+        (dict(judge=lambda p, r: [0.0] * (len(r) - 1)), "judge returned"),
+        (dict(judge=lambda p, r: [float("nan")] * len(r)), "judge returned a non-finite"),
+        (dict(judge=lambda p, r: ["high"] * len(r)), "judge returned a non-finite or non-numeric"),
+        (dict(judge="not callable"), "judge must be callable"),
+    ],
+)
 def test_evaluate_refuses_bad_input(kwargs, match):
-    args = dict(policy_or_sampler=_ok_sampler(), baseline=Baseline(["x"] * 40, [1] * 40), prompts=PROMPTS,
-                judge=lambda p, r: [float(len(x)) for x in r])
+    args = dict(
+        policy_or_sampler=_ok_sampler(),
+        baseline=Baseline(["x"] * 40, [1] * 40),
+        prompts=PROMPTS,
+        judge=lambda p, r: [float(len(x)) for x in r],
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         evaluate(args.pop("policy_or_sampler"), args.pop("baseline"), args.pop("prompts"), args.pop("judge"), **args)

@@ -1,4 +1,5 @@
 """fused_lrdpo_loss / LRDPOLoss: the whole objective from hidden states, both backends."""
+
 import pytest
 import torch
 from cases import backend_device, leaf, make_case, to_device
@@ -51,8 +52,9 @@ def _reference(hidden, weight, labels, cu, ref, kw, ignore_index=-100, scales=Fa
     logps, lengths = sequence_logprobs(rh, rw, labels, cu, ignore_index=ignore_index)
     logps.retain_grad()
     kw64 = {k: v for k, v in kw.items()}
-    loss, _ = lf.lrdpo_loss(logps[0::2], logps[1::2], ref[0::2].double(), ref[1::2].double(), lengths[0::2],
-                            lengths[1::2], **kw64)
+    loss, _ = lf.lrdpo_loss(
+        logps[0::2], logps[1::2], ref[0::2].double(), ref[1::2].double(), lengths[0::2], lengths[1::2], **kw64
+    )
     expected = mean_pair_loss(logps.detach(), ref.double(), lengths, **kw)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-9)
     loss.backward()
@@ -150,8 +152,11 @@ def test_length_term_bf16(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kw", [dict(loss_type="sigmoid", beta=0.2, alpha=0.05),
-                                dict(loss_type="sigmoid_norm", beta=1.0, alpha=0.02)], ids=["sigmoid", "norm"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(loss_type="sigmoid", beta=0.2, alpha=0.05), dict(loss_type="sigmoid_norm", beta=1.0, alpha=0.02)],
+    ids=["sigmoid", "norm"],
+)
 def test_fused_ignore_index_inside_vocab(backend, kw):
     """ignore_index = a real token id (a pad id): those positions are neither scored nor counted in
     the lengths, forward and backward, on both backends."""
@@ -182,8 +187,9 @@ def test_reference_from_hidden_states(backend):
     ref_weight = weight + 0.05 * torch.randn_like(weight)
     with torch.no_grad():
         ref_logps, _ = lf.sequence_logprobs(ref_hidden, ref_weight, labels, cu, backend="torch")
-    a, ma = lf.fused_lrdpo_loss(hidden, weight, labels, cu, ref_hidden=ref_hidden, ref_weight=ref_weight,
-                                backend=backend, alpha=0.01)
+    a, ma = lf.fused_lrdpo_loss(
+        hidden, weight, labels, cu, ref_hidden=ref_hidden, ref_weight=ref_weight, backend=backend, alpha=0.01
+    )
     b, mb = lf.fused_lrdpo_loss(hidden, weight, labels, cu, ref_logps=ref_logps, backend=backend, alpha=0.01)
     assert_close(a, b, 1e-6, "loss")
     # ref_weight defaults to weight (a shared, frozen LM head)

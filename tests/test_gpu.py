@@ -17,6 +17,7 @@ element by two roundings to the input dtype plus float32 accumulation (``grad_to
 Skipped without CUDA. To edit these tests without a GPU, LRDPO_GPU_TESTS_DRY_RUN=1 runs their
 logic on the CPU through the interpreter (slow; proves nothing about the compiled kernels).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,11 @@ import lrdpo_fast as lf
 DRY_RUN = os.environ.get("LRDPO_GPU_TESTS_DRY_RUN") == "1" and not torch.cuda.is_available()
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available() and not DRY_RUN,
-                       reason="needs a CUDA GPU: runs the compiled Triton kernels (the CPU suite runs them "
-                              "through Triton's interpreter in test_logprobs.py / test_fused.py)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available() and not DRY_RUN,
+        reason="needs a CUDA GPU: runs the compiled Triton kernels (the CPU suite runs them "
+        "through Triton's interpreter in test_logprobs.py / test_fused.py)",
+    ),
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -68,7 +71,9 @@ def test_compiled_kernels_at_real_block_sizes():
     for kernel in (logprob_fwd_kernel, logprob_bwd_kernel):
         inner = getattr(kernel, "fn", kernel)  # the autotuner wraps the jitted kernel
         assert isinstance(inner, JITFunction), type(inner)  # compiled, not triton's InterpretedFunction
-        tiles = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_D"]) for c in getattr(kernel, "configs", [])]
+        tiles = [
+            (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_D"]) for c in getattr(kernel, "configs", [])
+        ]
         assert tiles and all(bn >= 64 and bv >= 64 and bd >= 32 for bn, bv, bd in tiles), tiles  # tensor-core tiles
     assert resolve_backend("triton", CUDA, torch.bfloat16) == "triton"
 
@@ -101,7 +106,9 @@ def pairs_case(n_pairs, d, v, dtype, *, seed=0):
 
 
 # ---- token and sequence log-probs ----------------------------------------------------------------
-SHAPES = [(70, 24, 100), (8, 40, 600), (33, 16, 64)] if DRY_RUN else [(700, 200, 1000), (40, 320, 32000), (129, 64, 4096)]
+SHAPES = (
+    [(70, 24, 100), (8, 40, 600), (33, 16, 64)] if DRY_RUN else [(700, 200, 1000), (40, 320, 32000), (129, 64, 4096)]
+)
 D, V = (24, 100) if DRY_RUN else (200, 1000)  # pairs cases
 MAX_RESPONSE = 20 if DRY_RUN else 150
 
@@ -129,8 +136,7 @@ def test_gpu_linear_logprobs_bias_temperature_ignore_index(dtype):
 
 def _check_linear(hidden, weight, labels, bias=None, temperature=1.0, ignore_index=-100, backend="triton"):
     h, w, b = leaf(hidden, weight, bias)
-    out = lf.linear_logprobs(h, w, labels, bias=b, temperature=temperature, ignore_index=ignore_index,
-                             backend=backend)
+    out = lf.linear_logprobs(h, w, labels, bias=b, temperature=temperature, ignore_index=ignore_index, backend=backend)
     assert out.dtype == torch.float32 and out.device.type == CUDA.type
     upstream = torch.randn(labels.shape[0], dtype=torch.float64, device=CUDA)
     (out.double() * upstream).sum().backward()
@@ -140,8 +146,19 @@ def _check_linear(hidden, weight, labels, bias=None, temperature=1.0, ignore_ind
     tol, logit_err = logp_tolerance(hidden, weight, labels, bias, ignore_index, temperature)
     assert_within(out, ref, tol, "logp")
     assert (out[labels == ignore_index] == 0).all()
-    _check_grads(h.grad, w.grad, rh, rw, labels, upstream, logit_err, b=b, rb=rb, ignore_index=ignore_index,
-                 temperature=temperature)
+    _check_grads(
+        h.grad,
+        w.grad,
+        rh,
+        rw,
+        labels,
+        upstream,
+        logit_err,
+        b=b,
+        rb=rb,
+        ignore_index=ignore_index,
+        temperature=temperature,
+    )
 
 
 def _check_grads(dh, dw, rh, rw, labels, g_tok, logit_err, *, b=None, rb=None, ignore_index=-100, temperature=1.0):
@@ -150,10 +167,12 @@ def _check_grads(dh, dw, rh, rw, labels, g_tok, logit_err, *, b=None, rb=None, i
     s_h, s_w, s_b = logit_grad_scales(rh, rw, labels, g_tok, rb, ignore_index, temperature)
     n, v = labels.shape[0], rw.shape[0]
     err = float(logit_err.max())
-    assert_within(dh, rh.grad, grad_tolerance(s_h, dtype, v, logit_error=err, operand_max=float(rw.abs().max())),
-                  "dhidden")
-    assert_within(dw, rw.grad, grad_tolerance(s_w, dtype, n, logit_error=err, operand_max=float(rh.abs().max())),
-                  "dweight")
+    assert_within(
+        dh, rh.grad, grad_tolerance(s_h, dtype, v, logit_error=err, operand_max=float(rw.abs().max())), "dhidden"
+    )
+    assert_within(
+        dw, rw.grad, grad_tolerance(s_w, dtype, n, logit_error=err, operand_max=float(rh.abs().max())), "dweight"
+    )
     if b is not None:
         assert_within(b.grad, rb.grad, grad_tolerance(s_b, dtype, n, logit_error=err), "dbias")
 
@@ -177,7 +196,8 @@ def _seq_logps64(hidden, weight, labels, cu, ignore_index=-100):
     seq_ids = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=CUDA), (cu[1:] - cu[:-1]).long())
     logps = torch.zeros(cu.numel() - 1, dtype=torch.float64, device=CUDA).index_add(0, seq_ids, tok)
     lengths = torch.zeros(cu.numel() - 1, dtype=torch.int64, device=CUDA).index_add(
-        0, seq_ids, (labels != ignore_index).long())
+        0, seq_ids, (labels != ignore_index).long()
+    )
     return logps, lengths, seq_ids, rh, rw
 
 
@@ -185,16 +205,18 @@ def _fused_reference(hidden, weight, labels, cu, ref, kw, ignore_index=-100):
     """float64 loss, seq log-probs, dL/dlogp and grads from materialized logits (on the GPU)."""
     logps, lengths, seq_ids, rh, rw = _seq_logps64(hidden, weight, labels, cu, ignore_index)
     logps.retain_grad()
-    loss, _ = lf.lrdpo_loss(logps[0::2], logps[1::2], ref[0::2].double(), ref[1::2].double(), lengths[0::2],
-                            lengths[1::2], **kw)
+    loss, _ = lf.lrdpo_loss(
+        logps[0::2], logps[1::2], ref[0::2].double(), ref[1::2].double(), lengths[0::2], lengths[1::2], **kw
+    )
     loss.backward()
     return loss.detach(), logps.detach(), logps.grad, seq_ids, rh, rw
 
 
 def _run_fused(hidden, weight, labels, cu, ref, kw, ignore_index=-100, backend="triton"):
     h, w = leaf(hidden, weight)
-    loss, metrics = lf.fused_lrdpo_loss(h, w, labels, cu, ref_logps=ref, backend=backend, ignore_index=ignore_index,
-                                        **kw)
+    loss, metrics = lf.fused_lrdpo_loss(
+        h, w, labels, cu, ref_logps=ref, backend=backend, ignore_index=ignore_index, **kw
+    )
     loss.backward()
     assert loss.dtype == torch.float32 and h.grad.dtype == hidden.dtype and w.grad.dtype == weight.dtype
     return loss.detach(), metrics, h.grad, w.grad
@@ -245,8 +267,10 @@ def test_gpu_length_term_bf16():
     much more than the bf16 tolerance."""
     hidden, weight, labels, cu = pairs_case(4, D, V, torch.bfloat16, seed=5)
     ref = _near_reference(hidden, weight, labels, cu, noise=0.3)  # margins near 0, where sigma' is large
-    out = {a: _check_fused(hidden, weight, labels, cu, ref, dict(loss_type="sigmoid", beta=0.1, alpha=a))
-           for a in (0.0, 0.05)}
+    out = {
+        a: _check_fused(hidden, weight, labels, cu, ref, dict(loss_type="sigmoid", beta=0.1, alpha=a))
+        for a in (0.0, 0.05)
+    }
     (l0, dh0, dw0, r0), (l1, dh1, dw1, r1) = out[0.0], out[0.05]
     want = float(r1[0] - r0[0])
     assert abs(want) > 1e-2

@@ -1,4 +1,5 @@
 """The verdicts `./dev gpu-check` prints last (bench/gpu_check.py), on made-up results (no GPU)."""
+
 from bench.gpu_check import goal_lines, short_table
 
 N, D, V = 16384, 4096, 128256
@@ -6,13 +7,21 @@ FLOPS = 6.0 * N * D * V
 
 
 def _row(key, ms, gib):
-    return {"contender": key, "status": "ok", "N": N, "d": D, "V": V, "dtype": "bf16",
-            "timing": {"median_s": ms / 1e3}, "memory": {"peak_bytes": gib * 2**30}, "check": {"verdict": "ok"}}
+    return {
+        "contender": key,
+        "status": "ok",
+        "N": N,
+        "d": D,
+        "V": V,
+        "dtype": "bf16",
+        "timing": {"median_s": ms / 1e3},
+        "memory": {"peak_bytes": gib * 2**30},
+        "check": {"verdict": "ok"},
+    }
 
 
 def _results(me_ms, me_gib):
-    return {"kernel": {"rows": [_row("lrdpo_fast", me_ms, me_gib), _row("liger", 150.0, 9.0),
-                                _row("cce", 120.0, 5.0)]}}
+    return {"kernel": {"rows": [_row("lrdpo_fast", me_ms, me_gib), _row("liger", 150.0, 9.0), _row("cce", 120.0, 5.0)]}}
 
 
 def test_goal_met_and_not_met():
@@ -32,8 +41,13 @@ def test_goal_met_and_not_met():
 
 
 def test_short_table_lists_rows_and_decisions():
-    probe = {"dispatch": {"report": {"fused|N=16384": {"backend": "torch", "source": "measured",
-                                                       "times_ms": {"torch": 80.0, "triton": 95.0}}}}}
+    probe = {
+        "dispatch": {
+            "report": {
+                "fused|N=16384": {"backend": "torch", "source": "measured", "times_ms": {"torch": 80.0, "triton": 95.0}}
+            }
+        }
+    }
     text = short_table(_results(100.0, 4.0), probe, {"gpu-marker": {"rc": 0, "tail": "10 passed"}})
     assert "| lrdpo_fast | 100.0 |" in text and "| cce | 120.0 |" in text
     assert "fused|N=16384 -> torch" in text and "rc=0 10 passed" in text

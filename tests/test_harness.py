@@ -1,6 +1,7 @@
 """bench/harness.py, the one subprocess harness of the benchmarks and the memory tests: results come
 back from a fresh process, every failure becomes an "n/a" status, and the outside measurement
 (wall time, peak RSS of the process tree) sees what the child allocates."""
+
 from __future__ import annotations
 
 import os

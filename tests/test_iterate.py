@@ -1,6 +1,7 @@
 """The iterative loop end to end on a tiny saved Llama with a rule reward and a real vLLM engine:
 run directory, summary, reference log-probs against a float64 reference, the in-memory weight
 sync, and kill-at-any-point resume compared byte for byte with an uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ from lrdpo_fast.loop.iterate import iterate  # noqa: E402
 TESTS = Path(__file__).resolve().parent
 
 
-def _write_run(tmp: Path, model_dir: Path, run_dir: str = "run", iterations: int = 2, eval_section: bool = True) -> Path:
+def _write_run(
+    tmp: Path, model_dir: Path, run_dir: str = "run", iterations: int = 2, eval_section: bool = True
+) -> Path:
     prompts = [f"the quick fox {i} says" for i in range(10)]
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     (tmp / "heldout.jsonl").write_text("".join(json.dumps({"prompt": f"hello world {i}"}) + "\n" for i in range(4)))
@@ -50,7 +53,7 @@ def _float64_logps(model, prompt_ids, response_ids) -> float:
         logits = m(ids).logits[0, :-1].log_softmax(-1)
     tgt = ids[0, 1:]
     lp = logits.gather(-1, tgt[:, None])[:, 0]
-    return float(lp[len(prompt_ids) - 1:].sum())
+    return float(lp[len(prompt_ids) - 1 :].sum())
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,15 @@ def test_config_errors_name_the_key(tmp_path, tiny_model_dir):
 def test_run_directory_and_summary(finished_run):
     run, rows = finished_run
     for i in range(2):
-        for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "pairs_stats.json", "train/metrics.jsonl",
-                     "policy/model.safetensors", "policy/tokenizer.json"):
+        for name in (
+            "samples.jsonl",
+            "scores.jsonl",
+            "pairs.jsonl",
+            "pairs_stats.json",
+            "train/metrics.jsonl",
+            "policy/model.safetensors",
+            "policy/tokenizer.json",
+        ):
             assert (run / f"iter_{i}" / name).exists(), name
     assert (run / "config.yaml").is_file() and (run / "report.png").stat().st_size > 1000
     summary = [json.loads(line) for line in (run / "summary.jsonl").read_text().splitlines()]
@@ -143,18 +153,31 @@ def test_sampler_got_the_new_weights(finished_run, vllm_sampler):
 
 
 def _cli(cfg: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
     env.pop("LRDPO_FAULT", None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "lrdpo_fast.cli", "iterate", str(cfg)], cwd=cfg.parent, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lrdpo_fast.cli", "iterate", str(cfg)],
+        cwd=cfg.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _outputs(run: Path) -> dict[str, bytes]:
     keep = ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "pairs_stats.json", "model.safetensors")
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.name in keep
-            and "checkpoint-" not in str(p)}
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.name in keep and "checkpoint-" not in str(p)
+    }
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 The interpreter that runs the kernel tests on the CPU is more lenient than the compiler (types,
 control flow, shapes of tl.dot), so every launch variant is also compiled ahead of time here.
 """
+
 import os
 import pathlib
 import subprocess
@@ -29,8 +30,9 @@ def test_kernels_compile_for_cuda(sm):
     # every autotuned tile a device would try fits that device: A100-class (163 KiB) for the big
     # family, ~100 KiB consumer GPUs for the small one; each family has configs for both kernels
     # in 16-bit and float32
-    assert {(t[1], t[2], t[3]) for t in tuned} == {(f, k, dt) for f in ("big", "small") for k in ("fwd", "bwd")
-                                                   for dt in ("bf16", "fp32")}, out.stdout
+    assert {(t[1], t[2], t[3]) for t in tuned} == {
+        (f, k, dt) for f in ("big", "small") for k in ("fwd", "bwd") for dt in ("bf16", "fp32")
+    }, out.stdout
     for t in tuned:
         fields = dict(kv.split("=") for kv in t[5:])
         assert int(fields["shared"]) <= int(fields["limit"]), " ".join(t)

@@ -1,5 +1,6 @@
 """The package's layers, enforced: each sub-package imports only those below it, vllm only in the
 loop (and the CLI), and the light imports stay light."""
+
 from __future__ import annotations
 
 import ast
@@ -68,18 +69,25 @@ def test_each_layer_imports_only_layers_below_it():
 
 
 def test_only_the_loop_and_cli_import_vllm():
-    bad = [f"{path.relative_to(ROOT)}:{line}" for path, sub in _modules() for name, line in _imports(path, sub)
-           if name.split(".")[0] == "vllm" and sub not in VLLM_ALLOWED]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path, sub in _modules()
+        for name, line in _imports(path, sub)
+        if name.split(".")[0] == "vllm" and sub not in VLLM_ALLOWED
+    ]
     assert not bad, "vllm imported outside loop/ and cli/: " + ", ".join(bad)
 
 
-@pytest.mark.parametrize("module, banned", [
-    ("lrdpo_fast", ("transformers", "vllm", "triton", "datasets")),
-    ("lrdpo_fast.ops", ("transformers", "vllm")),
-    ("lrdpo_fast.data", ("transformers", "vllm")),
-    ("lrdpo_fast.train", ("vllm",)),
-    ("lrdpo_fast.loop.config", ("vllm",)),
-])
+@pytest.mark.parametrize(
+    "module, banned",
+    [
+        ("lrdpo_fast", ("transformers", "vllm", "triton", "datasets")),
+        ("lrdpo_fast.ops", ("transformers", "vllm")),
+        ("lrdpo_fast.data", ("transformers", "vllm")),
+        ("lrdpo_fast.train", ("vllm",)),
+        ("lrdpo_fast.loop.config", ("vllm",)),
+    ],
+)
 def test_light_imports_stay_light(module, banned):
     code = f"import sys, {module}; print(','.join(m for m in {banned!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -1,4 +1,5 @@
 """linear_logprobs / sequence_logprobs, both backends, against the float64 reference."""
+
 import pytest
 import torch
 from cases import backend_device, leaf, make_case, to_device
@@ -104,8 +105,9 @@ def test_custom_ignore_index_inside_vocab(backend):
     hidden, weight, labels, _, _ = make_case(20, 16, 30, ignore_frac=0.0)
     labels[::3] = 5
     assert (labels == 5).sum() > 1 and (labels != 5).sum() > 1
-    out = lf.linear_logprobs(*to_device(backend_device(backend), hidden, weight, labels), ignore_index=5,
-                             backend=backend)
+    out = lf.linear_logprobs(
+        *to_device(backend_device(backend), hidden, weight, labels), ignore_index=5, backend=backend
+    )
     ref = token_logprobs(hidden, weight, labels, ignore_index=5)
     assert_close(out, ref, 1e-5, "logp")
     _check_tokens(backend, hidden, weight, labels, ignore_index=5)

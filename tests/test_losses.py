@@ -1,4 +1,5 @@
 """lrdpo_loss and the Triton pair-loss kernel against the hand-written formulas."""
+
 import math
 
 import pytest
@@ -50,8 +51,14 @@ def test_loss_matches_formula(kw):
     assert float(metrics["rewards/accuracies"]) == pytest.approx(float((rc > rr).double().mean()))
     assert float(metrics["length/chosen"]) == pytest.approx(float(lengths[0::2].double().mean()))
     assert set(metrics) >= {
-        "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-        "logps/chosen", "logps/rejected", "length/chosen", "length/rejected",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "length/chosen",
+        "length/rejected",
     }
 
 
@@ -99,11 +106,16 @@ def test_triton_pair_loss_kernel(kw):
 
     seq, ref, lengths = _pairs(p=150)  # more than one program block
     seq32 = seq.float()
-    params = dict(beta=kw["beta"], alpha=kw.get("alpha", 0.0), gamma=kw.get("gamma", 0.0),
-                  label_smoothing=kw.get("label_smoothing", 0.0))
+    params = dict(
+        beta=kw["beta"],
+        alpha=kw.get("alpha", 0.0),
+        gamma=kw.get("gamma", 0.0),
+        label_smoothing=kw.get("label_smoothing", 0.0),
+    )
     dev = backend_device("triton")
-    losses, dseq = triton_backend.pair_loss(seq32.to(dev), ref.float().to(dev), lengths.to(dev),
-                                            loss_type_id=LOSS_TYPE_IDS[kw["loss_type"]], **params)
+    losses, dseq = triton_backend.pair_loss(
+        seq32.to(dev), ref.float().to(dev), lengths.to(dev), loss_type_id=LOSS_TYPE_IDS[kw["loss_type"]], **params
+    )
     losses, dseq = losses.cpu(), dseq.cpu()
     x = seq32.double().requires_grad_()
     loss, _ = lf.lrdpo_loss(x[0::2], x[1::2], *_split(ref.float().double()), *_split(lengths), **kw)

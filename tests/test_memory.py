@@ -1,4 +1,5 @@
 """Peak resident memory of the torch backend stays O(chunk), never O(tokens x vocab)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Packed model path == unpadded one-at-a-time forward with materialized logits (values and grads)."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,15 +42,26 @@ def unpacked_logps(model, examples):
             ids = torch.tensor([ex.prompt_ids + resp])
             logp = model(ids).logits[0].float().log_softmax(-1)
             p = len(ex.prompt_ids)
-            out.append(logp[p - 1:-1].gather(1, ids[0, p:, None]).sum())
+            out.append(logp[p - 1 : -1].gather(1, ids[0, p:, None]).sum())
     return torch.stack(out)
 
 
 def params_to_check(model):
     names = [n for n, _ in model.named_parameters()]
-    pick = [n for n in names if n.endswith(("embed_tokens.weight", "layers.0.self_attn.q_proj.weight",
-                                            "layers.1.self_attn.k_proj.weight", "layers.1.mlp.down_proj.weight",
-                                            "model.norm.weight", "q_proj.bias"))]
+    pick = [
+        n
+        for n in names
+        if n.endswith(
+            (
+                "embed_tokens.weight",
+                "layers.0.self_attn.q_proj.weight",
+                "layers.1.self_attn.k_proj.weight",
+                "layers.1.mlp.down_proj.weight",
+                "model.norm.weight",
+                "q_proj.bias",
+            )
+        )
+    ]
     return {n: p for n, p in model.named_parameters() if n in pick}
 
 
@@ -85,8 +97,10 @@ def test_tied_head_is_the_embedding():
 
 
 @settings(max_examples=6, deadline=None)
-@given(spec=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4),
-       seed=st.integers(0, 1000))
+@given(
+    spec=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)), min_size=1, max_size=4),
+    seed=st.integers(0, 1000),
+)
 def test_shapes_vary(spec, seed):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda n: torch.randint(3, 320, (n,), generator=g).tolist()  # noqa: E731
@@ -117,7 +131,7 @@ def test_no_leak_across_sequence_boundaries(kind, examples):
         s = 2  # chosen of pair 1
         a, b = batch.cu_seqlens[s].item(), batch.cu_seqlens[s + 1].item()
         batch.input_ids[a:b] = (batch.input_ids[a:b] + 7) % 320
-        batch.labels[a:b - 1] = torch.where(batch.labels[a:b - 1] == -100, -100, batch.input_ids[a + 1:b])
+        batch.labels[a : b - 1] = torch.where(batch.labels[a : b - 1] == -100, -100, batch.input_ids[a + 1 : b])
         moved = model_sequence_logprobs(model, batch, backend="torch")[0]
         hidden2 = packed_hidden_states(model, batch)
     others = torch.ones_like(base, dtype=torch.bool)

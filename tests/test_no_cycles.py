@@ -7,6 +7,7 @@ module an import names: ``from pkg import sub`` to ``pkg.sub`` when ``sub`` is a
 ``pkg`` (its ``__init__``) for any other name. Importing ``a.b.c`` also runs ``a/__init__``, but
 that is not an edge here: a package that re-exports its sub-modules is not a cycle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,7 +39,8 @@ def module_files() -> dict[str, tuple[Path, bool]]:
 def _type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):

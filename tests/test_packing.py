@@ -1,4 +1,5 @@
 """pack_pairs layout (shifted labels, boundaries) and token-budget micro-batches."""
+
 from __future__ import annotations
 
 import pytest
@@ -152,7 +153,7 @@ def test_shared_prompt_prefix_and_identical_responses():
     b = pack_pairs([ex, same])
     cu = b.cu_seqlens.tolist()
     assert b.response_lengths.tolist() == [len(ex.chosen_ids), len(ex.rejected_ids)] + [len(same.chosen_ids)] * 2
-    assert torch.equal(b.input_ids[cu[2]:cu[3]], b.input_ids[cu[3]:cu[4]])
+    assert torch.equal(b.input_ids[cu[2] : cu[3]], b.input_ids[cu[3] : cu[4]])
 
 
 def test_real_tokenized_batches():

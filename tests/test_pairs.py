@@ -1,5 +1,6 @@
 """Pair building (best/worst, ties, truncated, empty, length shaping, auto alpha, best_random)
 and experience replay, on hand-made groups of real ``Sample`` objects."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ def sample(n_tokens: int, *, prompt=(1, 40, 41), finish="stop", eos=True, text=N
     ids = list(range(start, start + n_tokens))
     if finish == "stop" and eos and n_tokens:
         ids[-1] = EOS
-    return Sample(prompt_ids=list(prompt), response_ids=ids, text=f"r{n_tokens}" if text is None else text,
-                  finish_reason=finish, truncated=finish == "length")
+    return Sample(
+        prompt_ids=list(prompt),
+        response_ids=ids,
+        text=f"r{n_tokens}" if text is None else text,
+        finish_reason=finish,
+        truncated=finish == "length",
+    )
 
 
 def group(text, lengths, scores, **kw):
@@ -57,6 +63,7 @@ def test_records_load_into_the_trainer_format_without_retokenizing():
 
 class _EosOnly:
     """The one tokenizer attribute ``tokenize_record`` reads for pre-tokenized records."""
+
     eos_token_id = EOS
     bos_token_id = 1
 
@@ -65,7 +72,7 @@ def test_ties_truncated_empty_and_too_few_are_dropped_and_counted():
     groups = [
         group("kept", [3, 4, 5], [0.0, 1.0, 0.5]),
         group("tie", [3, 4], [0.7, 0.7]),
-        group("gap", [3, 4], [0.7, 0.9]),                       # 0.2 <= min_score_gap
+        group("gap", [3, 4], [0.7, 0.9]),  # 0.2 <= min_score_gap
         ("trunc", [sample(9, finish="length"), sample(3, start=50), sample(4, start=60)], [5.0, 0.0, 1.0]),
         ("one left", [sample(9, finish="length"), sample(3, start=50)], [5.0, 0.0]),
         ("empty", [sample(1, text=""), sample(0), sample(3, start=50), sample(4, start=60)], [9.0, 8.0, 0.0, 1.0]),
@@ -197,10 +204,15 @@ def _offline(i, prompt=None):
 def test_mix_replay_ratio_and_prompt_exclusion():
     generated, _ = build_pairs([group(f"gen {i}", [3, 4], [0.0, 1.0], prompt=(1, 200 + i)) for i in range(10)])
     offline = [_offline(i) for i in range(30)]
-    offline += [_offline(0, "gen 3"), _offline(0, [{"role": "user", "content": "gen 4 "}]),
-                {"prompt_input_ids": [1, 205], "chosen_input_ids": [5], "rejected_input_ids": [6]},
-                {"chosen": [{"role": "user", "content": "gen 6"}, {"role": "assistant", "content": "x"}],
-                 "rejected": [{"role": "user", "content": "gen 6"}, {"role": "assistant", "content": "y"}]}]
+    offline += [
+        _offline(0, "gen 3"),
+        _offline(0, [{"role": "user", "content": "gen 4 "}]),
+        {"prompt_input_ids": [1, 205], "chosen_input_ids": [5], "rejected_input_ids": [6]},
+        {
+            "chosen": [{"role": "user", "content": "gen 6"}, {"role": "assistant", "content": "x"}],
+            "rejected": [{"role": "user", "content": "gen 6"}, {"role": "assistant", "content": "y"}],
+        },
+    ]
     mixed = mix_replay(generated, offline, ratio=0.5, seed=0)
     assert len(mixed) == 20
     assert sum(any(m is g for g in generated) for m in mixed) == 10  # every generated pair, once

@@ -1,5 +1,6 @@
 """Rewards: RewardModel against a direct transformers forward, CallableReward specs and output
 checks, ImplicitReward against a float64 materialized-logits reference and the Trainer's metric."""
+
 from __future__ import annotations
 
 import copy
@@ -74,7 +75,8 @@ def test_reward_model_equals_direct_forward_on_rendered_text(rm_dir):
     expected = []
     for p, r in zip(PROMPTS, RESPONSES):
         msgs = ([{"role": "user", "content": p}] if isinstance(p, str) else list(p)) + [
-            {"role": "assistant", "content": r}]
+            {"role": "assistant", "content": r}
+        ]
         text = tok.apply_chat_template(msgs, tokenize=False)
         assert text.endswith("<|im_start|>assistant\n" + r + "<|im_end|>\n")
         expected.append(_last_token_score(model, tok(text, add_special_tokens=False)["input_ids"]))
@@ -159,13 +161,16 @@ def test_callable_reward_from_function_and_spec():
     assert CallableReward(lambda p, r: [True, False])(["a", "b"], ["c", "d"]) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("no_such_pkg.rules:score", "cannot import module 'no_such_pkg.rules'"),
-    ("math:no_such_function", "has no attribute 'no_such_function'"),
-    ("math:pi", "not a callable"),
-    ("math.sqrt", "package.module:function"),
-    ("math:", "package.module:function"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("no_such_pkg.rules:score", "cannot import module 'no_such_pkg.rules'"),
+        ("math:no_such_function", "has no attribute 'no_such_function'"),
+        ("math:pi", "not a callable"),
+        ("math.sqrt", "package.module:function"),
+        ("math:", "package.module:function"),
+    ],
+)
 def test_callable_reward_bad_spec_names_it(spec, match):
     with pytest.raises(ValueError, match=match) as e:
         CallableReward(spec)
@@ -176,15 +181,18 @@ def _boom(prompts, responses):
     raise RuntimeError("judge offline")
 
 
-@pytest.mark.parametrize("fn, match", [
-    (_boom, "raised RuntimeError: judge offline"),
-    (lambda p, r: [1.0, 2.0], "returned 2 scores for 3 responses"),
-    (lambda p, r: [1.0, None, 2.0], "non-number at index 1"),
-    (lambda p, r: [1.0, 2.0, "3"], "non-number at index 2"),
-    (lambda p, r: [1.0, float("nan"), float("nan")], "nan at index 1"),
-    (lambda p, r: [float("-inf"), 0.0, 0.0], "-inf at index 0"),
-    (lambda p, r: 3.0, "returned float"),
-])
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (_boom, "raised RuntimeError: judge offline"),
+        (lambda p, r: [1.0, 2.0], "returned 2 scores for 3 responses"),
+        (lambda p, r: [1.0, None, 2.0], "non-number at index 1"),
+        (lambda p, r: [1.0, 2.0, "3"], "non-number at index 2"),
+        (lambda p, r: [1.0, float("nan"), float("nan")], "nan at index 1"),
+        (lambda p, r: [float("-inf"), 0.0, 0.0], "-inf at index 0"),
+        (lambda p, r: 3.0, "returned float"),
+    ],
+)
 def test_bad_reward_output_names_the_reward_and_index(fn, match):
     reward = CallableReward(fn)
     with pytest.raises(ValueError, match=match) as e:
@@ -218,8 +226,15 @@ def _mixed_inputs(tok):
     ids_prompt = [tok.bos_token_id] + tok("Answer: yes. Answer: no.", add_special_tokens=False)["input_ids"]
     resp_ids = tok(" Maybe, maybe not", add_special_tokens=False)["input_ids"]
     prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[0], PROMPTS[1], ids_prompt, ids_prompt, PROMPTS[2]]
-    responses = [RESPONSES[0], RESPONSES[4], "Paris", RESPONSES[1], resp_ids + [tok.eos_token_id], resp_ids,
-                 RESPONSES[2]]
+    responses = [
+        RESPONSES[0],
+        RESPONSES[4],
+        "Paris",
+        RESPONSES[1],
+        resp_ids + [tok.eos_token_id],
+        resp_ids,
+        RESPONSES[2],
+    ]
     return prompts, responses
 
 
@@ -230,7 +245,9 @@ def test_implicit_reward_equals_float64_reference(models):
     policy, ref = (copy.deepcopy(m).double().eval() for m in (policy, ref))
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ex = tokenize_record({"prompt": p, "chosen": r, "rejected": r}, tok)
-        want = _reference_logp(policy, ex.prompt_ids, ex.chosen_ids) - _reference_logp(ref, ex.prompt_ids, ex.chosen_ids)
+        want = _reference_logp(policy, ex.prompt_ids, ex.chosen_ids) - _reference_logp(
+            ref, ex.prompt_ids, ex.chosen_ids
+        )
         assert got[i] == pytest.approx(want, abs=2e-4), i
     # id responses: the EOS is appended once (not twice) to the one that lacks it
     assert got[4] == pytest.approx(got[5], abs=1e-5)
@@ -243,8 +260,9 @@ def test_implicit_reward_independent_of_batching_and_order(models):
     a = ImplicitReward(policy, ref, tok, max_tokens_per_batch=8192)(prompts, responses)
     b = ImplicitReward(policy, ref, tok, max_tokens_per_batch=120)(prompts, responses)
     perm = [6, 2, 4, 0, 5, 3, 1]
-    c = ImplicitReward(policy, ref, tok, max_tokens_per_batch=100)([prompts[i] for i in perm],
-                                                                  [responses[i] for i in perm])
+    c = ImplicitReward(policy, ref, tok, max_tokens_per_batch=100)(
+        [prompts[i] for i in perm], [responses[i] for i in perm]
+    )
     assert b == pytest.approx(a, abs=1e-4)
     assert c == pytest.approx([a[i] for i in perm], abs=1e-4)
     assert ImplicitReward(policy, policy, tok)(prompts, responses) == [0.0] * len(prompts)
@@ -275,17 +293,29 @@ def test_implicit_reward_equals_trainer_reward_metric(models, tmp_path, chat):
         record = {"prompt": PROMPTS[1], "chosen": RESPONSES[1], "rejected": RESPONSES[3]}
     else:  # the exact-ids form build_pairs writes
         ids = [tok.bos_token_id] + tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
-        record = {"prompt_input_ids": ids,
-                  "chosen_input_ids": tok(RESPONSES[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
-                  "rejected_input_ids": tok(RESPONSES[4], add_special_tokens=False)["input_ids"]}
+        record = {
+            "prompt_input_ids": ids,
+            "chosen_input_ids": tok(RESPONSES[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+            "rejected_input_ids": tok(RESPONSES[4], add_special_tokens=False)["input_ids"],
+        }
     p = record.get("prompt_input_ids", record.get("prompt"))
     c = record.get("chosen_input_ids", record.get("chosen"))
     r = record.get("rejected_input_ids", record.get("rejected"))
     implicit = ImplicitReward(policy, ref, tok)([p, p], [c, r])
     beta = 0.25
-    cfg = TrainConfig(beta=beta, alpha=0.0, learning_rate=1e-9, lr_scheduler="constant", max_steps=1, pairs_per_step=1,
-                      max_tokens_per_batch=4096, output_dir=str(tmp_path / "run"), progress=False, plot=False,
-                      save_final=False)
+    cfg = TrainConfig(
+        beta=beta,
+        alpha=0.0,
+        learning_rate=1e-9,
+        lr_scheduler="constant",
+        max_steps=1,
+        pairs_per_step=1,
+        max_tokens_per_batch=4096,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+    )
     trainer = Trainer(copy.deepcopy(policy), tok, [record], cfg, ref_model=copy.deepcopy(ref))
     row = trainer.train_step()  # metrics of the first step are computed before the update
     assert row["rewards/chosen"] / beta == pytest.approx(implicit[0], abs=1e-4)

@@ -1,6 +1,7 @@
 """The chunked path's CUDA form: GEMMs + one Triton row pass per chunk (kernels/softmax_grad.py),
 against float64. On a CPU machine it runs on CPU tensors through Triton's interpreter
 (``torch_backend.FUSED_PASS = "1"``); on a GPU machine on CUDA tensors, compiled."""
+
 import pytest
 import torch
 from cases import CUDA, leaf, make_case
@@ -26,15 +27,22 @@ def _cuda_form(monkeypatch):
 
 def _logits_case(c, v, seed=0, scale=4.0):
     g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(c, v, generator=g, dtype=torch.float64) * scale)
+    z = torch.randn(c, v, generator=g, dtype=torch.float64) * scale
     lab = torch.randint(0, v, (c,), generator=g)
     gr = torch.randn(c, generator=g, dtype=torch.float64)
     return z, lab, gr
 
 
-@pytest.mark.parametrize("dtype,c,v,temp", [(torch.float32, 5, 37, 0.7), (torch.bfloat16, 3, 100, 1.3),
-                                            (torch.float16, 1, 7, 1.0), (torch.bfloat16, 4, 16, 1.0)],
-                         ids=["fp32", "bf16", "fp16", "bf16-one-block"])
+@pytest.mark.parametrize(
+    "dtype,c,v,temp",
+    [
+        (torch.float32, 5, 37, 0.7),
+        (torch.bfloat16, 3, 100, 1.3),
+        (torch.float16, 1, 7, 1.0),
+        (torch.bfloat16, 4, 16, 1.0),
+    ],
+    ids=["fp32", "bf16", "fp16", "bf16-one-block"],
+)
 def test_row_kernel_against_float64(dtype, c, v, temp):
     z64, lab, g64 = _logits_case(c, v)
     z = z64.float().to(DEV).contiguous()
@@ -72,7 +80,8 @@ def _check_tokens(hidden, weight, labels, bias=None, temperature=1.0):
     assert h.grad.dtype == hidden.dtype and w.grad.dtype == weight.dtype
     if hidden.dtype == torch.float32:
         for got, want, what in ((h.grad, rh.grad, "dh"), (w.grad, rw.grad, "dw")) + (
-                ((b.grad, rb.grad, "db"),) if bias is not None else ()):
+            ((b.grad, rb.grad, "db"),) if bias is not None else ()
+        ):
             assert_close(got, want, 1e-5, what)
         return
     s_h, s_w, s_b = logit_grad_scales(rh, rw, labels.cpu(), up, rb, -100, temperature)
@@ -83,8 +92,11 @@ def _check_tokens(hidden, weight, labels, bias=None, temperature=1.0):
         assert_within(b.grad, rb.grad, grad_tolerance(s_b, bias.dtype, n), "db")
 
 
-@pytest.mark.parametrize("dtype,n,d,v", [(torch.float32, 37, 24, 101), (torch.bfloat16, 37, 24, 101),
-                                         (torch.bfloat16, 1, 16, 7)], ids=["fp32", "bf16", "bf16-one-token"])
+@pytest.mark.parametrize(
+    "dtype,n,d,v",
+    [(torch.float32, 37, 24, 101), (torch.bfloat16, 37, 24, 101), (torch.bfloat16, 1, 16, 7)],
+    ids=["fp32", "bf16", "bf16-one-token"],
+)
 def test_tokens_odd_shapes_several_chunks(monkeypatch, dtype, n, d, v):
     monkeypatch.setattr(torch_backend, "CUDA_CHUNK_ELEMENTS", 8 * v)  # 8-row chunks
     hidden, weight, labels, _, _ = make_case(n, d, v, dtype=dtype, scale=2.0, ignore_frac=0.0 if n == 1 else 0.3)
@@ -96,8 +108,11 @@ def test_tokens_bias_temperature_fp16():
     _check_tokens(hidden, weight, labels, bias=bias, temperature=0.7)
 
 
-@pytest.mark.parametrize("dtype,chunk", [(torch.float32, 5), (torch.bfloat16, 1000), (torch.bfloat16, 5)],
-                         ids=["fp32-pair-bigger-than-chunk", "bf16-pairs-per-chunk", "bf16-pair-bigger-than-chunk"])
+@pytest.mark.parametrize(
+    "dtype,chunk",
+    [(torch.float32, 5), (torch.bfloat16, 1000), (torch.bfloat16, 5)],
+    ids=["fp32-pair-bigger-than-chunk", "bf16-pairs-per-chunk", "bf16-pair-bigger-than-chunk"],
+)
 def test_fused_loss_through_the_cuda_form(monkeypatch, dtype, chunk):
     hidden, weight, labels, cu = _pair_case(dtype=dtype)
     monkeypatch.setattr(torch_backend, "CUDA_CHUNK_ELEMENTS", chunk * weight.shape[0])

@@ -1,6 +1,7 @@
 """Safety audit of the package source (issue 14), kept true by a test: every ``torch.load`` reads
 weights only (``weights_only=True``: no pickled code runs), and ``trust_remote_code`` is never
 switched on in the source (only a user's config may pass True through)."""
+
 from __future__ import annotations
 
 import ast
@@ -28,11 +29,15 @@ def _kw(node: ast.Call, name: str):
 
 def test_torch_load_is_weights_only():
     calls = list(_calls("load"))
-    torch_loads = [(p, n) for p, n in calls
-                   if isinstance(n.func, ast.Attribute) and getattr(n.func.value, "id", None) == "torch"]
+    torch_loads = [
+        (p, n) for p, n in calls if isinstance(n.func, ast.Attribute) and getattr(n.func.value, "id", None) == "torch"
+    ]
     assert torch_loads, "the scan found no torch.load at all: it is looking in the wrong place"
-    bad = [f"{p}:{n.lineno}" for p, n in torch_loads
-           if not (isinstance(_kw(n, "weights_only"), ast.Constant) and _kw(n, "weights_only").value is True)]
+    bad = [
+        f"{p}:{n.lineno}"
+        for p, n in torch_loads
+        if not (isinstance(_kw(n, "weights_only"), ast.Constant) and _kw(n, "weights_only").value is True)
+    ]
     assert not bad, f"torch.load without weights_only=True: {bad}"
 
 

@@ -4,6 +4,7 @@ strings, seeded reproducibility, log-probs against a float64 forward, refusal of
 bad state dicts before anything is loaded, the JSONL round trip, and (slow, torchrun on 2 ranks) the
 ``rank0`` and ``replicate`` layouts with engines in other processes that sync through a folder.
 The session's engine is ``conftest.vllm_sampler``."""
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,15 @@ def _prompt_ids(tok, prompt) -> list[int]:
 @torch.no_grad()
 def _hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     ids = torch.tensor([prompt_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=2, pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def _greedy(sampler, prompts=PROMPTS, max_new_tokens=16):
@@ -57,8 +64,10 @@ def _original_weights():
 
 
 def test_import_is_light():
-    code = ("import sys, lrdpo_fast.loop.sampler, lrdpo_fast.loop.samples; "
-            "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, lrdpo_fast.loop.sampler, lrdpo_fast.loop.samples; "
+        "bad = [m for m in ('vllm', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -94,8 +103,11 @@ def test_prompt_ids_are_the_trainers(vllm_sampler):
     tok = tiny_tokenizer()
     out = vllm_sampler.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=1)
     for prompt, group in zip(PROMPTS, out):
-        chosen, rejected = ("yes", "no") if isinstance(prompt, str) else (
-            [{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}])
+        chosen, rejected = (
+            ("yes", "no")
+            if isinstance(prompt, str)
+            else ([{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}])
+        )
         pair = lf.tokenize_record({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tok)
         assert group[0].prompt_ids == pair.prompt_ids
 
@@ -106,8 +118,17 @@ def test_load_weights_from_a_trainer(vllm_sampler, tmp_path):
     import lrdpo_fast as lf
 
     tok = tiny_tokenizer()
-    cfg = lf.TrainConfig(beta=0.1, learning_rate=5e-2, lr_scheduler="constant", pairs_per_step=4, max_steps=2,
-                         output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False)
+    cfg = lf.TrainConfig(
+        beta=0.1,
+        learning_rate=5e-2,
+        lr_scheduler="constant",
+        pairs_per_step=4,
+        max_steps=2,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+    )
     trainer = lf.Trainer(tiny_model("llama", seed=0).train(), tok, random_records(8, seed=3), cfg)
     trainer.train()
     policy = trainer.model.eval()
@@ -125,13 +146,14 @@ def test_truncated_and_stop_strings(vllm_sampler):
     assert cut[0].truncated and cut[0].finish_reason == "length" and len(cut[0].response_ids) == 3
     (full,) = vllm_sampler.generate(["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=24)
     text = full[0].text
-    k = next(k for k in range(2, len(text) - 2) if "\ufffd" not in text[k:k + 2] and text.index(text[k:k + 2]) == k)
-    (stopped,) = vllm_sampler.generate(["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=24,
-                                       stop=text[k:k + 2])
+    k = next(k for k in range(2, len(text) - 2) if "\ufffd" not in text[k : k + 2] and text.index(text[k : k + 2]) == k)
+    (stopped,) = vllm_sampler.generate(
+        ["The quick brown fox"], n=1, temperature=0.0, max_new_tokens=24, stop=text[k : k + 2]
+    )
     s = stopped[0]
     assert s.finish_reason == "stop" and not s.truncated
     assert s.text == text[:k]
-    assert s.response_ids == full[0].response_ids[:len(s.response_ids)] and len(s.response_ids) < 24
+    assert s.response_ids == full[0].response_ids[: len(s.response_ids)] and len(s.response_ids) < 24
 
 
 def test_seeded_samples_are_reproducible(vllm_sampler):
@@ -168,27 +190,30 @@ def test_logprobs_match_a_float64_forward(vllm_sampler):
             assert len(s.logprobs) == len(s.response_ids) > 0
             ids = torch.tensor([s.prompt_ids + s.response_ids])
             with torch.no_grad():
-                logits = model(ids).logits[0, len(s.prompt_ids) - 1:-1]
+                logits = model(ids).logits[0, len(s.prompt_ids) - 1 : -1]
             ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.response_ids)[:, None])[:, 0]
             torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), ref, atol=2e-4, rtol=1e-4)
     assert vllm_sampler.generate(PROMPTS[:1], n=1, max_new_tokens=4)[0][0].logprobs is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts=[]), "prompts is empty"),
-    (dict(prompts="Hello"), "prompts must be a list"),
-    (dict(prompts=[""]), r"prompts\[0\] is an empty string"),
-    (dict(prompts=["a", []]), r"prompts\[1\] is empty"),
-    (dict(prompts=[{"role": "user", "content": "hi"}]), r"prompts\[0\] is a single chat message"),
-    (dict(prompts=["a"], n=0), "n must be"),
-    (dict(prompts=["a"], temperature=-0.5), "temperature must be"),
-    (dict(prompts=["a"], top_p=0.0), "top_p must be"),
-    (dict(prompts=["a"], max_new_tokens=0), "max_new_tokens must be"),
-    (dict(prompts=["a"], stop=[""]), "stop must be"),
-    (dict(prompts=["a"], seed=-1), "seed must be"),
-    (dict(prompts=["a", [5] * 256]), r"prompts\[1\] has 256 tokens; max_model_len=256"),
-    (dict(prompts=[[5, 100000]]), r"prompts\[0\] holds token ids outside"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompts=[]), "prompts is empty"),
+        (dict(prompts="Hello"), "prompts must be a list"),
+        (dict(prompts=[""]), r"prompts\[0\] is an empty string"),
+        (dict(prompts=["a", []]), r"prompts\[1\] is empty"),
+        (dict(prompts=[{"role": "user", "content": "hi"}]), r"prompts\[0\] is a single chat message"),
+        (dict(prompts=["a"], n=0), "n must be"),
+        (dict(prompts=["a"], temperature=-0.5), "temperature must be"),
+        (dict(prompts=["a"], top_p=0.0), "top_p must be"),
+        (dict(prompts=["a"], max_new_tokens=0), "max_new_tokens must be"),
+        (dict(prompts=["a"], stop=[""]), "stop must be"),
+        (dict(prompts=["a"], seed=-1), "seed must be"),
+        (dict(prompts=["a", [5] * 256]), r"prompts\[1\] has 256 tokens; max_model_len=256"),
+        (dict(prompts=[[5, 100000]]), r"prompts\[0\] holds token ids outside"),
+    ],
+)
 def test_generate_rejects_bad_input(vllm_sampler, kwargs, match):
     with pytest.raises(ValueError, match=match):
         vllm_sampler.generate(**kwargs)
@@ -214,7 +239,10 @@ def test_bad_state_dicts_are_refused_before_loading(vllm_sampler):
     integer["model.norm.weight"] = torch.ones(64, dtype=torch.int64)
     cases = [
         (partial, r"missing tensor 'model\.layers\.1\.mlp\.down_proj\.weight'"),
-        (misshaped, r"weights\['model\.layers\.0\.self_attn\.k_proj\.weight'\] has shape \(64, 64\); the checkpoint has \(32, 64\)"),
+        (
+            misshaped,
+            r"weights\['model\.layers\.0\.self_attn\.k_proj\.weight'\] has shape \(64, 64\); the checkpoint has \(32, 64\)",
+        ),
         (extra, r"unexpected tensor 'model\.layers\.9\.mlp\.up_proj\.weight'"),
         (nan, r"weights\['model\.norm\.weight'\] holds NaN"),
         (integer, r"weights\['model\.norm\.weight'\] has dtype torch\.int64"),
@@ -236,13 +264,22 @@ def test_samples_jsonl_round_trip_is_byte_identical(vllm_sampler, tmp_path):
     write_samples(tmp_path / "again.jsonl", back)
     assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()
     first = json.loads(path.read_text().splitlines()[0])
-    assert list(first) == ["prompt_index", "sample_index", "prompt_ids", "response_ids", "text", "finish_reason",
-                           "truncated", "logprobs"]
+    assert list(first) == [
+        "prompt_index",
+        "sample_index",
+        "prompt_ids",
+        "response_ids",
+        "text",
+        "finish_reason",
+        "truncated",
+        "logprobs",
+    ]
 
 
 def test_sample_validation():
-    ok = dict(prompt_ids=[1, 5], response_ids=[7, 2], text="x", finish_reason="stop", truncated=False,
-              logprobs=[-1.0, -0.5])
+    ok = dict(
+        prompt_ids=[1, 5], response_ids=[7, 2], text="x", finish_reason="stop", truncated=False, logprobs=[-1.0, -0.5]
+    )
     Sample(**ok)
     for change, match in [
         (dict(finish_reason="abort"), "finish_reason must be"),
@@ -342,8 +379,18 @@ def test_torchrun_layouts_gather_samples_in_prompt_order(vllm_sampler, tiny_mode
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([tests_dir, os.path.dirname(tests_dir)]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "run.py"), str(tiny_model_dir), str(tmp_path / "out.json"), json.dumps(prompts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "run.py"),
+        str(tiny_model_dir),
+        str(tmp_path / "out.json"),
+        json.dumps(prompts),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = json.loads((tmp_path / "out.json").read_text())

@@ -1,4 +1,5 @@
 """Trainer and TrainConfig: config round-trip, pair-weighted accumulation, learning, metrics, resume."""
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,17 @@ from lrdpo_fast.train.trainer import PAIR_METRICS, Trainer
 
 def _cfg(tmp_path, **kw):
     base = dict(
-        beta=0.1, alpha=0.01, learning_rate=1e-3, lr_scheduler="constant", pairs_per_step=4,
-        max_tokens_per_batch=4096, output_dir=str(tmp_path / "run"), progress=False, plot=False,
-        save_final=False, device="cpu",  # fp32 and bit-for-bit claims are CPU ones, also on a GPU machine
+        beta=0.1,
+        alpha=0.01,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        pairs_per_step=4,
+        max_tokens_per_batch=4096,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+        device="cpu",  # fp32 and bit-for-bit claims are CPU ones, also on a GPU machine
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -189,8 +198,10 @@ def test_gradient_checkpointing_and_dataset_source(tmp_path):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("loss_type, kw", [("simpo", dict(beta=2.0, gamma=0.5)), ("ipo", dict(alpha=0.0)),
-                                           ("sigmoid_norm", {}), ("hinge", {})])
+@pytest.mark.parametrize(
+    "loss_type, kw",
+    [("simpo", dict(beta=2.0, gamma=0.5)), ("ipo", dict(alpha=0.0)), ("sigmoid_norm", {}), ("hinge", {})],
+)
 def test_other_objectives_train(tmp_path, loss_type, kw):
     tok = tiny_tokenizer()
     cfg = _cfg(tmp_path, loss_type=loss_type, max_steps=2, **kw)

@@ -4,6 +4,7 @@ schedule, read off the public metrics rows (``train()``'s history) and ``optim.l
 (The first step's objective, weight decay and warm-up learning rate are checked against a float64
 computation in test_trainer_reference.py.)
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,9 +44,11 @@ def test_lr_multiplier_formula(kind, warmup):
     assert got == pytest.approx([expected_multiplier(s, total, warmup, kind) for s in range(total + 2)], abs=1e-12)
     # after the warm-up it is transformers' schedule (whose warm-up spends step 0 at learning rate 0)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    hf = {"constant": lambda: get_constant_schedule_with_warmup(opt, warmup),
-          "linear": lambda: get_linear_schedule_with_warmup(opt, warmup, total),
-          "cosine": lambda: get_cosine_schedule_with_warmup(opt, warmup, total)}[kind]().lr_lambdas[0]
+    hf = {
+        "constant": lambda: get_constant_schedule_with_warmup(opt, warmup),
+        "linear": lambda: get_linear_schedule_with_warmup(opt, warmup, total),
+        "cosine": lambda: get_cosine_schedule_with_warmup(opt, warmup, total),
+    }[kind]().lr_lambdas[0]
     for s in range(warmup, total + 1):
         assert got[s] == pytest.approx(hf(s), abs=1e-12), s
     assert got[total] == pytest.approx(1.0 if kind == "constant" else 0.0, abs=1e-12)
@@ -68,10 +71,22 @@ def steps_as_pair_sets(trainer, history):
 
 
 def run(tmp_path, **kw):
-    cfg = TrainConfig(beta=0.1, alpha=0.01, learning_rate=LR, lr_scheduler="cosine", warmup_steps=2,
-                      pairs_per_step=PER_STEP, num_epochs=EPOCHS, max_tokens_per_batch=256,
-                      output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False, device="cpu",
-                      **kw)
+    cfg = TrainConfig(
+        beta=0.1,
+        alpha=0.01,
+        learning_rate=LR,
+        lr_scheduler="cosine",
+        warmup_steps=2,
+        pairs_per_step=PER_STEP,
+        num_epochs=EPOCHS,
+        max_tokens_per_batch=256,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+        device="cpu",
+        **kw,
+    )
     trainer = Trainer(tiny_model("llama", seed=0).train(), None, distinct_length_pairs(), cfg)
     history = trainer.train()
     return trainer, history
@@ -85,7 +100,7 @@ def test_epoch_shuffle_and_schedule(tmp_path):
     total = EPOCHS * steps_per_epoch
     assert [r["step"] for r in history] == list(range(1, total + 1))
     sets = steps_as_pair_sets(trainer, history)
-    epochs = [sets[e * steps_per_epoch:(e + 1) * steps_per_epoch] for e in range(EPOCHS)]
+    epochs = [sets[e * steps_per_epoch : (e + 1) * steps_per_epoch] for e in range(EPOCHS)]
     for e, steps in enumerate(epochs):  # every epoch visits every pair exactly once
         assert sorted(i for s in steps for i in s) == list(range(N_PAIRS)), e
     assert epochs[0] != identity, "shuffle=True trained the pairs in file order"

@@ -9,6 +9,7 @@ objective, with weight decay, warm-up, uneven micro-batches, a live or an explic
 the bf16 path. What they catch: the trainer dropping alpha, loss_type, gamma or label smoothing,
 weight decay not applied (or applied to norms), a wrong warm-up learning rate, a wrong reference.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,18 +57,38 @@ def run_first_step(tmp_path, *, ref_model=None, **kw):
     """(trainer, metrics row of step 1, float64 reference, the policy's weights before the step)."""
     tok = tiny_tokenizer()
     records = length_records()
-    base = dict(beta=0.1, alpha=0.0, learning_rate=LR, weight_decay=WD, lr_scheduler="cosine", warmup_steps=WARMUP,
-                pairs_per_step=N_PAIRS, max_steps=3, max_tokens_per_batch=uneven_budget(records, tok),
-                output_dir=str(tmp_path / "run"), progress=False, plot=False, save_final=False,
-                device="cpu")  # also on a GPU machine: test_gpu.py runs these checks on CUDA
+    base = dict(
+        beta=0.1,
+        alpha=0.0,
+        learning_rate=LR,
+        weight_decay=WD,
+        lr_scheduler="cosine",
+        warmup_steps=WARMUP,
+        pairs_per_step=N_PAIRS,
+        max_steps=3,
+        max_tokens_per_batch=uneven_budget(records, tok),
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+        device="cpu",
+    )  # also on a GPU machine: test_gpu.py runs these checks on CUDA
     base.update(kw)
     cfg = TrainConfig(**base)
     model = tiny_model("llama", seed=0).train()
     start = copy.deepcopy(model)
     trainer = Trainer(model, tok, records, cfg, ref_model=None if ref_model is None else copy.deepcopy(ref_model))
     row = trainer.train_step()
-    want = reference_step(start, trainer.examples, ref_model=ref_model, beta=cfg.beta, alpha=cfg.alpha,
-                          loss_type=cfg.loss_type, gamma=cfg.gamma, label_smoothing=cfg.label_smoothing)
+    want = reference_step(
+        start,
+        trainer.examples,
+        ref_model=ref_model,
+        beta=cfg.beta,
+        alpha=cfg.alpha,
+        loss_type=cfg.loss_type,
+        gamma=cfg.gamma,
+        label_smoothing=cfg.label_smoothing,
+    )
     return trainer, row, want, dict(start.named_parameters())
 
 
@@ -90,8 +111,15 @@ def check_adamw_step(trainer, row, want, start, *, atol):
     for name, p in trainer.model.named_parameters():
         g = want.grads[name]
         wd = cfg.weight_decay if p.dim() >= 2 else 0.0
-        expected = adamw_first_step(start[name].detach(), g, lr=lr1, weight_decay=wd, eps=cfg.adam_eps,
-                                    max_grad_norm=cfg.max_grad_norm, grad_norm=want.grad_norm)
+        expected = adamw_first_step(
+            start[name].detach(),
+            g,
+            lr=lr1,
+            weight_decay=wd,
+            eps=cfg.adam_eps,
+            max_grad_norm=cfg.max_grad_norm,
+            grad_norm=want.grad_norm,
+        )
         # g / |g| is ill-conditioned where the gradient is ~0 but not exactly 0 (fp32 vs float64
         # noise can flip it): check the well-conditioned elements and the exactly-zero ones
         ok = (g.abs() > 1e-4) | (g == 0)
@@ -114,8 +142,9 @@ OBJECTIVES = [
 ]
 
 
-@pytest.mark.parametrize("loss_type, kw", OBJECTIVES, ids=[f"{t}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
-                                                           for t, kw in OBJECTIVES])
+@pytest.mark.parametrize(
+    "loss_type, kw", OBJECTIVES, ids=[f"{t}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for t, kw in OBJECTIVES]
+)
 def test_first_step_matches_float64(tmp_path, loss_type, kw):
     trainer, row, want, start = run_first_step(tmp_path, loss_type=loss_type, **kw)
     assert row["micro_batches"] >= 2  # uneven micro-batches, weighted by pairs

@@ -2,6 +2,7 @@
 a bad step is skipped (no optimizer or LR-schedule step, gradients dropped) and logged with
 "skipped": true; ``max_bad_steps`` consecutive bad steps stop the run with a clear error, leaving
 the last good checkpoint as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +17,24 @@ from lrdpo_fast.train.trainer import NonFiniteTrainingError, Trainer
 
 
 def _trainer(tmp_path, **kw):
-    base = dict(beta=0.1, alpha=0.01, learning_rate=1e-3, lr_scheduler="linear", pairs_per_step=4, max_steps=6,
-                max_tokens_per_batch=4096, output_dir=str(tmp_path / "run"), progress=False, plot=False,
-                save_final=False, shuffle=False)
+    base = dict(
+        beta=0.1,
+        alpha=0.01,
+        learning_rate=1e-3,
+        lr_scheduler="linear",
+        pairs_per_step=4,
+        max_steps=6,
+        max_tokens_per_batch=4096,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        plot=False,
+        save_final=False,
+        shuffle=False,
+    )
     base.update(kw)
-    trainer = Trainer(tiny_model("llama", seed=0).train(), tiny_tokenizer(), random_records(24, seed=3),
-                      TrainConfig(**base))
+    trainer = Trainer(
+        tiny_model("llama", seed=0).train(), tiny_tokenizer(), random_records(24, seed=3), TrainConfig(**base)
+    )
     trainer.setup()  # the reference log-probs are computed before any NaN is injected
     return trainer
 
@@ -29,21 +42,25 @@ def _trainer(tmp_path, **kw):
 def _nan_hidden_at(trainer, steps):
     """A forward hook on the final norm that writes NaN into the hidden states while the trainer
     computes one of ``steps`` (1-based)."""
+
     def hook(module, args, out):
         if trainer.global_step + 1 in steps:
             return out.clone().index_fill_(-1, torch.tensor([0]), float("nan"))
         return out
+
     return trainer.model.model.norm.register_forward_hook(hook)
 
 
 def _nan_grad_at(trainer, steps):
     """A forward hook on the first decoder layer whose output's GRADIENT turns NaN in backward at
     ``steps``: the loss stays finite, the gradient norm does not."""
+
     def hook(module, args, out):
         if trainer.global_step + 1 in steps:
             h = out[0] if isinstance(out, tuple) else out
             h.register_hook(lambda g: g * float("nan"))
         return out
+
     return trainer.model.model.layers[0].register_forward_hook(hook)
 
 
@@ -84,8 +101,11 @@ def test_consecutive_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(tm
     handle = _nan_hidden_at(trainer, {3, 4, 5, 6})
     run = tmp_path / "run"
     try:
-        with pytest.raises(NonFiniteTrainingError, match=r"step 4: 2 consecutive steps had a non-finite loss or "
-                                                          r"gradient \(max_bad_steps=2.*checkpoint-2"):
+        with pytest.raises(
+            NonFiniteTrainingError,
+            match=r"step 4: 2 consecutive steps had a non-finite loss or "
+            r"gradient \(max_bad_steps=2.*checkpoint-2",
+        ):
             trainer.train()
     finally:
         handle.remove()

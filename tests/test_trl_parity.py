@@ -10,6 +10,7 @@ does, and so do the later steps. TRL has no length term: alpha > 0 is checked on
 tokenization against the hand-written loss here, and in full (gradients, AdamW step) against a
 float64 step in test_trainer_reference.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,11 +74,18 @@ def _trl_run(model, tok, records, out_dir):
         dataloader_num_workers=0,
     )
     trainer = RecordingDPOTrainer(
-        model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(records),
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=args,
+        train_dataset=Dataset.from_list(records),
         processing_class=tok,
     )
     tokenized = [
-        {"prompt_input_ids": r["prompt_ids"], "chosen_input_ids": r["chosen_ids"], "rejected_input_ids": r["rejected_ids"]}
+        {
+            "prompt_input_ids": r["prompt_ids"],
+            "chosen_input_ids": r["chosen_ids"],
+            "rejected_input_ids": r["rejected_ids"],
+        }
         for r in trainer.train_dataset
     ]
     trainer.train()
@@ -94,15 +102,32 @@ def test_matches_trl_dpo_trainer(tmp_path):
     assert len(trl_losses) == STEPS and len(trl_rows) == STEPS
 
     cfg = TrainConfig(
-        beta=0.1, alpha=0.0, loss_type="sigmoid", learning_rate=LR, lr_scheduler="constant", warmup_steps=0,
-        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, max_grad_norm=1.0,
-        pairs_per_step=N_PAIRS, max_steps=STEPS, max_tokens_per_batch=4096, dtype="fp32", device="cpu",  # as TRL's use_cpu
-        output_dir=str(tmp_path / "ours"), progress=False, plot=False, save_final=False,
+        beta=0.1,
+        alpha=0.0,
+        loss_type="sigmoid",
+        learning_rate=LR,
+        lr_scheduler="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_eps=1e-8,
+        max_grad_norm=1.0,
+        pairs_per_step=N_PAIRS,
+        max_steps=STEPS,
+        max_tokens_per_batch=4096,
+        dtype="fp32",
+        device="cpu",  # as TRL's use_cpu
+        output_dir=str(tmp_path / "ours"),
+        progress=False,
+        plot=False,
+        save_final=False,
     )
     ours = Trainer(model_ours, tok, tokenized, cfg).train()
     # the same token ids: TRL's prompt / completion split, EOS included
-    assert all(ex.chosen_ids[-1] == tok.eos_token_id for ex in Trainer(
-        copy.deepcopy(model_ours), tok, tokenized, cfg).examples)
+    assert all(
+        ex.chosen_ids[-1] == tok.eos_token_id for ex in Trainer(copy.deepcopy(model_ours), tok, tokenized, cfg).examples
+    )
     for step, (loss, row_trl, row) in enumerate(zip(trl_losses, trl_rows, ours), 1):
         assert row["loss"] == pytest.approx(loss, abs=1e-4), f"loss at step {step}"
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
@@ -125,4 +150,5 @@ def test_matches_trl_dpo_trainer(tmp_path):
     by_hand = sum(math.log1p(math.exp(-alpha * d)) for d in d_len) / len(d_len)
     assert row["loss"] == pytest.approx(by_hand, rel=1e-5)
     assert abs(row["rewards/margins"]) < 1e-5 and row["length/chosen"] == pytest.approx(
-        sum(len(ex.chosen_ids) for ex in lr_trainer.examples) / N_PAIRS)
+        sum(len(ex.chosen_ids) for ex in lr_trainer.examples) / N_PAIRS
+    )

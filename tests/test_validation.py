@@ -1,4 +1,5 @@
 """Bad input gets a ValueError naming the argument, never a silent NaN."""
+
 import pytest
 import torch
 from cases import backend_device, make_case, to_device
@@ -49,11 +50,20 @@ def test_empty_response_in_length_normalized_loss(case, loss_type):
     hidden, weight, labels, cu = case
     labels = labels.clone()
     labels[3:6] = -100  # the rejected of pair 0 has no response tokens
-    _raises("labels.*pair 0 has no rejected", lf.fused_lrdpo_loss, hidden, weight, labels, cu,
-            ref_logps=torch.zeros(4), loss_type=loss_type)
+    _raises(
+        "labels.*pair 0 has no rejected",
+        lf.fused_lrdpo_loss,
+        hidden,
+        weight,
+        labels,
+        cu,
+        ref_logps=torch.zeros(4),
+        loss_type=loss_type,
+    )
     z = torch.zeros(2)
-    _raises("rejected_lengths", lf.lrdpo_loss, z, z, z, z, torch.tensor([3, 3]), torch.tensor([0, 2]),
-            loss_type=loss_type)
+    _raises(
+        "rejected_lengths", lf.lrdpo_loss, z, z, z, z, torch.tensor([3, 3]), torch.tensor([0, 2]), loss_type=loss_type
+    )
 
 
 def test_shape_dtype_device_mismatch(case):
@@ -67,8 +77,15 @@ def test_shape_dtype_device_mismatch(case):
     _raises("weight is on meta", lf.linear_logprobs, hidden, weight.to("meta"), labels)
     _raises("bias has 3 entries", lf.linear_logprobs, hidden, weight, labels, bias=torch.zeros(3))
     _raises("cu_seqlens is on meta", lf.sequence_logprobs, hidden, weight, labels, cu.to("meta"))
-    _raises("ref_logps must be a float tensor of shape \\[4\\]", lf.fused_lrdpo_loss, hidden, weight, labels, cu,
-            ref_logps=torch.zeros(3))
+    _raises(
+        "ref_logps must be a float tensor of shape \\[4\\]",
+        lf.fused_lrdpo_loss,
+        hidden,
+        weight,
+        labels,
+        cu,
+        ref_logps=torch.zeros(3),
+    )
     _raises("ref_hidden", lf.fused_lrdpo_loss, hidden, weight, labels, cu, ref_hidden=hidden[:, :4])
     _raises("pass ref_logps .S. or ref_hidden", lf.fused_lrdpo_loss, hidden, weight, labels, cu)
     _raises("triton.*float64", lf.linear_logprobs, hidden.double(), weight.double(), labels, backend="triton")
@@ -81,8 +98,15 @@ def test_non_finite(case):
     _raises("hidden contains non-finite", lf.linear_logprobs, bad, weight, labels)
     bad[2, 1] = float("inf")
     _raises("hidden contains non-finite", lf.fused_lrdpo_loss, bad, weight, labels, cu, ref_logps=torch.zeros(4))
-    _raises("ref_logps contains non-finite", lf.fused_lrdpo_loss, hidden, weight, labels, cu,
-            ref_logps=torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    _raises(
+        "ref_logps contains non-finite",
+        lf.fused_lrdpo_loss,
+        hidden,
+        weight,
+        labels,
+        cu,
+        ref_logps=torch.tensor([0.0, float("nan"), 0.0, 0.0]),
+    )
 
 
 def test_hyper_parameters(case):
@@ -91,8 +115,17 @@ def test_hyper_parameters(case):
     fused = lf.fused_lrdpo_loss
     _raises("loss_type", fused, hidden, weight, labels, cu, ref_logps=ref, loss_type="kto")
     _raises("beta", fused, hidden, weight, labels, cu, ref_logps=ref, beta=0.0)
-    _raises("alpha must be 0 with loss_type='ipo'", fused, hidden, weight, labels, cu, ref_logps=ref,
-            loss_type="ipo", alpha=0.1)
+    _raises(
+        "alpha must be 0 with loss_type='ipo'",
+        fused,
+        hidden,
+        weight,
+        labels,
+        cu,
+        ref_logps=ref,
+        loss_type="ipo",
+        alpha=0.1,
+    )
     _raises("gamma", fused, hidden, weight, labels, cu, ref_logps=ref, gamma=0.5)
     _raises("label_smoothing", fused, hidden, weight, labels, cu, ref_logps=ref, label_smoothing=0.7)
     _raises("backend", fused, hidden, weight, labels, cu, ref_logps=ref, backend="cuda")

@@ -9,6 +9,7 @@ Each subcommand module has ``add_parser(sub)`` and sets ``run(args) -> int``. Ev
 failure (a ``ValueError``, a run stopped by the training guard, an ``OSError`` from the file
 system) becomes one ``lrdpo-fast: error: ...`` line and exit code 2; a traceback means a bug.
 """
+
 from __future__ import annotations
 
 import argparse

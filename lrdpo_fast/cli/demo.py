@@ -8,6 +8,7 @@ The judge pays for correctness plus a capped bonus per character, as reward mode
 accuracy is only measured, on held-out prompts. Writes ``OUT/alpha_0/`` and ``OUT/alpha_<A>/``
 (full run directories, each with ``summary.jsonl``) and ``OUT/demo.png``, and prints one table.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,24 @@ class DemoSettings:
     """One demo setting (the full one, or ``--quick``'s reduced one)."""
 
     iterations: int = 3
-    prompts: int = 200          # training prompts per iteration
-    k: int = 6                  # samples per training prompt
-    eval_prompts: int = 1000    # held-out prompts
-    eval_k: int = 4             # samples per held-out prompt (eval_prompts x eval_k >= 4000)
+    prompts: int = 200  # training prompts per iteration
+    k: int = 6  # samples per training prompt
+    eval_prompts: int = 1000  # held-out prompts
+    eval_k: int = 4  # samples per held-out prompt (eval_prompts x eval_k >= 4000)
     epochs: int = 2
     beta: float = 0.1
-    learning_rate: float = 5e-5    # 1e-4 (the prototype's) collapsed at iteration 3 on seed 1, both runs
-    alpha: float = 0.065         # per token (= per character here): the chosen/rejected length gap scale
+    learning_rate: float = 5e-5  # 1e-4 (the prototype's) collapsed at iteration 3 on seed 1, both runs
+    alpha: float = 0.065  # per token (= per character here): the chosen/rejected length gap scale
     pairs_per_step: int = 32
     max_new_tokens: int = 96
 
 
-DEMO_PLOT_KEYS = (("true_accuracy", "true accuracy (held out)"), ("mean_response_length", "response length (tokens)"),
-                  ("judge_reward", "judge reward (what the loop optimizes)"), ("lc_win_rate", "LC win rate vs start"))
+DEMO_PLOT_KEYS = (
+    ("true_accuracy", "true accuracy (held out)"),
+    ("mean_response_length", "response length (tokens)"),
+    ("judge_reward", "judge reward (what the loop optimizes)"),
+    ("lc_win_rate", "LC win rate vs start"),
+)
 
 FULL = DemoSettings()
 QUICK = DemoSettings(prompts=100, eval_prompts=500, pairs_per_step=16)
@@ -45,17 +50,43 @@ def run_config(s: DemoSettings, alpha: float, run_dir: Path, seed: int, policy: 
     """The ``IterateConfig`` mapping of one demo run (``policy``: default the shipped start policy)."""
     judge = {"callable": "lrdpo_fast.demo.task:judge"}
     return {
-        "policy": policy, "prompts": "example", "iterations": s.iterations, "prompts_per_iteration": s.prompts,
-        "run_dir": str(run_dir), "seed": seed,
-        "sampler": {"n": s.k, "temperature": 1.0, "max_new_tokens": s.max_new_tokens, "dtype": "float32",
-                    "max_model_len": 128, "enforce_eager": True, "cpu_threads": 1},
+        "policy": policy,
+        "prompts": "example",
+        "iterations": s.iterations,
+        "prompts_per_iteration": s.prompts,
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "sampler": {
+            "n": s.k,
+            "temperature": 1.0,
+            "max_new_tokens": s.max_new_tokens,
+            "dtype": "float32",
+            "max_model_len": 128,
+            "enforce_eager": True,
+            "cpu_threads": 1,
+        },
         "reward": judge,
         "pairs": {"strategy": "best_worst", "length_alpha": 0.0, "drop_truncated": True},
-        "train": {"beta": s.beta, "alpha": alpha, "learning_rate": s.learning_rate, "lr_scheduler": "constant",
-                  "num_epochs": s.epochs, "pairs_per_step": s.pairs_per_step, "max_tokens_per_batch": 4096,
-                  "device": "cpu", "plot": False, "progress": False, "save_final": False},
-        "eval": {"prompts": "example", "num_prompts": s.eval_prompts, "n": s.eval_k, "judge": judge,
-                 "metrics": {"true_accuracy": "lrdpo_fast.demo.task:true_accuracy"}},
+        "train": {
+            "beta": s.beta,
+            "alpha": alpha,
+            "learning_rate": s.learning_rate,
+            "lr_scheduler": "constant",
+            "num_epochs": s.epochs,
+            "pairs_per_step": s.pairs_per_step,
+            "max_tokens_per_batch": 4096,
+            "device": "cpu",
+            "plot": False,
+            "progress": False,
+            "save_final": False,
+        },
+        "eval": {
+            "prompts": "example",
+            "num_prompts": s.eval_prompts,
+            "n": s.eval_k,
+            "judge": judge,
+            "metrics": {"true_accuracy": "lrdpo_fast.demo.task:true_accuracy"},
+        },
     }
 
 
@@ -69,8 +100,12 @@ def run_label(name: str) -> str:
     return "alpha=0 (iterative DPO)" if a == "0" else f"alpha={a} (iLR-DPO)"
 
 
-TABLE_COLUMNS = (("true_accuracy", "accuracy", "{:.3f}"), ("judge_reward", "judge", "{:.3f}"),
-                 ("mean_response_length", "length", "{:.1f}"), ("pairs_kept", "pairs", "{}"))
+TABLE_COLUMNS = (
+    ("true_accuracy", "accuracy", "{:.3f}"),
+    ("judge_reward", "judge", "{:.3f}"),
+    ("mean_response_length", "length", "{:.1f}"),
+    ("pairs_kept", "pairs", "{}"),
+)
 
 
 def demo_table(runs: dict[str, list[dict]]) -> str:
@@ -97,11 +132,14 @@ def demo_table(runs: dict[str, list[dict]]) -> str:
     out = [top.rstrip(), *lines, ""]
     for n in names:
         first, last = runs[n][0], runs[n][-1]
-        if len(runs[n]) > 1 and all(r.get("mean_response_length") and r.get("true_accuracy") is not None
-                                    for r in (first, last)):
+        if len(runs[n]) > 1 and all(
+            r.get("mean_response_length") and r.get("true_accuracy") is not None for r in (first, last)
+        ):
             dl = last["mean_response_length"] / first["mean_response_length"] - 1
-            out.append(f"{run_label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
-                       f"{last['true_accuracy']:.3f} after {last['iteration']} iterations")
+            out.append(
+                f"{run_label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
+                f"{last['true_accuracy']:.3f} after {last['iteration']} iterations"
+            )
     return "\n".join(out).rstrip()
 
 
@@ -110,14 +148,19 @@ def _row_printer(iterations: int, t0: float):
         it = row["iteration"]
         what = "start policy" if it == 0 else f"iteration {it}/{iterations}"
         pairs = f", {row['pairs_kept']} pairs" if row.get("pairs_kept") else ""
-        print(f"  {what}: true accuracy {row.get('true_accuracy', float('nan')):.3f}, judge "
-              f"{row.get('judge_reward', float('nan')):.3f}, length {row.get('mean_response_length', float('nan')):.1f}"
-              f" tokens{pairs}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  {what}: true accuracy {row.get('true_accuracy', float('nan')):.3f}, judge "
+            f"{row.get('judge_reward', float('nan')):.3f}, length {row.get('mean_response_length', float('nan')):.1f}"
+            f" tokens{pairs}  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+
     return show
 
 
-def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0,
-             policy: str = "example") -> dict[str, list[dict]]:
+def run_demo(
+    out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0, policy: str = "example"
+) -> dict[str, list[dict]]:
     """Both runs (alpha = 0, then ``alpha``) into ``out``; returns {run name: summary rows}."""
     from ..loop.config import IterateConfig
     from ..loop.iterate import iterate
@@ -138,14 +181,23 @@ def run_demo(out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0,
                 shutil.copyfile(first_eval / f, run_dir / "eval" / f)
         t0 = time.perf_counter()
         print(f"lrdpo-fast demo: {run_label(name)}, {settings.iterations} iterations -> {run_dir}", flush=True)
-        runs[name] = iterate(IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)), progress=False,
-                             on_row=_row_printer(settings.iterations, t0))
+        runs[name] = iterate(
+            IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)),
+            progress=False,
+            on_row=_row_printer(settings.iterations, t0),
+        )
         print(f"lrdpo-fast demo: {run_label(name)} done in {time.perf_counter() - t0:.0f} s", flush=True)
         first_eval = first_eval or run_dir / "eval"
-    plot_summary([], out / "demo.png", runs={run_label(n): rs for n, rs in runs.items()}, keys=DEMO_PLOT_KEYS,
-                 title="same start, same length-biased judge: what each run learns, per iteration")
-    (out / "demo.json").write_text(json.dumps({"settings": asdict(settings), "alpha": alpha, "seed": seed,
-                                               "runs": runs}, indent=1))
+    plot_summary(
+        [],
+        out / "demo.png",
+        runs={run_label(n): rs for n, rs in runs.items()},
+        keys=DEMO_PLOT_KEYS,
+        title="same start, same length-biased judge: what each run learns, per iteration",
+    )
+    (out / "demo.json").write_text(
+        json.dumps({"settings": asdict(settings), "alpha": alpha, "seed": seed, "runs": runs}, indent=1)
+    )
     return runs
 
 
@@ -158,8 +210,12 @@ def add_parser(sub) -> None:
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="example", help="start policy folder (default: the shipped one)")
-    d.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: fastest for this tiny model, and the same numbers on any machine)")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: fastest for this tiny model, and the same numbers on any machine)",
+    )
     d.add_argument("--verbose", action="store_true", help="keep vLLM's and transformers' logs and progress bars")
     d.set_defaults(run=run)
 
@@ -210,6 +266,8 @@ def run(args) -> int:
     runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
     print()
     print(demo_table(runs))
-    print(f"\nplot: {Path(args.out) / 'demo.png'}   runs: {', '.join(str(Path(args.out) / n) for n in runs)}   "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\nplot: {Path(args.out) / 'demo.png'}   runs: {', '.join(str(Path(args.out) / n) for n in runs)}   "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
     return 0

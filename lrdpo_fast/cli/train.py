@@ -13,6 +13,7 @@ CONFIG.yaml holds ``TrainConfig`` fields plus three CLI-only keys:
 Relative paths are resolved against the YAML file's folder. Model folders are loaded from
 safetensors only, never from the Hub.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,11 +29,20 @@ def add_parser(sub) -> None:
     t.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     t.add_argument("--output-dir", default=None, help="override output_dir")
     t.add_argument("--seed", type=int, default=None, help="override seed")
-    t.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from a checkpoint folder (default: the latest in output_dir)")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="resume from a checkpoint folder (default: the latest in output_dir)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    t.add_argument("--iteration", type=int, default=None,
-                   help="with an iterate RUN.yaml: run the loop up to the train phase of this iteration")
+    t.add_argument(
+        "--iteration",
+        type=int,
+        default=None,
+        help="with an iterate RUN.yaml: run the loop up to the train phase of this iteration",
+    )
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --iteration: override a run key")
     t.add_argument("--run-dir", default=None, help="with --iteration: override run_dir")
     t.set_defaults(run=run)
@@ -113,9 +123,11 @@ def run(args) -> int:
     trainer = Trainer(model, tokenizer, pairs, cfg, ref_model=ref_model)
     if trainer.dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"lrdpo-fast: {n_params / 1e6:.2f}M parameters, {len(trainer.examples)} pairs, "
-              f"{trainer.total_steps} steps, device {trainer.device}, world size {trainer.dist.world_size}",
-              flush=True)
+        print(
+            f"lrdpo-fast: {n_params / 1e6:.2f}M parameters, {len(trainer.examples)} pairs, "
+            f"{trainer.total_steps} steps, device {trainer.device}, world size {trainer.dist.world_size}",
+            flush=True,
+        )
     trainer.train(resume_from_checkpoint=args.resume)
     if trainer.dist.is_main:
         print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}  checkpoint: {trainer.last_checkpoint}")

@@ -6,6 +6,7 @@ atomic on POSIX). ``fault_point(name)`` lets tests kill the process at a named p
 (``LRDPO_FAULT=name`` or ``name@k`` for its k-th hit): the kill-and-resume tests use it to stop a
 run between a temp write and its rename, mid-sampling or mid-training, with a real SIGKILL.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Preference pairs from files and datasets: JSONL read/write, local ``datasets`` files and folders,
 and ``load_pairs``, which takes any supported source. Errors name the file and line."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ def _jsonl_lines(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"path {str(path)!r} line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at "
-                             f"column {e.start + 1}); JSONL files must be UTF-8") from None
+            raise ValueError(
+                f"path {str(path)!r} line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at "
+                f"column {e.start + 1}); JSONL files must be UTF-8"
+            ) from None
         if not line.strip():
             continue
         try:
@@ -103,12 +106,20 @@ def load_hf_dataset(dataset, tokenizer=None, *, split: str = "train", **kwargs) 
             raise ValueError(f"split {split!r} not in the DatasetDict (has {list(dataset)})")
         dataset = dataset[split]
     if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(f"dataset must be a datasets.Dataset, DatasetDict or a local path, got {type(dataset).__name__}")
+        raise ValueError(
+            f"dataset must be a datasets.Dataset, DatasetDict or a local path, got {type(dataset).__name__}"
+        )
     return tokenize_pairs(iter(dataset), tokenizer, **kwargs)
 
 
-def load_pairs(pairs: Any, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
-               vocab_size: int | None = None) -> list[PairExample]:
+def load_pairs(
+    pairs: Any,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    vocab_size: int | None = None,
+) -> list[PairExample]:
     """Any supported pair source -> list[PairExample].
 
     ``pairs``: a JSONL path (str/Path), another local data file or saved-dataset folder, a

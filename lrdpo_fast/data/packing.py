@@ -6,6 +6,7 @@ token that follows t inside the same sequence, -100 on prompt positions and at t
 every sequence, so nothing is scored across a boundary. A response of R tokens (incl. EOS) gives
 exactly R scored labels, at positions prompt_len-1 ... seq_len-2 of its sequence.
 """
+
 from __future__ import annotations
 
 import bisect

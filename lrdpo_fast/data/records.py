@@ -13,6 +13,7 @@ Every response gets an EOS appended (unless it already ends with one; a chat tur
 EOS, e.g. ChatML's <|im_end|>, ends right after it as a generation would). Optional
 ``ref_chosen_logps`` / ``ref_rejected_logps`` numbers ride along (stored reference log-probs).
 """
+
 from __future__ import annotations
 
 import math
@@ -108,7 +109,7 @@ def _render_chat(tokenizer, prompt_msgs, response_msgs, name: str) -> str:
         if not full.startswith(head_plain):
             raise ValueError(f"{name}: the chat template does not render the prompt as a prefix of the conversation")
         head = head_plain
-    return full[len(head):]
+    return full[len(head) :]
 
 
 def _as_messages(x: Any, role: str) -> list:
@@ -153,8 +154,12 @@ def _raw_ids(record: Mapping, tokenizer) -> tuple[list[int], list[int], list[int
         c_text = _render_chat(tokenizer, p_msgs, _as_messages(chosen, "assistant"), "chosen")
         r_text = _render_chat(tokenizer, p_msgs, _as_messages(rejected, "assistant"), "rejected")
         p_text = tokenizer.apply_chat_template(p_msgs, tokenize=False, add_generation_prompt=True)
-        return _encode(tokenizer, p_text, "prompt"), _encode(tokenizer, c_text, "chosen"), \
-            _encode(tokenizer, r_text, "rejected"), True
+        return (
+            _encode(tokenizer, p_text, "prompt"),
+            _encode(tokenizer, c_text, "chosen"),
+            _encode(tokenizer, r_text, "rejected"),
+            True,
+        )
     out = []
     for name, x in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
         if x is None:
@@ -188,7 +193,11 @@ def tokenizer_vocab_size(tokenizer) -> int | None:
 def check_token_ids(example: PairExample, vocab_size: int | None, what: str = "the vocabulary") -> None:
     """Every id of ``example`` must lie in [0, vocab_size) (only >= 0 when vocab_size is None);
     ValueError naming the field and the first bad id."""
-    for name, ids in (("prompt", example.prompt_ids), ("chosen", example.chosen_ids), ("rejected", example.rejected_ids)):
+    for name, ids in (
+        ("prompt", example.prompt_ids),
+        ("chosen", example.chosen_ids),
+        ("rejected", example.rejected_ids),
+    ):
         if not ids:
             continue
         lo, hi = min(ids), max(ids)
@@ -265,7 +274,7 @@ def tokenize_record(
     if max_length is not None:
         if len(prompt) > max_length - 1:
             dropped += len(prompt) - (max_length - 1)
-            prompt = prompt[-(max_length - 1):]
+            prompt = prompt[-(max_length - 1) :]
         room = max_length - len(prompt)
         dropped += max(0, len(chosen) - room) + max(0, len(rejected) - room)
         chosen, rejected = chosen[:room], rejected[:room]
@@ -313,8 +322,12 @@ def tokenize_pair(
         PairExample (int token lists, ``num_truncated_tokens``). ValueError names a bad argument.
     """
     return tokenize_record(
-        {"prompt": prompt, "chosen": chosen, "rejected": rejected}, tokenizer, max_length=max_length,
-        max_prompt_length=max_prompt_length, add_bos=add_bos, eos_token_id=eos_token_id,
+        {"prompt": prompt, "chosen": chosen, "rejected": rejected},
+        tokenizer,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        add_bos=add_bos,
+        eos_token_id=eos_token_id,
     )
 
 

@@ -14,6 +14,7 @@ wants head_dim 32 or 64), MLP 384, untied LM head, vocabulary = the tokenizer's 
 ``start_policy_path()`` is the shipped SFT start policy (``start_policy/``, fp32 safetensors),
 made by ``scripts/train_demo_policy.py`` (= ``python -m lrdpo_fast.demo.sft``).
 """
+
 from __future__ import annotations
 
 import string
@@ -59,8 +60,13 @@ def make_tokenizer():
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS_ID)]
     )
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=MAX_POSITIONS, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
     )
     return hf
 

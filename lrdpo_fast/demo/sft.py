@@ -21,6 +21,7 @@ Sampled at temperature 1 the policy answers in all three styles, right and wrong
 trades its accuracy for time. The accuracy printed at the end is a quick check (400 samples at
 temperature 1 with transformers on eval prompts); the demo measures with vLLM on 4000.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,14 @@ def state_dict_sha256(model) -> str:
     return h.hexdigest()
 
 
-def train_start_policy(out: str | Path = START_POLICY_DIR, *, steps: int = STEPS, seed: int = SEED,
-                       log_every: int = 100, quick_eval: int = 400) -> dict:
+def train_start_policy(
+    out: str | Path = START_POLICY_DIR,
+    *,
+    steps: int = STEPS,
+    seed: int = SEED,
+    log_every: int = 100,
+    quick_eval: int = 400,
+) -> dict:
     """Run the recipe and save the policy to ``out``; returns a dict of what happened."""
     import torch
     from transformers import GenerationConfig
@@ -121,8 +128,11 @@ def train_start_policy(out: str | Path = START_POLICY_DIR, *, steps: int = STEPS
     model.config._attn_implementation = "sdpa"
     n_params = sum(p.numel() for p in model.parameters())
     records = sft_records(steps * BATCH_SIZE, seed=seed)
-    print(f"[sft] {n_params / 1e6:.3f}M-parameter Llama, {steps} steps x {BATCH_SIZE} examples "
-          f"(seed {seed}; styles {STYLE_PROBS}; wrong answers {ERROR_PROBS})", flush=True)
+    print(
+        f"[sft] {n_params / 1e6:.3f}M-parameter Llama, {steps} steps x {BATCH_SIZE} examples "
+        f"(seed {seed}; styles {STYLE_PROBS}; wrong answers {ERROR_PROBS})",
+        flush=True,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
@@ -135,7 +145,7 @@ def train_start_policy(out: str | Path = START_POLICY_DIR, *, steps: int = STEPS
     t0 = time.perf_counter()
     running = 0.0
     for step in range(steps):
-        ids, mask, lab = _batch(tokenizer, records[step * BATCH_SIZE:(step + 1) * BATCH_SIZE])
+        ids, mask, lab = _batch(tokenizer, records[step * BATCH_SIZE : (step + 1) * BATCH_SIZE])
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -145,13 +155,21 @@ def train_start_policy(out: str | Path = START_POLICY_DIR, *, steps: int = STEPS
         running += loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             k = (step % log_every) + 1
-            print(f"[sft] step {step + 1}/{steps} loss {running / k:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"[sft] step {step + 1}/{steps} loss {running / k:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True
+            )
             running = 0.0
     seconds = time.perf_counter() - t0
     model.eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-        do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=96,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=96,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,9 +180,12 @@ def train_start_policy(out: str | Path = START_POLICY_DIR, *, steps: int = STEPS
     result = {"seconds": seconds, "sha256": digest, "out": str(out), "params": n_params}
     if quick_eval:
         result.update(sample_stats(model, tokenizer, n=quick_eval))
-        print(f"[sft] quick check, {quick_eval} samples at temperature 1 on eval prompts (transformers): "
-              f"accuracy {result['accuracy']:.3f}, mean length {result['mean_chars']:.1f} chars, "
-              f"styles {result['styles']}", flush=True)
+        print(
+            f"[sft] quick check, {quick_eval} samples at temperature 1 on eval prompts (transformers): "
+            f"accuracy {result['accuracy']:.3f}, mean length {result['mean_chars']:.1f} chars, "
+            f"styles {result['styles']}",
+            flush=True,
+        )
     return result
 
 
@@ -187,12 +208,20 @@ def sample_stats(model, tokenizer, n: int = 400, seed: int = 0, batch: int = 200
     torch.manual_seed(seed)
     responses = []
     for i in range(0, n, batch):
-        chunk = prompts[i:i + batch]
+        chunk = prompts[i : i + batch]
         enc = tokenizer(chunk, return_tensors="pt")  # all prompts are 6 tokens: no padding needed
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=96,
-                                 pad_token_id=PAD_ID, eos_token_id=EOS_ID)
-        responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=96,
+                pad_token_id=PAD_ID,
+                eos_token_id=EOS_ID,
+            )
+        responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     styles: dict[str, int] = {}
     for r in responses:
         s = response_style(r)

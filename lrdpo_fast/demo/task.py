@@ -17,6 +17,7 @@ correctness plus a capped bonus per character, the length bias real reward model
 (``JUDGE_BONUS_PER_CHAR`` x characters, at most ``JUDGE_BONUS_CAP``). Palindromes (1221) are left
 out of every split so an answer that stops after restating the number is never right by luck.
 """
+
 from __future__ import annotations
 
 import random

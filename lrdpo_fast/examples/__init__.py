@@ -6,6 +6,7 @@ randomly initialised ~2M-parameter Llama with a fixed seed, the data ``pairs.jso
 answers are correct and concise; rejected ones are wrong, padded with filler, or both, so the
 length term ``alpha > 0`` has something to do). ``config.yaml`` is the default training config.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,14 @@ def example_model(vocab_size: int = 512, *, seed: int = 0, hidden_size: int = 19
         raise ValueError(f"hidden_size must be a multiple of 32 (head_dim 32), got {hidden_size}")
     heads = hidden_size // 32
     return tiny_causal_lm(
-        "llama", seed=seed, vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=512,
-        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2 if heads % 2 == 0 else 1,
+        "llama",
+        seed=seed,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=512,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2 if heads % 2 == 0 else 1,
     )
 
 

@@ -18,6 +18,7 @@ Every key is checked at construction: an unknown key or a value of the wrong typ
 YAML file's folder. ``train`` takes any ``TrainConfig`` field except ``output_dir`` (the loop
 puts it under ``run_dir``). ``describe_keys()`` documents every key (the CLI's ``--help``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -140,8 +141,9 @@ class SamplerSpec:
             _int("sampler.max_model_len", self.max_model_len, 2)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             _fail("sampler.dtype", f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        self.gpu_memory_utilization = _num("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0,
-                                           lo_open=True)
+        self.gpu_memory_utilization = _num(
+            "sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, lo_open=True
+        )
         _int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1)
 
 
@@ -267,7 +269,9 @@ class IterateConfig:
         return TrainConfig.from_dict(values)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, base_dir: str | Path | None = None, **overrides: Any) -> IterateConfig:
+    def from_dict(
+        cls, values: dict[str, Any], *, base_dir: str | Path | None = None, **overrides: Any
+    ) -> IterateConfig:
         """Build from a mapping. ``overrides``: top-level keys or dotted ``section.key`` names
         (``**{"sampler.n": 8}``); ``base_dir`` resolves relative paths."""
         if not isinstance(values, dict):
@@ -327,14 +331,19 @@ class IterateConfig:
 
     def resolve_paths(self, base: Path) -> None:
         """Make relative paths absolute against ``base`` (the YAML's folder); 'example' stays."""
+
         def fix(v):
             if v is None or v == EXAMPLE or ":" in str(v) and not Path(str(v)).exists() and "/" not in str(v):
                 return v
             p = Path(v)
             return str(p if p.is_absolute() else (base / p).resolve())
 
-        self.policy, self.prompts, self.tokenizer, self.run_dir = (fix(self.policy), fix(self.prompts),
-                                                                   fix(self.tokenizer), fix(self.run_dir))
+        self.policy, self.prompts, self.tokenizer, self.run_dir = (
+            fix(self.policy),
+            fix(self.prompts),
+            fix(self.tokenizer),
+            fix(self.run_dir),
+        )
         for spec in (self.reward, self.eval.judge if self.eval else None):
             if spec is not None:
                 spec.reward_model, spec.reference = fix(spec.reward_model), fix(spec.reference)

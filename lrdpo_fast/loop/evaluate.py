@@ -58,6 +58,7 @@ sample with the prompt's baseline (k pairs per prompt): an n = 1 estimate with k
 
 Only numpy (no torch, no vllm).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,17 @@ import numpy as np
 
 from .samples import Sample
 
-__all__ = ["Baseline", "EvalResult", "INTERCEPT_L2", "LENGTH_L2", "SELECTS", "evaluate", "fit_logistic",
-           "lc_win_rate", "make_baseline"]
+__all__ = [
+    "Baseline",
+    "EvalResult",
+    "INTERCEPT_L2",
+    "LENGTH_L2",
+    "SELECTS",
+    "evaluate",
+    "fit_logistic",
+    "lc_win_rate",
+    "make_baseline",
+]
 
 LENGTH_L2 = 1e-3
 INTERCEPT_L2 = 1e-6
@@ -171,12 +181,17 @@ def fit_logistic(features: Any, targets: Any, l2: Any) -> np.ndarray:
     grad = X.T @ (p - y) / n + lam * w
     if np.max(np.abs(grad)) < 1e-8:  # converged to float64 noise level
         return w
-    raise RuntimeError(f"logistic fit did not converge in {_MAX_NEWTON_STEPS} Newton steps "
-                       f"(gradient {np.max(np.abs(grad)):.3g})")
+    raise RuntimeError(
+        f"logistic fit did not converge in {_MAX_NEWTON_STEPS} Newton steps (gradient {np.max(np.abs(grad)):.3g})"
+    )
 
 
-def lc_win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float],
-                policy_lengths: Sequence[float], baseline_lengths: Sequence[float]) -> dict[str, Any]:
+def lc_win_rate(
+    policy_scores: Sequence[float],
+    baseline_scores: Sequence[float],
+    policy_lengths: Sequence[float],
+    baseline_lengths: Sequence[float],
+) -> dict[str, Any]:
     """Win rate, Bradley-Terry win rate and their length-controlled versions, one pair per prompt.
 
     Args:
@@ -297,7 +312,9 @@ class Baseline:
         return len(self.texts)
 
     @classmethod
-    def from_samples(cls, samples: Sequence[Sample | Sequence[Sample]], prompts: Sequence[Any] | None = None) -> Baseline:
+    def from_samples(
+        cls, samples: Sequence[Sample | Sequence[Sample]], prompts: Sequence[Any] | None = None
+    ) -> Baseline:
         """From one ``Sample`` per prompt, or from ``VLLMSampler.generate(..., n=1)``'s output
         (a list of one-Sample lists). Lengths are ``len(response_ids)``."""
         flat = []
@@ -308,8 +325,12 @@ class Baseline:
                 else:
                     raise ValueError(f"samples[{i}] must be a Sample or a list of exactly one Sample")
             flat.append(s)
-        return cls([s.text for s in flat], [s.num_tokens for s in flat],
-                   None if prompts is None else list(prompts), [s.truncated for s in flat])
+        return cls(
+            [s.text for s in flat],
+            [s.num_tokens for s in flat],
+            None if prompts is None else list(prompts),
+            [s.truncated for s in flat],
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSONL (one ``{"prompt_index", "prompt", "text", "length", "truncated"}`` line
@@ -317,8 +338,13 @@ class Baseline:
         path = Path(path)
         lines = []
         for i, (t, n) in enumerate(zip(self.texts, self.lengths)):
-            rec = {"prompt_index": i, "prompt": None if self.prompts is None else self.prompts[i], "text": t,
-                   "length": n, "truncated": None if self.truncated is None else self.truncated[i]}
+            rec = {
+                "prompt_index": i,
+                "prompt": None if self.prompts is None else self.prompts[i],
+                "text": t,
+                "length": n,
+                "truncated": None if self.truncated is None else self.truncated[i],
+            }
             lines.append(json.dumps(rec, ensure_ascii=True, allow_nan=False) + "\n")
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(lines), encoding="utf-8")
@@ -341,9 +367,12 @@ class Baseline:
                 raise ValueError(f"{path}:{lineno}: {e!r}") from e
         prompts = [r[2] for r in recs]
         truncated = [r[3] for r in recs]
-        return cls([r[0] for r in recs], [r[1] for r in recs],
-                   None if any(p is None for p in prompts) else prompts,
-                   None if any(t is None for t in truncated) else truncated)
+        return cls(
+            [r[0] for r in recs],
+            [r[1] for r in recs],
+            None if any(p is None for p in prompts) else prompts,
+            None if any(t is None for t in truncated) else truncated,
+        )
 
 
 def _as_baseline(baseline: Any, baseline_lengths: Any, num_prompts: int) -> Baseline:
@@ -352,7 +381,9 @@ def _as_baseline(baseline: Any, baseline_lengths: Any, num_prompts: int) -> Base
             raise ValueError("baseline_lengths must be None when baseline is a Baseline (it carries its lengths)")
         out = baseline
     elif isinstance(baseline, (str, bytes)) or not isinstance(baseline, Sequence):
-        raise ValueError(f"baseline must be a Baseline, a list of Samples or a list of str, got {type(baseline).__name__}")
+        raise ValueError(
+            f"baseline must be a Baseline, a list of Samples or a list of str, got {type(baseline).__name__}"
+        )
     elif len(baseline) and all(isinstance(b, str) for b in baseline):
         if baseline_lengths is None:
             raise ValueError("baseline_lengths is required when baseline is a list of str (response tokens each)")
@@ -409,17 +440,34 @@ class EvalResult:
 
     def summary(self) -> dict[str, Any]:
         """The scalars, for a summary/metrics row (JSON-able; no records)."""
-        return {k: getattr(self, k) for k in (
-            "win_rate", "lc_win_rate", "bt_win_rate", "lc_bt_win_rate", "mean_response_length",
-            "baseline_mean_response_length", "sample_mean_response_length", "mean_score", "baseline_mean_score",
-            "truncated_rate", "num_prompts", "n", "select", "generate_seconds", "judge_seconds")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "win_rate",
+                "lc_win_rate",
+                "bt_win_rate",
+                "lc_bt_win_rate",
+                "mean_response_length",
+                "baseline_mean_response_length",
+                "sample_mean_response_length",
+                "mean_score",
+                "baseline_mean_score",
+                "truncated_rate",
+                "num_prompts",
+                "n",
+                "select",
+                "generate_seconds",
+                "judge_seconds",
+            )
+        }
 
     def write_records(self, path: str | os.PathLike) -> Path:
         """Write ``records`` as JSONL (one line per compared pair), renamed into place."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=True, allow_nan=False) + "\n" for r in self.records),
-                       encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(r, ensure_ascii=True, allow_nan=False) + "\n" for r in self.records), encoding="utf-8"
+        )
         os.replace(tmp, path)
         return path
 
@@ -444,27 +492,55 @@ def _check_groups(groups: Any, num_prompts: int, n: int) -> list[list[Sample]]:
         raise ValueError(f"policy_or_sampler.generate returned {got} groups for {num_prompts} prompts")
     for i, g in enumerate(groups):
         if not isinstance(g, Sequence) or len(g) != n or not all(isinstance(s, Sample) for s in g):
-            raise ValueError(f"policy_or_sampler.generate returned a bad group for prompt {i}: "
-                             f"want a list of {n} Sample")
+            raise ValueError(
+                f"policy_or_sampler.generate returned a bad group for prompt {i}: want a list of {n} Sample"
+            )
     return [list(g) for g in groups]
 
 
-def make_baseline(sampler: Any, prompts: Sequence[Any], *, temperature: float = 0.7, top_p: float = 1.0,
-                  max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0) -> Baseline:
+def make_baseline(
+    sampler: Any,
+    prompts: Sequence[Any],
+    *,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    stop: str | Sequence[str] | None = None,
+    seed: int = 0,
+) -> Baseline:
     """One response per prompt from ``sampler`` (e.g. the start policy's, before training),
     as a ``Baseline`` remembering its prompts. Cache it with ``Baseline.save``."""
     if not callable(getattr(sampler, "generate", None)):
         raise ValueError(f"sampler must have a generate method (a VLLMSampler), got {type(sampler).__name__}")
     prompts = list(prompts)
-    groups = sampler.generate(prompts, n=1, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                              stop=stop, seed=seed, logprobs=False)
+    groups = sampler.generate(
+        prompts,
+        n=1,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        seed=seed,
+        logprobs=False,
+    )
     return Baseline.from_samples(_check_groups(groups, len(prompts), 1), prompts)
 
 
-def evaluate(policy_or_sampler: Any, baseline: Any, prompts: Sequence[Any], judge: Callable[[list, list], Any], *,
-             n: int = 1, select: str = "judge", temperature: float = 0.7, top_p: float = 1.0,
-             max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int = 0,
-             baseline_lengths: Sequence[float] | None = None) -> EvalResult:
+def evaluate(
+    policy_or_sampler: Any,
+    baseline: Any,
+    prompts: Sequence[Any],
+    judge: Callable[[list, list], Any],
+    *,
+    n: int = 1,
+    select: str = "judge",
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    stop: str | Sequence[str] | None = None,
+    seed: int = 0,
+    baseline_lengths: Sequence[float] | None = None,
+) -> EvalResult:
     """Sample the policy on ``prompts``, judge it against ``baseline``, and report win rates.
 
     Args:
@@ -494,8 +570,10 @@ def evaluate(policy_or_sampler: Any, baseline: Any, prompts: Sequence[Any], judg
         non-finite score.
     """
     if not callable(getattr(policy_or_sampler, "generate", None)):
-        raise ValueError("policy_or_sampler must have VLLMSampler.generate's signature, "
-                         f"got {type(policy_or_sampler).__name__} without a generate method")
+        raise ValueError(
+            "policy_or_sampler must have VLLMSampler.generate's signature, "
+            f"got {type(policy_or_sampler).__name__} without a generate method"
+        )
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of prompts")
     prompts = list(prompts)
@@ -510,21 +588,31 @@ def evaluate(policy_or_sampler: Any, baseline: Any, prompts: Sequence[Any], judg
     base = _as_baseline(baseline, baseline_lengths, len(prompts))
     if base.prompts is not None and base.prompts != prompts:
         first = next(i for i, (a, b) in enumerate(zip(base.prompts, prompts)) if a != b)
-        raise ValueError(f"baseline answers other prompts (first difference at prompt {first}): "
-                         "regenerate it for these prompts")
+        raise ValueError(
+            f"baseline answers other prompts (first difference at prompt {first}): regenerate it for these prompts"
+        )
 
     t0 = time.perf_counter()
-    groups = policy_or_sampler.generate(prompts, n=n, temperature=temperature, top_p=top_p,
-                                        max_new_tokens=max_new_tokens, stop=stop, seed=seed, logprobs=False)
+    groups = policy_or_sampler.generate(
+        prompts,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        seed=seed,
+        logprobs=False,
+    )
     groups = _check_groups(groups, len(prompts), n)
     t1 = time.perf_counter()
     P = len(prompts)
     scores = _check_judge_scores(
         judge([p for p in prompts for _ in range(n)] + prompts, [s.text for g in groups for s in g] + base.texts),
-        P * n + P)
+        P * n + P,
+    )
     t2 = time.perf_counter()
-    sample_scores = [scores[i * n:(i + 1) * n] for i in range(P)]
-    base_scores = scores[P * n:]
+    sample_scores = [scores[i * n : (i + 1) * n] for i in range(P)]
+    base_scores = scores[P * n :]
 
     pairs = []  # (prompt_index, sample_index)
     for i in range(P):
@@ -541,20 +629,42 @@ def evaluate(policy_or_sampler: Any, baseline: Any, prompts: Sequence[Any], judg
     records = []
     for (i, j), ps, pl, bs, bl in zip(pairs, pol_scores, pol_lengths, b_scores, b_lengths):
         s = groups[i][j]
-        rec = {"prompt_index": i, "sample_index": j, "prompt": prompts[i], "response": s.text, "response_length": pl,
-               "finish_reason": s.finish_reason, "truncated": s.truncated, "score": ps, "baseline": base.texts[i],
-               "baseline_length": bl, "baseline_score": bs, "outcome": 1.0 if ps > bs else 0.0 if ps < bs else 0.5,
-               "p_win": float(_sigmoid(ps - bs))}
+        rec = {
+            "prompt_index": i,
+            "sample_index": j,
+            "prompt": prompts[i],
+            "response": s.text,
+            "response_length": pl,
+            "finish_reason": s.finish_reason,
+            "truncated": s.truncated,
+            "score": ps,
+            "baseline": base.texts[i],
+            "baseline_length": bl,
+            "baseline_score": bs,
+            "outcome": 1.0 if ps > bs else 0.0 if ps < bs else 0.5,
+            "p_win": float(_sigmoid(ps - bs)),
+        }
         if select == "judge" and n > 1:
             rec["candidate_scores"] = list(sample_scores[i])
             rec["candidate_lengths"] = [c.num_tokens for c in groups[i]]
         records.append(rec)
 
     return EvalResult(
-        win_rate=stats["win_rate"], lc_win_rate=stats["lc_win_rate"], bt_win_rate=stats["bt_win_rate"],
-        lc_bt_win_rate=stats["lc_bt_win_rate"], mean_response_length=float(np.mean(pol_lengths)),
+        win_rate=stats["win_rate"],
+        lc_win_rate=stats["lc_win_rate"],
+        bt_win_rate=stats["bt_win_rate"],
+        lc_bt_win_rate=stats["lc_bt_win_rate"],
+        mean_response_length=float(np.mean(pol_lengths)),
         baseline_mean_response_length=float(np.mean(base.lengths)),
         sample_mean_response_length=float(np.mean([s.num_tokens for g in groups for s in g])),
-        mean_score=float(np.mean(pol_scores)), baseline_mean_score=float(np.mean(base_scores)),
-        truncated_rate=float(np.mean([groups[i][j].truncated for i, j in pairs])), num_prompts=P, n=n,
-        select=select, generate_seconds=t1 - t0, judge_seconds=t2 - t1, stats=stats, records=records)
+        mean_score=float(np.mean(pol_scores)),
+        baseline_mean_score=float(np.mean(base_scores)),
+        truncated_rate=float(np.mean([groups[i][j].truncated for i, j in pairs])),
+        num_prompts=P,
+        n=n,
+        select=select,
+        generate_seconds=t1 - t0,
+        judge_seconds=t2 - t1,
+        stats=stats,
+        records=records,
+    )

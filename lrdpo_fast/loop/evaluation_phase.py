@@ -1,5 +1,6 @@
 """Held-out evaluation of the live policy, once per summary row (row 0 = the start policy, the
 baseline of the win rates), cached in ``run_dir/eval/row_{r}.jsonl`` + ``row_{r}.json``."""
+
 from __future__ import annotations
 
 import time
@@ -21,9 +22,14 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
     ev: EvalSpec = st.cfg.eval
     sc = st.cfg.sampler
     t0 = time.perf_counter()
-    groups = st.sampler.generate(prompts, n=ev.n, temperature=sc.temperature if ev.temperature is None else ev.temperature,
-                                 top_p=sc.top_p, max_new_tokens=ev.max_new_tokens or sc.max_new_tokens,
-                                 seed=st.cfg.seed * 1_000_003 + 999_983)
+    groups = st.sampler.generate(
+        prompts,
+        n=ev.n,
+        temperature=sc.temperature if ev.temperature is None else ev.temperature,
+        top_p=sc.top_p,
+        max_new_tokens=ev.max_new_tokens or sc.max_new_tokens,
+        seed=st.cfg.seed * 1_000_003 + 999_983,
+    )
     flat_p = [p for p, g in zip(prompts, groups) for _ in g]
     flat_r = [s.text for g in groups for s in g]
     lengths = [s.num_tokens for g in groups for s in g]
@@ -54,7 +60,14 @@ def win_rates(policy: list[dict], baseline: list[dict]) -> dict:
     baseline's (same prompts and sample slots, same order), with ``evaluate.lc_win_rate``."""
     from .evaluate import lc_win_rate
 
-    res = lc_win_rate([p["score"] for p in policy], [b["score"] for b in baseline],
-                      [p["length"] for p in policy], [b["length"] for b in baseline])
-    return {"win_rate": float(res["win_rate"]), "lc_win_rate": float(res["lc_win_rate"]),
-            "baseline_length": sum(b["length"] for b in baseline) / len(baseline)}
+    res = lc_win_rate(
+        [p["score"] for p in policy],
+        [b["score"] for b in baseline],
+        [p["length"] for p in policy],
+        [b["length"] for b in baseline],
+    )
+    return {
+        "win_rate": float(res["win_rate"]),
+        "lc_win_rate": float(res["lc_win_rate"]),
+        "baseline_length": sum(b["length"] for b in baseline) / len(baseline),
+    }

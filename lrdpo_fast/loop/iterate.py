@@ -6,6 +6,7 @@ sync it into the sampler in memory, evaluate; then one summary row per policy (r
 policy). Each phase is skipped when its completion marker exists, so rerunning the same command
 after a kill continues from the last complete phase (training from its last checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,20 @@ from .phases import LoopState, pairs_phase, sample_phase, score_phase, train_pha
 from .report import format_table, plot_summary
 from .run_dir import PHASES, RunDir
 
-SUMMARY_TABLE = ("iteration", "true_accuracy", "judge_reward", "mean_response_length", "win_rate", "lc_win_rate",
-                 "reward_mean", "pairs_kept", "chosen_length", "rejected_length", "loss", "reward_accuracy")
+SUMMARY_TABLE = (
+    "iteration",
+    "true_accuracy",
+    "judge_reward",
+    "mean_response_length",
+    "win_rate",
+    "lc_win_rate",
+    "reward_mean",
+    "pairs_kept",
+    "chosen_length",
+    "rejected_length",
+    "loss",
+    "reward_accuracy",
+)
 PHASE_FUNCS = {"sample": sample_phase, "score": score_phase, "pairs": pairs_phase, "train": train_phase}
 
 
@@ -96,15 +109,27 @@ def _summary_row(st: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]
     if r > 0:
         p = run.done_info(r - 1, "pairs")
         t = run.done_info(r - 1, "train")
-        row.update(pairs_kept=p.get("kept"), chosen_length=p.get("mean_chosen_length"),
-                   rejected_length=p.get("mean_rejected_length"), length_alpha=p.get("length_alpha"),
-                   time_pairs_s=p.get("time_pairs_s"), loss=t.get("loss"), reward_accuracy=t.get("reward_accuracy"),
-                   time_train_s=t.get("time_train_s"), train_tokens_per_s=t.get("train_tokens_per_s"))
+        row.update(
+            pairs_kept=p.get("kept"),
+            chosen_length=p.get("mean_chosen_length"),
+            rejected_length=p.get("mean_rejected_length"),
+            length_alpha=p.get("length_alpha"),
+            time_pairs_s=p.get("time_pairs_s"),
+            loss=t.get("loss"),
+            reward_accuracy=t.get("reward_accuracy"),
+            time_train_s=t.get("time_train_s"),
+            train_tokens_per_s=t.get("train_tokens_per_s"),
+        )
     return row
 
 
-def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int, str] | None = None,
-            on_row: Callable[[dict], None] | None = None) -> list[dict]:
+def iterate(
+    cfg: IterateConfig,
+    *,
+    progress: bool = True,
+    stop_after: tuple[int, str] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Run (or resume) the iterative loop of ``cfg``; returns the summary rows (= summary.jsonl).
 
     ``progress``: print the summary table after each iteration. ``on_row``: called with each new
@@ -133,7 +158,7 @@ def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int,
     if cfg.eval is not None:
         eval_prompts = _load_prompts(cfg.eval.prompts, "eval")
         if cfg.eval.num_prompts is not None:
-            eval_prompts = eval_prompts[:cfg.eval.num_prompts]
+            eval_prompts = eval_prompts[: cfg.eval.num_prompts]
     policy_path, model, tokenizer = _load_policy(cfg)
     run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__)
 
@@ -156,10 +181,17 @@ def iterate(cfg: IterateConfig, *, progress: bool = True, stop_after: tuple[int,
     from .sampler import VLLMSampler
 
     sc = cfg.sampler
-    sampler = VLLMSampler(policy_path, tokenizer=cfg.tokenizer or policy_path, seed=cfg.seed, dtype=sc.dtype,
-                          max_model_len=sc.max_model_len, gpu_memory_utilization=sc.gpu_memory_utilization,
-                          tensor_parallel_size=sc.tensor_parallel_size, cpu_threads=sc.cpu_threads,
-                          **({"enforce_eager": True} if sc.enforce_eager else {}))
+    sampler = VLLMSampler(
+        policy_path,
+        tokenizer=cfg.tokenizer or policy_path,
+        seed=cfg.seed,
+        dtype=sc.dtype,
+        max_model_len=sc.max_model_len,
+        gpu_memory_utilization=sc.gpu_memory_utilization,
+        tensor_parallel_size=sc.tensor_parallel_size,
+        cpu_threads=sc.cpu_threads,
+        **({"enforce_eager": True} if sc.enforce_eager else {}),
+    )
     st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool)
     try:
         if first > 0:

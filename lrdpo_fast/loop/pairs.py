@@ -33,6 +33,7 @@ Pair records are plain JSON-serializable dicts the Trainer takes (``data.tokeniz
 - ``chosen_length``, ``rejected_length`` (sampled response tokens), ``chosen_score``,
   ``rejected_score`` (the raw scores, not shaped), ``prompt_index`` (the group's index).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,12 +55,17 @@ AUTO_ALPHA_MAX_POINTS = 512
 
 def _check_prompt(prompt: Any, where: str) -> None:
     ok = isinstance(prompt, str) or (
-        isinstance(prompt, (list, tuple)) and len(prompt) > 0 and (
+        isinstance(prompt, (list, tuple))
+        and len(prompt) > 0
+        and (
             all(isinstance(m, Mapping) and "role" in m for m in prompt)
-            or all(isinstance(v, int) and not isinstance(v, bool) for v in prompt)))
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in prompt)
+        )
+    )
     if not ok:
-        raise ValueError(f"{where}.prompt must be a str, a list of chat messages or a list of token ids, "
-                         f"got {type(prompt).__name__}")
+        raise ValueError(
+            f"{where}.prompt must be a str, a list of chat messages or a list of token ids, got {type(prompt).__name__}"
+        )
 
 
 @dataclass
@@ -148,8 +154,12 @@ class PairStats:
     @property
     def dropped(self) -> dict[str, int]:
         """Drop counts by reason: truncated/empty (samples), too_few/ties (prompts)."""
-        return {"truncated": self.dropped_truncated, "empty": self.dropped_empty,
-                "too_few": self.dropped_too_few, "ties": self.dropped_ties}
+        return {
+            "truncated": self.dropped_truncated,
+            "empty": self.dropped_empty,
+            "too_few": self.dropped_too_few,
+            "ties": self.dropped_ties,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as a JSON-serializable dict."""
@@ -180,11 +190,11 @@ class _Table:
     def __init__(self, cands: list[tuple[int, list[int]]], groups: list[ScoredGroup], seed: int):
         G = len(cands)
         K = max((len(v) for _, v in cands), default=0)
-        self.index = np.zeros((G, K), dtype=np.int64)     # original sample index
+        self.index = np.zeros((G, K), dtype=np.int64)  # original sample index
         self.score = np.zeros((G, K), dtype=np.float64)
         self.length = np.zeros((G, K), dtype=np.float64)
         self.valid = np.zeros((G, K), dtype=bool)
-        self.key = np.full((G, K), np.inf)                # random priority (best_random)
+        self.key = np.full((G, K), np.inf)  # random priority (best_random)
         for r, (gi, valid) in enumerate(cands):
             n = len(valid)
             g = groups[gi]
@@ -223,8 +233,8 @@ class _Table:
         """0, midpoints of consecutive positive breakpoints, 2x the largest (module docstring)."""
         if self.score.size == 0:
             return np.zeros(1)
-        ds = self.score[:, :, None] - self.score[:, None, :]            # s_i - s_j
-        dl = self.length[:, :, None] - self.length[:, None, :]          # len_i - len_j
+        ds = self.score[:, :, None] - self.score[:, None, :]  # s_i - s_j
+        dl = self.length[:, :, None] - self.length[:, None, :]  # len_i - len_j
         both = self.valid[:, :, None] & self.valid[:, None, :] & (dl > 0)
         ds, dl = ds[both], dl[both]
         shifts = (0.0,) if gap == 0 else (0.0, gap, -gap)
@@ -270,18 +280,28 @@ def build_pairs(
     auto = isinstance(length_alpha, str)
     if auto and length_alpha != "auto":
         raise ValueError(f"length_alpha must be a float >= 0 or 'auto', got {length_alpha!r}")
-    if not auto and (isinstance(length_alpha, bool) or not isinstance(length_alpha, numbers.Real)
-                     or not math.isfinite(length_alpha) or length_alpha < 0):
+    if not auto and (
+        isinstance(length_alpha, bool)
+        or not isinstance(length_alpha, numbers.Real)
+        or not math.isfinite(length_alpha)
+        or length_alpha < 0
+    ):
         raise ValueError(f"length_alpha must be a float >= 0 or 'auto', got {length_alpha!r}")
     if not isinstance(drop_truncated, bool):
         raise ValueError(f"drop_truncated must be a bool, got {drop_truncated!r}")
-    if (isinstance(min_score_gap, bool) or not isinstance(min_score_gap, numbers.Real)
-            or not math.isfinite(min_score_gap) or min_score_gap < 0):
+    if (
+        isinstance(min_score_gap, bool)
+        or not isinstance(min_score_gap, numbers.Real)
+        or not math.isfinite(min_score_gap)
+        or min_score_gap < 0
+    ):
         raise ValueError(f"min_score_gap must be a finite float >= 0, got {min_score_gap!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Sequence):
-        raise ValueError(f"groups must be a list of ScoredGroup or (prompt, samples, scores), got {type(groups).__name__}")
+        raise ValueError(
+            f"groups must be a list of ScoredGroup or (prompt, samples, scores), got {type(groups).__name__}"
+        )
     groups = [_as_group(g, i) for i, g in enumerate(groups)]
     gap = float(min_score_gap)
 
@@ -321,32 +341,46 @@ def build_pairs(
             g = groups[gi]
             wi, li = int(table.index[r, best[r]]), int(table.index[r, worst[r]])
             sw, sl = g.samples[wi], g.samples[li]
-            pairs.append({
-                "prompt": g.prompt if isinstance(g.prompt, str) else [dict(m) if isinstance(m, Mapping) else m
-                                                                      for m in g.prompt],
-                "chosen": sw.text,
-                "rejected": sl.text,
-                "prompt_input_ids": list(sw.prompt_ids),
-                "chosen_input_ids": list(sw.response_ids),
-                "rejected_input_ids": list(sl.response_ids),
-                "chosen_length": sw.num_tokens,
-                "rejected_length": sl.num_tokens,
-                "chosen_score": g.scores[wi],
-                "rejected_score": g.scores[li],
-                "prompt_index": gi,
-            })
+            pairs.append(
+                {
+                    "prompt": g.prompt
+                    if isinstance(g.prompt, str)
+                    else [dict(m) if isinstance(m, Mapping) else m for m in g.prompt],
+                    "chosen": sw.text,
+                    "rejected": sl.text,
+                    "prompt_input_ids": list(sw.prompt_ids),
+                    "chosen_input_ids": list(sw.response_ids),
+                    "rejected_input_ids": list(sl.response_ids),
+                    "chosen_length": sw.num_tokens,
+                    "rejected_length": sl.num_tokens,
+                    "chosen_score": g.scores[wi],
+                    "rejected_score": g.scores[li],
+                    "prompt_index": gi,
+                }
+            )
 
     def mean(key: str) -> float | None:
         return sum(p[key] for p in pairs) / len(pairs) if pairs else None
 
     stats = PairStats(
-        groups=len(groups), samples=sum(len(g.samples) for g in groups), kept=len(pairs),
-        dropped_truncated=n_trunc, dropped_empty=n_empty, dropped_too_few=n_few,
+        groups=len(groups),
+        samples=sum(len(g.samples) for g in groups),
+        kept=len(pairs),
+        dropped_truncated=n_trunc,
+        dropped_empty=n_empty,
+        dropped_too_few=n_few,
         dropped_ties=len(cands) - len(pairs),
-        mean_chosen_length=mean("chosen_length"), mean_rejected_length=mean("rejected_length"),
+        mean_chosen_length=mean("chosen_length"),
+        mean_rejected_length=mean("rejected_length"),
         mean_length_gap=(sum(p["chosen_length"] - p["rejected_length"] for p in pairs) / len(pairs)) if pairs else None,
-        mean_chosen_score=mean("chosen_score"), mean_rejected_score=mean("rejected_score"),
-        length_alpha=alpha, length_alpha_auto=auto, length_alpha_grid=n_grid,
-        strategy=strategy, min_score_gap=gap, drop_truncated=drop_truncated, seed=seed,
+        mean_chosen_score=mean("chosen_score"),
+        mean_rejected_score=mean("rejected_score"),
+        length_alpha=alpha,
+        length_alpha_auto=auto,
+        length_alpha_grid=n_grid,
+        strategy=strategy,
+        min_score_gap=gap,
+        drop_truncated=drop_truncated,
+        seed=seed,
     )
     return pairs, stats

@@ -6,6 +6,7 @@ outputs atomically and returns a JSON-able summary (stored in the phase's comple
     pairs:  build_pairs + the reference log-probs under policy_i     -> pairs.jsonl, pairs_stats.json
     train:  LR-DPO of policy_i against itself (stored reference)     -> train/, policy/
 """
+
 from __future__ import annotations
 
 import random
@@ -72,17 +73,31 @@ def sample_phase(st: LoopState, i: int) -> dict:
     idx = draw_prompts(len(st.prompt_pool), cfg.prompts_per_iteration, cfg.seed, i)
     prompts = [st.prompt_pool[j] for j in idx]
     t0 = time.perf_counter()
-    groups = st.sampler.generate(prompts, n=sc.n, temperature=sc.temperature, top_p=sc.top_p,
-                                 max_new_tokens=sc.max_new_tokens, seed=cfg.seed * 1_000_003 + i)
+    groups = st.sampler.generate(
+        prompts,
+        n=sc.n,
+        temperature=sc.temperature,
+        top_p=sc.top_p,
+        max_new_tokens=sc.max_new_tokens,
+        seed=cfg.seed * 1_000_003 + i,
+    )
     dt = time.perf_counter() - t0
     fault_point("sample")
-    rows = [{"prompt_index": p, "sample_index": j, "pool_index": idx[p], "prompt": prompts[p], **s.to_record()}
-            for p, group in enumerate(groups) for j, s in enumerate(group)]
+    rows = [
+        {"prompt_index": p, "sample_index": j, "pool_index": idx[p], "prompt": prompts[p], **s.to_record()}
+        for p, group in enumerate(groups)
+        for j, s in enumerate(group)
+    ]
     atomic_write_jsonl(st.run.path(i, "samples.jsonl"), rows)
     lengths = [s.num_tokens for g in groups for s in g]
-    return {"prompts": len(prompts), "samples": len(lengths), "response_length_mean": sum(lengths) / len(lengths),
-            "truncated": sum(s.truncated for g in groups for s in g), "time_sample_s": dt,
-            "sample_tokens_per_s": sum(lengths) / max(dt, 1e-9)}
+    return {
+        "prompts": len(prompts),
+        "samples": len(lengths),
+        "response_length_mean": sum(lengths) / len(lengths),
+        "truncated": sum(s.truncated for g in groups for s in g),
+        "time_sample_s": dt,
+        "sample_tokens_per_s": sum(lengths) / max(dt, 1e-9),
+    }
 
 
 def score_phase(st: LoopState, i: int) -> dict:
@@ -107,8 +122,11 @@ def score_phase(st: LoopState, i: int) -> dict:
             rows.append({"prompt_index": p, "sample_index": j, "score": float(scores[k])})
             k += 1
     atomic_write_jsonl(st.run.path(i, "scores.jsonl"), rows)
-    return {"reward_mean": sum(scores) / len(scores), "time_score_s": dt,
-            "score_responses_per_s": len(scores) / max(dt, 1e-9)}
+    return {
+        "reward_mean": sum(scores) / len(scores),
+        "time_score_s": dt,
+        "score_responses_per_s": len(scores) / max(dt, 1e-9),
+    }
 
 
 def pairs_phase(st: LoopState, i: int) -> dict:
@@ -119,21 +137,33 @@ def pairs_phase(st: LoopState, i: int) -> dict:
     for rec in read_jsonl(st.run.path(i, "scores.jsonl")):
         scores[rec["prompt_index"]].append(float(rec["score"]))
     t0 = time.perf_counter()
-    pairs, stats = build_pairs([ScoredGroup(p, g, s) for p, g, s in zip(prompts, groups, scores)],
-                               strategy=cfg.pairs.strategy, length_alpha=cfg.pairs.length_alpha,
-                               drop_truncated=cfg.pairs.drop_truncated, min_score_gap=cfg.pairs.min_score_gap,
-                               seed=cfg.seed * 1_000_003 + i)
+    pairs, stats = build_pairs(
+        [ScoredGroup(p, g, s) for p, g, s in zip(prompts, groups, scores)],
+        strategy=cfg.pairs.strategy,
+        length_alpha=cfg.pairs.length_alpha,
+        drop_truncated=cfg.pairs.drop_truncated,
+        min_score_gap=cfg.pairs.min_score_gap,
+        seed=cfg.seed * 1_000_003 + i,
+    )
     if not pairs:
-        raise ValueError(f"iteration {i}: build_pairs kept no pair ({stats.to_dict()}); sample more (sampler.n, "
-                         "prompts_per_iteration) or relax pairs.min_score_gap / drop_truncated")
+        raise ValueError(
+            f"iteration {i}: build_pairs kept no pair ({stats.to_dict()}); sample more (sampler.n, "
+            "prompts_per_iteration) or relax pairs.min_score_gap / drop_truncated"
+        )
     train_cfg = cfg.train_config(output_dir=str(st.run.path(i, "train")))
-    examples = tokenize_pairs(pairs, st.tokenizer, max_length=train_cfg.max_length,
-                              max_prompt_length=train_cfg.max_prompt_length)
+    examples = tokenize_pairs(
+        pairs, st.tokenizer, max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length
+    )
     n_tokens = sum(ex.num_tokens for ex in examples)
     if train_cfg.loss_type != "simpo":
         with torch.no_grad():
-            examples = precompute_reference_logps(st.model, examples, max_tokens_per_batch=train_cfg.max_tokens_per_batch,
-                                                  backend=train_cfg.backend, progress=train_cfg.progress)
+            examples = precompute_reference_logps(
+                st.model,
+                examples,
+                max_tokens_per_batch=train_cfg.max_tokens_per_batch,
+                backend=train_cfg.backend,
+                progress=train_cfg.progress,
+            )
         for rec, ex in zip(pairs, examples):
             rec["ref_chosen_logps"], rec["ref_rejected_logps"] = ex.ref_chosen_logps, ex.ref_rejected_logps
     dt = time.perf_counter() - t0
@@ -160,5 +190,11 @@ def train_phase(st: LoopState, i: int) -> dict:
         trainer.save_model(tmp)
     last = history[-1] if history else {}
     n_tokens = sum(r.get("tokens", 0) for r in history)
-    return {"steps": trainer.global_step, "loss": last.get("loss"), "reward_accuracy": last.get("rewards/accuracies"),
-            "margin": last.get("rewards/margins"), "time_train_s": dt, "train_tokens_per_s": n_tokens / max(dt, 1e-9)}
+    return {
+        "steps": trainer.global_step,
+        "loss": last.get("loss"),
+        "reward_accuracy": last.get("rewards/accuracies"),
+        "margin": last.get("rewards/margins"),
+        "time_train_s": dt,
+        "train_tokens_per_s": n_tokens / max(dt, 1e-9),
+    }

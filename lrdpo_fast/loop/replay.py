@@ -13,6 +13,7 @@ are the same prompt; strings compared after ``strip()``), and separately its
 Records without a prompt (chat ``chosen``/``rejected`` sharing their first messages) use that
 shared prefix, as ``data.tokenize_record`` does.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,11 @@ def prompt_keys(record: Mapping[str, Any], where: str = "record") -> tuple[str |
     prompt = record.get("prompt")
     if prompt is None:
         c, r = record.get("chosen"), record.get("rejected")
-        if isinstance(c, (list, tuple)) and isinstance(r, (list, tuple)) and all(
-                isinstance(m, Mapping) for m in [*c, *r]):
+        if (
+            isinstance(c, (list, tuple))
+            and isinstance(r, (list, tuple))
+            and all(isinstance(m, Mapping) for m in [*c, *r])
+        ):
             n = 0
             while n < min(len(c), len(r)) - 1 and c[n] == r[n]:
                 n += 1
@@ -107,7 +111,9 @@ def mix_replay(
         warnings.warn(
             f"mix_replay: {want} offline pairs wanted for ratio={ratio} but only {len(eligible)} have a prompt "
             f"outside the generated set; using them all (offline share {len(eligible)}/"
-            f"{len(eligible) + len(generated_pairs)})", stacklevel=2)
+            f"{len(eligible) + len(generated_pairs)})",
+            stacklevel=2,
+        )
         want = len(eligible)
     rng = random.Random(f"mix_replay:{seed}")
     picked = sorted(rng.sample(eligible, want))

@@ -1,4 +1,5 @@
 """Reading a run back: the terminal table and the plot of ``summary.jsonl`` (``lrdpo-fast report``)."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-PLOT_KEYS = (("true_accuracy", "true accuracy"), ("judge_reward", "judge reward"), ("reward_mean", "reward (samples)"),
-             ("mean_response_length", "response length (tokens)"), ("win_rate", "win rate vs start"),
-             ("lc_win_rate", "LC win rate vs start"))
+PLOT_KEYS = (
+    ("true_accuracy", "true accuracy"),
+    ("judge_reward", "judge reward"),
+    ("reward_mean", "reward (samples)"),
+    ("mean_response_length", "response length (tokens)"),
+    ("win_rate", "win rate vs start"),
+    ("lc_win_rate", "LC win rate vs start"),
+)
 
 
 def read_summary(run_dir: str | os.PathLike) -> list[dict]:
@@ -42,8 +48,14 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table)
 
 
-def plot_summary(rows: Sequence[dict], path: str | os.PathLike, *, runs: dict[str, Sequence[dict]] | None = None,
-                 title: str | None = None, keys: Sequence[tuple[str, str]] = PLOT_KEYS) -> str | None:
+def plot_summary(
+    rows: Sequence[dict],
+    path: str | os.PathLike,
+    *,
+    runs: dict[str, Sequence[dict]] | None = None,
+    title: str | None = None,
+    keys: Sequence[tuple[str, str]] = PLOT_KEYS,
+) -> str | None:
     """One panel per quantity of ``keys`` ((row key, panel title) pairs, default ``PLOT_KEYS``)
     that the rows carry, against the iteration, at most three panels a line; several runs
     (``runs``: label -> rows) share the panels. Returns the path, or None without matplotlib."""
@@ -72,7 +84,7 @@ def plot_summary(rows: Sequence[dict], path: str | os.PathLike, *, runs: dict[st
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in flat[len(keys):]:
+    for ax in flat[len(keys) :]:
         ax.axis("off")
     if len(runs) > 1:
         flat[0].legend()

@@ -22,6 +22,7 @@ anything.
 
 Imports torch; transformers only inside ``RewardModel``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,8 +44,11 @@ def _is_ids(x: Any) -> bool:
 
 
 def _is_messages(x: Any) -> bool:
-    return (isinstance(x, (list, tuple)) and len(x) > 0
-            and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in x))
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in x)
+    )
 
 
 def check_inputs(prompts: Any, responses: Any, *, token_ids: bool = False, name: str = "reward") -> tuple[list, list]:
@@ -62,8 +66,9 @@ def check_inputs(prompts: Any, responses: Any, *, token_ids: bool = False, name:
         if isinstance(xs, (str, bytes, Mapping)) or not isinstance(xs, Sequence):
             raise ValueError(f"reward {name}: {arg} must be a list, got {type(xs).__name__}")
     if len(prompts) != len(responses):
-        raise ValueError(f"reward {name}: prompts and responses must have the same length, "
-                         f"got {len(prompts)} and {len(responses)}")
+        raise ValueError(
+            f"reward {name}: prompts and responses must have the same length, got {len(prompts)} and {len(responses)}"
+        )
     kinds = "a str, a list of chat messages" + (" or a list of token ids" if token_ids else "")
     for i, p in enumerate(prompts):
         if not (isinstance(p, str) or _is_messages(p) or (token_ids and _is_ids(p) and len(p) > 0)):
@@ -187,16 +192,23 @@ class CallableReward(Reward):
             qual = getattr(fn_or_spec, "__qualname__", None) or type(fn_or_spec).__qualname__
             self.name = f"{module}:{qual}" if module else qual
         else:
-            raise ValueError(f"fn_or_spec must be a callable or a 'package.module:function' string, "
-                             f"got {type(fn_or_spec).__name__}")
+            raise ValueError(
+                f"fn_or_spec must be a callable or a 'package.module:function' string, got {type(fn_or_spec).__name__}"
+            )
 
     def _score(self, prompts, responses):
         return self.fn(prompts, responses)
 
 
 # ---- reward models --------------------------------------------------------------------------------
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def _resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
@@ -243,22 +255,35 @@ class RewardModel(Reward):
     use the model's own pooled output on right-padded batches. No gradients; eval mode.
     """
 
-    def __init__(self, path: str | os.PathLike, *, batch_size: int = 16, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype = "auto", max_length: int | None = None, trust_remote_code: bool = False,
-                 progress: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "auto",
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        progress: bool = False,
+    ):
         if not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
             raise ValueError(f"path {path!r} is not a local folder (a save_pretrained reward model)")
         if not any(Path(path).glob("*.safetensors")):
             raise ValueError(f"path {str(path)!r} holds no .safetensors weights (only safetensors are loaded)")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2):
+        if max_length is not None and (
+            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2
+        ):
             raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
         if not isinstance(trust_remote_code, bool):
             raise ValueError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         try:
-            self.device = torch.device(device) if device is not None else torch.device(
-                "cuda" if torch.cuda.is_available() else "cpu")
+            self.device = (
+                torch.device(device)
+                if device is not None
+                else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            )
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"device {device!r} is not a torch device ({e})") from e
         self.dtype = _resolve_dtype(dtype, self.device)
@@ -268,15 +293,21 @@ class RewardModel(Reward):
         self.name = f"RewardModel({self.path})"
         self.batch_size = batch_size
         self.progress = progress
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True,
-                                                       trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=self.dtype, use_safetensors=True, local_files_only=True,
+            self.path,
+            dtype=self.dtype,
+            use_safetensors=True,
+            local_files_only=True,
             trust_remote_code=trust_remote_code,
         )
         if getattr(model.config, "num_labels", None) != 1:
-            raise ValueError(f"path {self.path!r}: a reward model has one output (num_labels=1), "
-                             f"this one has {getattr(model.config, 'num_labels', None)}")
+            raise ValueError(
+                f"path {self.path!r}: a reward model has one output (num_labels=1), "
+                f"this one has {getattr(model.config, 'num_labels', None)}"
+            )
         self.model = model.to(self.device).eval().requires_grad_(False)
         tok = self.tokenizer
         self.pad_token_id = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
@@ -355,7 +386,7 @@ class RewardModel(Reward):
             if not ids:
                 raise ValueError(f"reward {self.name}: prompts[{i}]/responses[{i}] render to no tokens")
             if self.max_length is not None and len(ids) > self.max_length:
-                ids = ids[-self.max_length:]
+                ids = ids[-self.max_length :]
                 self.num_truncated += 1
             seqs.append(ids)
         order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
@@ -365,7 +396,7 @@ class RewardModel(Reward):
         starts = range(0, len(order), self.batch_size)
         with torch.no_grad():
             for start in tqdm(starts, desc="reward model", unit="batch", disable=not self.progress):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 for i, v in zip(idx, self._forward([seqs[i] for i in idx])):
                     out[i] = v
         return out
@@ -402,12 +433,24 @@ class ImplicitReward(Reward):
 
     accepts_token_ids = True
 
-    def __init__(self, policy: torch.nn.Module, ref_model: torch.nn.Module, tokenizer, *,
-                 max_tokens_per_batch: int = 8192, backend: str = "auto", progress: bool = False):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        ref_model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_tokens_per_batch: int = 8192,
+        backend: str = "auto",
+        progress: bool = False,
+    ):
         for arg, m in (("policy", policy), ("ref_model", ref_model)):
             if not isinstance(m, torch.nn.Module):
                 raise ValueError(f"{arg} must be a torch.nn.Module (a causal LM), got {type(m).__name__}")
-        if not isinstance(max_tokens_per_batch, int) or isinstance(max_tokens_per_batch, bool) or max_tokens_per_batch < 2:
+        if (
+            not isinstance(max_tokens_per_batch, int)
+            or isinstance(max_tokens_per_batch, bool)
+            or max_tokens_per_batch < 2
+        ):
             raise ValueError(f"max_tokens_per_batch must be an int >= 2, got {max_tokens_per_batch!r}")
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
@@ -439,8 +482,10 @@ class ImplicitReward(Reward):
             p, r = seqs[i]
             ex = PairExample(list(p), list(r), [r[0]])
             if ex.num_tokens > budget:
-                raise ValueError(f"max_tokens_per_batch={budget} is smaller than prompts[{i}] + responses[{i}] "
-                                 f"packed with a one-token partner ({ex.num_tokens} tokens)")
+                raise ValueError(
+                    f"max_tokens_per_batch={budget} is smaller than prompts[{i}] + responses[{i}] "
+                    f"packed with a one-token partner ({ex.num_tokens} tokens)"
+                )
             examples.append(ex)
             slots.append((i, None))
 

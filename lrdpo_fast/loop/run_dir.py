@@ -13,6 +13,7 @@ A phase is complete exactly when its marker exists; the marker is written (atomi
 every output of the phase was renamed into place, so a run killed anywhere redoes at most the
 phase it was in.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ class RunDir:
         record = {"run_format": RUN_FORMAT, "lrdpo_fast_version": version, "config": resolved}
         if not self.config_path.exists():
             if self.root.exists() and any(p.name.startswith("iter_") for p in self.root.iterdir()):
-                raise ValueError(f"run_dir {str(self.root)!r} holds iterations but no config.yaml: not a run "
-                                 "directory this version can resume; choose another run_dir")
+                raise ValueError(
+                    f"run_dir {str(self.root)!r} holds iterations but no config.yaml: not a run "
+                    "directory this version can resume; choose another run_dir"
+                )
             atomic_write_text(self.config_path, yaml.safe_dump(record, sort_keys=False))
             return
         try:
@@ -89,14 +92,19 @@ class RunDir:
         except yaml.YAMLError as e:
             raise ValueError(f"{self.config_path}: unreadable ({e})") from None
         if not isinstance(old, dict) or old.get("run_format") != RUN_FORMAT:
-            raise ValueError(f"run_dir {str(self.root)!r} was made by an incompatible version "
-                             f"(run_format {old.get('run_format') if isinstance(old, dict) else None!r}, "
-                             f"this version writes {RUN_FORMAT}); choose another run_dir")
+            raise ValueError(
+                f"run_dir {str(self.root)!r} was made by an incompatible version "
+                f"(run_format {old.get('run_format') if isinstance(old, dict) else None!r}, "
+                f"this version writes {RUN_FORMAT}); choose another run_dir"
+            )
         diffs = _differences(old.get("config") or {}, resolved)
         diffs = [d for d in diffs if d.split(":")[0] not in RESUMABLE_CHANGES]
         if diffs:
-            raise ValueError(f"run_dir {str(self.root)!r} was made by another config; it differs in "
-                             + "; ".join(diffs[:6]) + " (use another run_dir, or the same config to resume)")
+            raise ValueError(
+                f"run_dir {str(self.root)!r} was made by another config; it differs in "
+                + "; ".join(diffs[:6])
+                + " (use another run_dir, or the same config to resume)"
+            )
         if old["config"] != resolved:  # an allowed change (iterations): record it
             atomic_write_text(self.config_path, yaml.safe_dump(record, sort_keys=False))
 

@@ -66,6 +66,7 @@ otherwise):
 Run it like any torchrun script (``torchrun --nproc_per_node K script.py``, with an
 ``if __name__ == "__main__":`` guard: engines in separate processes are spawned).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -92,9 +93,22 @@ SHARDING_ENV = "LRDPO_SAMPLER_SHARDING"
 SHARDING_MODES = ("auto", "replicate", "rank0")
 DEFAULT_CPU_KVCACHE_GIB = "1"
 _WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                 "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
+_TORCHRUN_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_USE_AGENT_STORE",
+)
 
 
 def request_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -103,8 +117,9 @@ def request_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     A 63-bit int from BLAKE2b of the three numbers: stable across processes, Python versions and
     machines (unlike ``hash``), and different for every (seed, prompt, sample) triple.
     """
-    digest = hashlib.blake2b(f"lrdpo-sampler/{int(seed)}/{int(prompt_index)}/{int(sample_index)}".encode(),
-                             digest_size=8).digest()
+    digest = hashlib.blake2b(
+        f"lrdpo-sampler/{int(seed)}/{int(prompt_index)}/{int(sample_index)}".encode(), digest_size=8
+    ).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
@@ -140,8 +155,9 @@ def checkpoint_specs(folder: str | os.PathLike) -> dict[str, TensorSpec]:
                 for name in fh.keys():
                     sl = fh.get_slice(name)
                     dtype = str(sl.get_dtype()).upper()
-                    specs[name] = TensorSpec(tuple(int(d) for d in sl.get_shape()),
-                                             dtype.startswith("F") or dtype.startswith("BF"))
+                    specs[name] = TensorSpec(
+                        tuple(int(d) for d in sl.get_shape()), dtype.startswith("F") or dtype.startswith("BF")
+                    )
         return specs
     for f in sorted(folder.glob("*.bin")):
         for name, t in torch.load(f, map_location="cpu", mmap=True, weights_only=True).items():
@@ -172,8 +188,10 @@ def _named_tensors(weights: Any) -> list[tuple[str, torch.Tensor]]:
     elif isinstance(weights, Mapping):
         items = list(weights.items())
     elif isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
-        raise ValueError(f"weights must be a state dict (name -> tensor), a module or (name, tensor) pairs, "
-                         f"got {type(weights).__name__}")
+        raise ValueError(
+            f"weights must be a state dict (name -> tensor), a module or (name, tensor) pairs, "
+            f"got {type(weights).__name__}"
+        )
     else:
         items = []
         for i, pair in enumerate(weights):
@@ -217,8 +235,10 @@ def _save_module(model: torch.nn.Module, state: Mapping[str, torch.Tensor], fold
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    _write_safetensors({k: v for k, v in state.items() if not (tied and k == "lm_head.weight")},
-                       os.path.join(folder, "model.safetensors"))
+    _write_safetensors(
+        {k: v for k, v in state.items() if not (tied and k == "lm_head.weight")},
+        os.path.join(folder, "model.safetensors"),
+    )
 
 
 def _nonfinite(t: torch.Tensor) -> bool:
@@ -233,7 +253,9 @@ def _nonfinite(t: torch.Tensor) -> bool:
     return not bool(torch.isfinite(local).all())
 
 
-def check_weights(items: list[tuple[str, torch.Tensor]], specs: Mapping[str, TensorSpec]) -> list[tuple[str, torch.Tensor]]:
+def check_weights(
+    items: list[tuple[str, torch.Tensor]], specs: Mapping[str, TensorSpec]
+) -> list[tuple[str, torch.Tensor]]:
     """The pairs to load, in order, after checking them against the checkpoint ``specs``.
 
     Every checkpoint tensor must be present once, with its shape (global shape for a DTensor),
@@ -249,8 +271,9 @@ def check_weights(items: list[tuple[str, torch.Tensor]], specs: Mapping[str, Ten
         seen.add(name)
         spec = specs.get(name)
         if spec is None:
-            if name == "lm_head.weight" and any(k.endswith("embed_tokens.weight") and s.shape == tuple(t.shape)
-                                                for k, s in specs.items()):
+            if name == "lm_head.weight" and any(
+                k.endswith("embed_tokens.weight") and s.shape == tuple(t.shape) for k, s in specs.items()
+            ):
                 continue  # tied to the embeddings: the checkpoint does not store it
             raise ValueError(f"weights: unexpected tensor {name!r} (not in the engine's checkpoint)")
         if tuple(t.shape) != spec.shape:
@@ -275,7 +298,9 @@ class _ProcessState:
         self.set_num_threads = torch.set_num_threads
         self.threads = torch.get_num_threads()
         self.torch_rng = torch.random.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cuda_rng = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
         self.py_rng = random.getstate()
         try:
             import numpy as np
@@ -402,9 +427,20 @@ class VLLMSampler:
         tensor_parallel_size.
     """
 
-    def __init__(self, model, tokenizer=None, *, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
-                 enable_sleep_mode: bool | None = None, cpu_threads: int | None = None, **engine_kwargs) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        seed: int = 0,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enable_sleep_mode: bool | None = None,
+        cpu_threads: int | None = None,
+        **engine_kwargs,
+    ) -> None:
         self._llm = None
         self._tmpdirs: list[str] = []
         self._weights_dir: str | None = None
@@ -420,8 +456,11 @@ class VLLMSampler:
         self.cpu_threads = None if cpu_threads is None else _check_int("cpu_threads", cpu_threads, 1)
         if max_model_len is not None:
             _check_int("max_model_len", max_model_len, 2)
-        if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) \
-                or not 0 < gpu_memory_utilization <= 1:
+        if (
+            isinstance(gpu_memory_utilization, bool)
+            or not isinstance(gpu_memory_utilization, (int, float))
+            or not 0 < gpu_memory_utilization <= 1
+        ):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
         cuda = torch.cuda.is_available()
         if enable_sleep_mode is None:
@@ -441,8 +480,9 @@ class VLLMSampler:
             self.layout = "replicate" if sharding == "replicate" or (sharding == "auto" and cuda) else "rank0"
             _ensure_process_group()
             if self.layout == "replicate" and cuda and self.world_size % tensor_parallel_size:
-                raise ValueError(f"tensor_parallel_size={tensor_parallel_size} must divide the world size "
-                                 f"{self.world_size}")
+                raise ValueError(
+                    f"tensor_parallel_size={tensor_parallel_size} must divide the world size {self.world_size}"
+                )
         self.hosts_engine = self.layout != "rank0" or self.rank == 0
         # (group, number of groups, leader): prompts i with i % groups == group are sampled by
         # this rank's engine; leaders contribute the samples of their group to the gather.
@@ -458,9 +498,16 @@ class VLLMSampler:
         info: dict[str, Any] = {}
         if self.hosts_engine:
             try:
-                info = self._start(model, tokenizer, state, dtype=dtype, max_model_len=max_model_len,
-                                   gpu_memory_utilization=gpu_memory_utilization,
-                                   tensor_parallel_size=tensor_parallel_size, engine_kwargs=engine_kwargs)
+                info = self._start(
+                    model,
+                    tokenizer,
+                    state,
+                    dtype=dtype,
+                    max_model_len=max_model_len,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    tensor_parallel_size=tensor_parallel_size,
+                    engine_kwargs=engine_kwargs,
+                )
             except Exception as e:  # noqa: BLE001 - re-raised on every rank below
                 if self.world_size == 1:
                     self.close()
@@ -483,8 +530,9 @@ class VLLMSampler:
             if hasattr(tokenizer, "save_pretrained"):
                 self.tokenizer = tokenizer
             else:
-                self.tokenizer = self._load_tokenizer(os.fspath(tokenizer) if tokenizer is not None
-                                                      else info["tokenizer_dir"])
+                self.tokenizer = self._load_tokenizer(
+                    os.fspath(tokenizer) if tokenizer is not None else info["tokenizer_dir"]
+                )
 
     # ------------------------------------------------------------------ start-up
     def _mkdtemp(self, prefix: str) -> str:
@@ -499,13 +547,25 @@ class VLLMSampler:
 
         return AutoTokenizer.from_pretrained(path)
 
-    def _start(self, model, tokenizer, state, *, dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size,
-               engine_kwargs) -> dict[str, Any]:
+    def _start(
+        self,
+        model,
+        tokenizer,
+        state,
+        *,
+        dtype,
+        max_model_len,
+        gpu_memory_utilization,
+        tensor_parallel_size,
+        engine_kwargs,
+    ) -> dict[str, Any]:
         """Resolve model/tokenizer folders and start the engine (only on ranks that host one)."""
         if isinstance(model, torch.nn.Module):
             if not hasattr(model, "save_pretrained"):
-                raise ValueError("model must be a save_pretrained folder or a transformers *ForCausalLM module, "
-                                 f"got {type(model).__name__}")
+                raise ValueError(
+                    "model must be a save_pretrained folder or a transformers *ForCausalLM module, "
+                    f"got {type(model).__name__}"
+                )
             if tokenizer is None:
                 raise ValueError("tokenizer is required when model is a module (a folder or a tokenizer object)")
             model_dir = self._mkdtemp("lrdpo-sampler-model-")
@@ -515,7 +575,9 @@ class VLLMSampler:
             if not os.path.isfile(os.path.join(model_dir, "config.json")):
                 raise ValueError(f"model must be a local save_pretrained folder with a config.json, got {model_dir!r}")
         else:
-            raise ValueError(f"model must be a save_pretrained folder or a transformers module, got {type(model).__name__}")
+            raise ValueError(
+                f"model must be a save_pretrained folder or a transformers module, got {type(model).__name__}"
+            )
         specs = checkpoint_specs(model_dir)
 
         if tokenizer is None:
@@ -523,7 +585,9 @@ class VLLMSampler:
         elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer_dir = os.fspath(tokenizer)
             if not os.path.isdir(tokenizer_dir):
-                raise ValueError(f"tokenizer must be a tokenizer folder or object, got missing folder {tokenizer_dir!r}")
+                raise ValueError(
+                    f"tokenizer must be a tokenizer folder or object, got missing folder {tokenizer_dir!r}"
+                )
         elif hasattr(tokenizer, "save_pretrained"):
             if isinstance(model, torch.nn.Module):
                 tokenizer_dir = model_dir  # our own folder: the tokenizer goes beside the weights
@@ -571,10 +635,17 @@ class VLLMSampler:
 
                 if hasattr(vllm.envs, "disable_envs_cache"):
                     vllm.envs.disable_envs_cache()  # our environment must reach this engine
-                self._llm = LLM(model_dir, tokenizer=tokenizer_dir, seed=self.seed, dtype=dtype,
-                                max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                                tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=self.sleep_mode,
-                                **kwargs)
+                self._llm = LLM(
+                    model_dir,
+                    tokenizer=tokenizer_dir,
+                    seed=self.seed,
+                    dtype=dtype,
+                    max_model_len=max_model_len,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    tensor_parallel_size=tensor_parallel_size,
+                    enable_sleep_mode=self.sleep_mode,
+                    **kwargs,
+                )
         finally:
             state.restore()
         self._owns_dist = self._owns_dist and dist.is_available() and dist.is_initialized()
@@ -586,8 +657,12 @@ class VLLMSampler:
             pc = self._llm.llm_engine.vllm_config.parallel_config
             self._group, self._groups = pc.data_parallel_rank, pc.data_parallel_size
             self._leader = get_tensor_model_parallel_rank() == 0
-        return {"max_model_len": int(self._llm.llm_engine.model_config.max_model_len), "specs": specs,
-                "model_dir": model_dir, "tokenizer_dir": tokenizer_dir}
+        return {
+            "max_model_len": int(self._llm.llm_engine.model_config.max_model_len),
+            "specs": specs,
+            "model_dir": model_dir,
+            "tokenizer_dir": tokenizer_dir,
+        }
 
     def _engine_in_process(self) -> bool:
         """True when the model runs in this process (weights can be handed over as tensors)."""
@@ -637,7 +712,11 @@ class VLLMSampler:
                 raise ValueError(f"prompts[{i}] is a list of chat messages but the tokenizer has no chat_template")
             text = tok.apply_chat_template([dict(m) for m in prompt], tokenize=False, add_generation_prompt=True)
             return list(tok(text, add_special_tokens=False)["input_ids"])
-        if isinstance(prompt, Sequence) and prompt and all(isinstance(v, int) and not isinstance(v, bool) for v in prompt):
+        if (
+            isinstance(prompt, Sequence)
+            and prompt
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in prompt)
+        ):
             vocab = len(tok)
             if any(not 0 <= v < vocab for v in prompt):
                 raise ValueError(f"prompts[{i}] holds token ids outside [0, {vocab})")
@@ -645,15 +724,27 @@ class VLLMSampler:
         if isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) == 0:
             raise ValueError(f"prompts[{i}] is empty")
         if isinstance(prompt, Mapping):
-            raise ValueError(f"prompts[{i}] is a single chat message; a chat prompt is a list of messages "
-                             "(prompts is a list of such lists)")
-        raise ValueError(f"prompts[{i}] must be a str, a list of chat messages or a list of token ids, "
-                         f"got {type(prompt).__name__}")
+            raise ValueError(
+                f"prompts[{i}] is a single chat message; a chat prompt is a list of messages "
+                "(prompts is a list of such lists)"
+            )
+        raise ValueError(
+            f"prompts[{i}] must be a str, a list of chat messages or a list of token ids, got {type(prompt).__name__}"
+        )
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, prompts: Sequence[Any], *, n: int = 4, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 256, stop: str | Sequence[str] | None = None, seed: int | None = None,
-                 logprobs: bool = False) -> list[list[Sample]]:
+    def generate(
+        self,
+        prompts: Sequence[Any],
+        *,
+        n: int = 4,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[list[Sample]]:
         """Sample ``n`` responses to every prompt.
 
         Args:
@@ -686,8 +777,12 @@ class VLLMSampler:
             raise ValueError("prompts is empty")
         _check_int("n", n, 1)
         _check_int("max_new_tokens", max_new_tokens, 1)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-                or temperature < 0:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
@@ -706,22 +801,34 @@ class VLLMSampler:
         prompt_ids = [self._prompt_ids(p, i) for i, p in enumerate(prompts)]
         for i, ids in enumerate(prompt_ids):
             if len(ids) >= self.max_model_len:
-                raise ValueError(f"prompts[{i}] has {len(ids)} tokens; max_model_len={self.max_model_len} leaves "
-                                 "no room for a response")
+                raise ValueError(
+                    f"prompts[{i}] has {len(ids)} tokens; max_model_len={self.max_model_len} leaves "
+                    "no room for a response"
+                )
 
         mine = [i for i in range(len(prompts)) if i % self._groups == self._group] if self.hosts_engine else []
         error, local = None, {}
         try:
-            local = self._sample(mine, prompt_ids, n=n, temperature=float(temperature), top_p=float(top_p),
-                                 max_new_tokens=max_new_tokens, stop=stop, seed=seed, logprobs=logprobs)
+            local = self._sample(
+                mine,
+                prompt_ids,
+                n=n,
+                temperature=float(temperature),
+                top_p=float(top_p),
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                seed=seed,
+                logprobs=logprobs,
+            )
         except Exception as e:  # noqa: BLE001 - re-raised on every rank
             error = e
         if self.world_size == 1:
             if error is not None:
                 raise error
         else:
-            gathered = self._all_gather((None if error is None else f"{type(error).__name__}: {error}",
-                                         local if self._leader else {}))
+            gathered = self._all_gather(
+                (None if error is None else f"{type(error).__name__}: {error}", local if self._leader else {})
+            )
             if error is not None:
                 raise error
             for r, (msg, _) in enumerate(gathered):
@@ -732,8 +839,19 @@ class VLLMSampler:
                 local.update(part)
         return [local[i] for i in range(len(prompts))]
 
-    def _sample(self, indices: list[int], prompt_ids: list[list[int]], *, n, temperature, top_p, max_new_tokens,
-                stop, seed, logprobs) -> dict[int, list[Sample]]:
+    def _sample(
+        self,
+        indices: list[int],
+        prompt_ids: list[list[int]],
+        *,
+        n,
+        temperature,
+        top_p,
+        max_new_tokens,
+        stop,
+        seed,
+        logprobs,
+    ) -> dict[int, list[Sample]]:
         if not indices and not self._dp_engine:
             return {}
         from vllm import SamplingParams
@@ -743,9 +861,17 @@ class VLLMSampler:
             room = self.max_model_len - len(prompt_ids[i])
             for j in range(n):
                 requests.append({"prompt_token_ids": prompt_ids[i]})
-                params.append(SamplingParams(n=1, temperature=temperature, top_p=top_p,
-                                             max_tokens=min(max_new_tokens, room), stop=stop,
-                                             seed=request_seed(seed, i, j), logprobs=0 if logprobs else None))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        temperature=temperature,
+                        top_p=top_p,
+                        max_tokens=min(max_new_tokens, room),
+                        stop=stop,
+                        seed=request_seed(seed, i, j),
+                        logprobs=0 if logprobs else None,
+                    )
+                )
                 keys.append((i, j))
         with _Threads(self.cpu_threads):
             outputs = self._llm.generate(requests, params, use_tqdm=False)
@@ -758,12 +884,21 @@ class VLLMSampler:
                 lps = [float(step[t].logprob) for step, t in zip(o.logprobs, ids)]
                 bad = [k for k, v in enumerate(lps) if not math.isfinite(v)]
                 if bad:
-                    raise RuntimeError(f"the engine returned a non-finite log-prob for prompts[{i}], sample {j}, "
-                                       f"token {bad[0]}")
+                    raise RuntimeError(
+                        f"the engine returned a non-finite log-prob for prompts[{i}], sample {j}, token {bad[0]}"
+                    )
             if o.finish_reason not in ("stop", "length"):
                 raise RuntimeError(f"prompts[{i}] sample {j} ended with finish_reason={o.finish_reason!r}")
-            out[i].append(Sample(prompt_ids=list(prompt_ids[i]), response_ids=ids, text=o.text,
-                                 finish_reason=o.finish_reason, truncated=o.finish_reason == "length", logprobs=lps))
+            out[i].append(
+                Sample(
+                    prompt_ids=list(prompt_ids[i]),
+                    response_ids=ids,
+                    text=o.text,
+                    finish_reason=o.finish_reason,
+                    truncated=o.finish_reason == "length",
+                    logprobs=lps,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ weight sync
@@ -817,8 +952,9 @@ class VLLMSampler:
                         pass
             else:
                 if self.in_process:
-                    self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream(),
-                                                                       "is_checkpoint_format": True})
+                    self._llm.collective_rpc(
+                        "reload_weights", kwargs={"weights_iterator": stream(), "is_checkpoint_format": True}
+                    )
                 else:
                     self._reload_from_folder(stream())
                 self._llm.reset_prefix_cache()
@@ -833,13 +969,17 @@ class VLLMSampler:
         if self._weights_dir is None:
             self._weights_dir = self._mkdtemp("lrdpo-sampler-weights-")
         if not self._fallback_logged:
-            logger.warning("VLLMSampler: the engine runs in another process; load_weights writes the weights to %s "
-                           "and reloads them from there (VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps a single-device "
-                           "engine in this process, for in-memory sync)", self._weights_dir)
+            logger.warning(
+                "VLLMSampler: the engine runs in another process; load_weights writes the weights to %s "
+                "and reloads them from there (VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps a single-device "
+                "engine in this process, for in-memory sync)",
+                self._weights_dir,
+            )
             self._fallback_logged = True
         _write_safetensors(dict(weights), os.path.join(self._weights_dir, "model.safetensors"))
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_path": self._weights_dir,
-                                                           "is_checkpoint_format": True})
+        self._llm.collective_rpc(
+            "reload_weights", kwargs={"weights_path": self._weights_dir, "is_checkpoint_format": True}
+        )
 
     # ------------------------------------------------------------------ memory
     def sleep(self, level: int = 1) -> None:
@@ -907,5 +1047,7 @@ class VLLMSampler:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("asleep" if self._asleep else "ready")
-        return (f"VLLMSampler(model_dir={getattr(self, 'model_dir', None)!r}, layout={getattr(self, 'layout', None)!r}, "
-                f"max_model_len={getattr(self, 'max_model_len', None)}, {state})")
+        return (
+            f"VLLMSampler(model_dir={getattr(self, 'model_dir', None)!r}, layout={getattr(self, 'layout', None)!r}, "
+            f"max_model_len={getattr(self, 'max_model_len', None)}, {state})"
+        )

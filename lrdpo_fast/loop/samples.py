@@ -9,6 +9,7 @@ written with Python's shortest round-trip repr, keys in a fixed order).
 
 This module imports neither vllm nor torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,8 @@ class Sample:
                 raise ValueError(f"logprobs must be a list of floats or None, got {type(self.logprobs).__name__}")
             if len(self.logprobs) != len(self.response_ids):
                 raise ValueError(
-                    f"logprobs has {len(self.logprobs)} values for {len(self.response_ids)} response tokens")
+                    f"logprobs has {len(self.logprobs)} values for {len(self.response_ids)} response tokens"
+                )
             values = []
             for i, v in enumerate(self.logprobs):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -159,4 +161,3 @@ def read_samples(path: str | os.PathLike) -> list[list[Sample]]:
         except (ValueError, AttributeError) as e:
             raise ValueError(f"{path}:{lineno}: {e}") from e
     return out
-

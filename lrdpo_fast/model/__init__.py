@@ -2,6 +2,7 @@
 and per-sequence log-probs of a packed batch (packed.py), and the one tiny model + tokenizer
 factory used by the example, the tests and the benchmarks (tiny.py).
 """
+
 from .attention import (
     ATTN_IMPLEMENTATION,
     enable_varlen_attention,
@@ -16,6 +17,14 @@ from .packed import (
     precompute_reference_logps,
 )
 
-__all__ = ["ATTN_IMPLEMENTATION", "decoder_body", "enable_varlen_attention", "lm_head_params",
-           "model_sequence_logprobs", "packed_hidden_states", "precompute_reference_logps",
-           "register_varlen_attention", "varlen_attention_enabled"]
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "decoder_body",
+    "enable_varlen_attention",
+    "lm_head_params",
+    "model_sequence_logprobs",
+    "packed_hidden_states",
+    "precompute_reference_logps",
+    "register_varlen_attention",
+    "varlen_attention_enabled",
+]

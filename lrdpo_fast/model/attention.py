@@ -15,6 +15,7 @@ sinks are not supported (ValueError).
 Without ``cu_seq_lens_*`` (e.g. ``generate``), the function derives sequences from packed
 ``position_ids`` when no padding mask is given, and otherwise defers to transformers' SDPA.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -100,8 +101,17 @@ def varlen_attention(
         fa = _flash_attn_varlen()
         if fa is not None:
             return fa(
-                query, key, value, cu, cu, int(max_seqlen), int(max_seqlen),
-                dropout_p=dropout, softmax_scale=scale, causal=True, window_size=(left, 0),
+                query,
+                key,
+                value,
+                cu,
+                cu,
+                int(max_seqlen),
+                int(max_seqlen),
+                dropout_p=dropout,
+                softmax_scale=scale,
+                causal=True,
+                window_size=(left, 0),
             )
         tv = _torch_varlen()
         if tv is not None and dropout == 0.0:
@@ -109,14 +119,29 @@ def varlen_attention(
             try:
                 if "window_size" in params:  # torch >= 2.11: causal is window (-1, 0)
                     return tv(
-                        query, key, value, cu, cu, int(max_seqlen), int(max_seqlen),
-                        scale=scale, window_size=(left, 0), enable_gqa=n_kv != n_heads,
+                        query,
+                        key,
+                        value,
+                        cu,
+                        cu,
+                        int(max_seqlen),
+                        int(max_seqlen),
+                        scale=scale,
+                        window_size=(left, 0),
+                        enable_gqa=n_kv != n_heads,
                     )
                 if "is_causal" in params and sliding_window is None:  # the first API (torch 2.9/2.10)
                     rep = n_heads // n_kv
                     return tv(
-                        query, _repeat_kv(key, rep, 1), _repeat_kv(value, rep, 1), cu, cu,
-                        int(max_seqlen), int(max_seqlen), is_causal=True, scale=scale,
+                        query,
+                        _repeat_kv(key, rep, 1),
+                        _repeat_kv(value, rep, 1),
+                        cu,
+                        cu,
+                        int(max_seqlen),
+                        int(max_seqlen),
+                        is_causal=True,
+                        scale=scale,
                     )
             except (RuntimeError, TypeError, NotImplementedError):
                 pass  # unsupported GPU / build: fall through to the exact path

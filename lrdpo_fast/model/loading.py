@@ -7,6 +7,7 @@
 - ``trust_remote_code`` is off unless the caller passes True (a config option, never a default).
 Any failure of transformers while reading the folder becomes a ValueError naming it.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,9 @@ def load_causal_lm(path, what: str = "model", *, trust_remote_code: bool = False
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, local_files_only=True,
-                                                    trust_remote_code=trust_remote_code, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{what} folder {folder!r} cannot be loaded ({type(e).__name__}: {_first_line(e)})") from None
 
@@ -57,5 +59,6 @@ def load_tokenizer(path, what: str = "tokenizer", *, trust_remote_code: bool = F
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{what} folder {folder!r} holds no loadable tokenizer "
-                         f"({type(e).__name__}: {_first_line(e)})") from None
+        raise ValueError(
+            f"{what} folder {folder!r} holds no loadable tokenizer ({type(e).__name__}: {_first_line(e)})"
+        ) from None

@@ -6,6 +6,7 @@ final hidden states [N, d] go with the LM head weight [V, d] into the fused kern
 Models whose LM head is more than a linear layer (logit soft-capping, logit scaling) are not
 supported by this path.
 """
+
 from __future__ import annotations
 
 import warnings

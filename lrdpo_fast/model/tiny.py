@@ -7,6 +7,7 @@ benchmarks (no model hub, no network, CPU-sized, deterministic).
 - ``tiny_causal_lm(kind, *, seed, dtype, **overrides)``: random weights from that config, the same
   ``seed`` giving bit-identical weights, the global RNG left as it was.
 """
+
 from __future__ import annotations
 
 KINDS = ("llama", "qwen2", "mistral")
@@ -23,7 +24,9 @@ def train_bpe_tokenizer(lines, vocab_size: int, *, special_tokens, chat_template
     from transformers import PreTrainedTokenizerFast
 
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
-        raise ValueError(f"vocab_size must be an int >= {256 + len(special_tokens)} (bytes + specials), got {vocab_size!r}")
+        raise ValueError(
+            f"vocab_size must be an int >= {256 + len(special_tokens)} (bytes + specials), got {vocab_size!r}"
+        )
     tok = Tokenizer(models.BPE(unk_token=special_tokens[3]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -54,7 +57,11 @@ def word_tokenizer(vocab_size: int, *, model_max_length: int = 4096):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         model_max_length=model_max_length,
     )
 

@@ -3,9 +3,17 @@ the objectives, both backends (chunked torch, Triton) and input validation.
 
 Imports torch (and Triton lazily, on first use on CUDA); never transformers or vllm.
 """
+
 from .fused import LRDPOLoss, fused_lrdpo_loss
 from .logprobs import linear_logprobs, resolve_backend, sequence_logprobs
 from .losses import LOSS_TYPES, lrdpo_loss
 
-__all__ = ["LOSS_TYPES", "LRDPOLoss", "fused_lrdpo_loss", "linear_logprobs", "lrdpo_loss", "resolve_backend",
-           "sequence_logprobs"]
+__all__ = [
+    "LOSS_TYPES",
+    "LRDPOLoss",
+    "fused_lrdpo_loss",
+    "linear_logprobs",
+    "lrdpo_loss",
+    "resolve_backend",
+    "sequence_logprobs",
+]

@@ -21,6 +21,7 @@ library versions, is ignored (and replaced on the next write); a failed write on
 
 ``backend_report()`` returns the last decision per bucket (used by metrics and ``doctor``).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,15 @@ BACKENDS = ("triton", "torch")
 ENV_VAR = "LRDPO_BACKEND"
 CACHE_FILE = "backend_choices.json"
 CACHE_VERSION = 1
-WARMUP = 1       # untimed calls per backend (Triton compiles and autotunes here)
-REPEATS = 3      # timed calls per backend; the median counts
+WARMUP = 1  # untimed calls per backend (Triton compiles and autotunes here)
+REPEATS = 3  # timed calls per backend; the median counts
 
 # timer(backend, run) -> seconds of one run() (the median of REPEATS); injectable for tests
 Timer = Callable[[str, Callable[[], None]], float]
 
 _lock = threading.Lock()
-_memory: dict[str, dict] = {}     # bucket -> {"backend", "times_ms"} (measured or read from disk)
-_report: dict[str, dict] = {}     # bucket -> last decision {"backend", "source", "times_ms"}
+_memory: dict[str, dict] = {}  # bucket -> {"backend", "times_ms"} (measured or read from disk)
+_report: dict[str, dict] = {}  # bucket -> last decision {"backend", "source", "times_ms"}
 _timer: Timer | None = None
 
 
@@ -152,8 +153,9 @@ def clear(memory: bool = True, report: bool = True) -> None:
             _report.clear()
 
 
-def measure(key: str, trial: Callable[[str], None], candidates: tuple[str, ...] = BACKENDS,
-            timer: Timer | None = None) -> str:
+def measure(
+    key: str, trial: Callable[[str], None], candidates: tuple[str, ...] = BACKENDS, timer: Timer | None = None
+) -> str:
     """The backend for ``key``: from memory, else the disk cache, else timing ``trial(backend)``
     for every candidate (a failing candidate is skipped and logged). Caches and logs once.
 
@@ -188,8 +190,15 @@ def measure(key: str, trial: Callable[[str], None], candidates: tuple[str, ...] 
     return _record(key, best, "measured", times_ms)
 
 
-def select(op: str, backend: str, hidden: torch.Tensor, weight: torch.Tensor,
-           trial: Callable[[str], None], triton_ok: bool, timer: Timer | None = None) -> str:
+def select(
+    op: str,
+    backend: str,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    trial: Callable[[str], None],
+    triton_ok: bool,
+    timer: Timer | None = None,
+) -> str:
     """The backend a call runs on, after ``resolve_backend`` has validated ``backend``.
 
     op: "logprobs" | "fused" (+ "/fwd"); hidden [N, d], weight [V, d]; trial(b) runs one forward

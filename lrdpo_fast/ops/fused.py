@@ -5,6 +5,7 @@ the gradient during the forward sweep (whole pairs per chunk, 3 matmuls per scor
 Triton backend a forward kernel gives the sequence log-probs, a pair-loss kernel their gradient,
 and the backward kernel rebuilds the logits tiles.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,16 +50,26 @@ class PairLossParams:
 
     def margin(self, seq_logps, p0=0, p1=None):
         p1 = self.n_pairs if p1 is None else p1
-        ref, lens = self.ref[2 * p0:2 * p1], self.lengths[2 * p0:2 * p1]
+        ref, lens = self.ref[2 * p0 : 2 * p1], self.lengths[2 * p0 : 2 * p1]
         return pair_margin(
-            seq_logps[0::2], seq_logps[1::2], ref[0::2], ref[1::2], lens[0::2], lens[1::2],
-            beta=self.beta, alpha=self.alpha, loss_type=self.loss_type, gamma=self.gamma,
+            seq_logps[0::2],
+            seq_logps[1::2],
+            ref[0::2],
+            ref[1::2],
+            lens[0::2],
+            lens[1::2],
+            beta=self.beta,
+            alpha=self.alpha,
+            loss_type=self.loss_type,
+            gamma=self.gamma,
         )
 
     def losses(self, seq_logps, p0=0, p1=None):
         """Per-pair losses float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
         return pair_losses(
-            self.margin(seq_logps, p0, p1), beta=self.beta, loss_type=self.loss_type,
+            self.margin(seq_logps, p0, p1),
+            beta=self.beta,
+            loss_type=self.loss_type,
             label_smoothing=self.label_smoothing,
         )
 
@@ -78,8 +89,16 @@ class _FusedTorch(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index):
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
-            hidden, weight, bias, labels, seq_ids, params.lengths.numel(), ignore_index, 1.0,
-            params.grad if any(needs) else None, needs,
+            hidden,
+            weight,
+            bias,
+            labels,
+            seq_ids,
+            params.lengths.numel(),
+            ignore_index,
+            1.0,
+            params.grad if any(needs) else None,
+            needs,
         )
         loss = params.losses(seq_logps).mean()
         # The gradients are outputs, not inputs: kept as plain attributes (not saved tensors) and
@@ -108,8 +127,14 @@ class _FusedTriton(torch.autograd.Function):
         logp, lse, rows = triton_backend.token_logprobs_forward(hidden, weight, bias, labels, ignore_index, 1.0)
         seq_logps = segment_sum(logp, seq_ids, params.lengths.numel())
         losses, dseq = triton_backend.pair_loss(
-            seq_logps, params.ref, params.lengths, beta=params.beta, alpha=params.alpha, gamma=params.gamma,
-            label_smoothing=params.label_smoothing, loss_type_id=LOSS_TYPE_IDS[params.loss_type],
+            seq_logps,
+            params.ref,
+            params.lengths,
+            beta=params.beta,
+            alpha=params.alpha,
+            gamma=params.gamma,
+            label_smoothing=params.label_smoothing,
+            loss_type_id=LOSS_TYPE_IDS[params.loss_type],
         )
         ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids)
         ctx.mark_non_differentiable(seq_logps)
@@ -126,8 +151,9 @@ class _FusedTriton(torch.autograd.Function):
         return dh, dw, db, None, None, None, None
 
 
-def _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type, ignore_index,
-                     backend, device):
+def _reference_logps(
+    ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type, ignore_index, backend, device
+):
     """float32 [S] reference log-probs from whichever form the caller gave (zeros for simpo)."""
     if loss_type == "simpo":
         return torch.zeros(n_seqs, dtype=torch.float32, device=device)
@@ -215,10 +241,28 @@ def fused_lrdpo_loss(
             f"labels: pair {empty // 2} has no {side} response tokens (all ignore_index); "
             f"the length-normalized loss {loss_type!r} cannot score it"
         )
-    ref = _reference_logps(ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type,
-                           ignore_index, backend, hidden.device)
-    params = PairLossParams(ref=ref, lengths=lengths, beta=beta, alpha=alpha, loss_type=loss_type, gamma=gamma,
-                            label_smoothing=label_smoothing)
+    ref = _reference_logps(
+        ref_logps,
+        ref_hidden,
+        ref_weight,
+        weight,
+        labels,
+        cu_seqlens,
+        n_seqs,
+        loss_type,
+        ignore_index,
+        backend,
+        hidden.device,
+    )
+    params = PairLossParams(
+        ref=ref,
+        lengths=lengths,
+        beta=beta,
+        alpha=alpha,
+        loss_type=loss_type,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+    )
     lab = labels.contiguous()
     b_ = None if bias is None else bias.detach()
 
@@ -228,10 +272,17 @@ def fused_lrdpo_loss(
 
     impl = choose_backend("fused", backend, hidden, weight, run)
     fn = _FusedTriton if impl == "triton" else _FusedTorch
-    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params,
-                               int(ignore_index))
-    metrics = pair_metrics(seq_logps[0::2], seq_logps[1::2], ref[0::2], ref[1::2], lengths[0::2], lengths[1::2],
-                           beta=beta, loss_type=loss_type)
+    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params, int(ignore_index))
+    metrics = pair_metrics(
+        seq_logps[0::2],
+        seq_logps[1::2],
+        ref[0::2],
+        ref[1::2],
+        lengths[0::2],
+        lengths[1::2],
+        beta=beta,
+        loss_type=loss_type,
+    )
     metrics["logps/sequences"] = seq_logps.detach()
     return loss, metrics
 
@@ -243,19 +294,40 @@ class LRDPOLoss(nn.Module):
     ref_weight=None, bias=None)`` returns (loss, metrics) exactly as ``fused_lrdpo_loss``.
     """
 
-    def __init__(self, beta: float = 0.1, alpha: float = 0.0, loss_type: str = "sigmoid", gamma: float = 0.0,
-                 label_smoothing: float = 0.0, ignore_index: int = -100, backend: str = "auto"):
+    def __init__(
+        self,
+        beta: float = 0.1,
+        alpha: float = 0.0,
+        loss_type: str = "sigmoid",
+        gamma: float = 0.0,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        backend: str = "auto",
+    ):
         super().__init__()
         check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
         self.beta, self.alpha, self.loss_type, self.gamma = beta, alpha, loss_type, gamma
         self.label_smoothing, self.ignore_index, self.backend = label_smoothing, ignore_index, backend
 
-    def forward(self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None,
-                bias=None):
+    def forward(
+        self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None, bias=None
+    ):
         return fused_lrdpo_loss(
-            hidden, weight, labels, cu_seqlens, ref_logps=ref_logps, ref_hidden=ref_hidden, ref_weight=ref_weight,
-            beta=self.beta, alpha=self.alpha, loss_type=self.loss_type, gamma=self.gamma,
-            ignore_index=self.ignore_index, backend=self.backend, label_smoothing=self.label_smoothing, bias=bias,
+            hidden,
+            weight,
+            labels,
+            cu_seqlens,
+            ref_logps=ref_logps,
+            ref_hidden=ref_hidden,
+            ref_weight=ref_weight,
+            beta=self.beta,
+            alpha=self.alpha,
+            loss_type=self.loss_type,
+            gamma=self.gamma,
+            ignore_index=self.ignore_index,
+            backend=self.backend,
+            label_smoothing=self.label_smoothing,
+            bias=bias,
         )
 
     def extra_repr(self) -> str:

@@ -4,6 +4,7 @@
 ``sequence_logprobs`` sums them per packed sequence (``cu_seqlens``). Neither materializes the
 [tokens x vocab] logits: the torch backend works chunk by chunk, the Triton backend block by block.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,13 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     return backend
 
 
-def choose_backend(op: str, backend: str, hidden: torch.Tensor, weight: torch.Tensor,
-                   run: Callable[[str, torch.Tensor, torch.Tensor, bool], torch.Tensor]) -> str:
+def choose_backend(
+    op: str,
+    backend: str,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    run: Callable[[str, torch.Tensor, torch.Tensor, bool], torch.Tensor],
+) -> str:
     """Validate ``backend`` and settle "auto" through ``dispatch.select`` (measured on CUDA).
 
     op: "logprobs" | "fused"; run(b, h, w, grad) runs the call with backend b on the leaves h
@@ -63,8 +69,14 @@ def choose_backend(op: str, backend: str, hidden: torch.Tensor, weight: torch.Te
             if want_grad:
                 out.sum().backward()
 
-    return dispatch.select(op if want_grad else op + "/fwd", backend, hidden, weight, trial,
-                           triton_usable(hidden.device) and hidden.dtype != torch.float64)
+    return dispatch.select(
+        op if want_grad else op + "/fwd",
+        backend,
+        hidden,
+        weight,
+        trial,
+        triton_usable(hidden.device) and hidden.dtype != torch.float64,
+    )
 
 
 def _backward_impl(backend: str):

@@ -21,6 +21,7 @@ in token units has no consistent scale there, so ``alpha != 0`` with ``ipo`` is 
 ``-(1-ε) log σ(z) - ε log σ(-z)``. ``gamma`` is SimPO's target margin and only valid for simpo.
 At the LR-DPO optimum β·log(π/ref) tracks r(x, y) - α|y|: longer answers must earn their length.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -105,8 +106,14 @@ def check_pair_values(
             (rejected_lengths < 0).any() | ((rejected_lengths == 0).any() & (loss_type in LENGTH_NORMALIZED)),
         ]
     ).tolist()
-    names = ["chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "chosen_lengths",
-             "rejected_lengths"]
+    names = [
+        "chosen_logps",
+        "rejected_logps",
+        "ref_chosen_logps",
+        "ref_rejected_logps",
+        "chosen_lengths",
+        "rejected_lengths",
+    ]
     for name, bad in zip(names, flags[:6]):
         if bad:
             raise ValueError(f"{name} contains non-finite values")
@@ -203,8 +210,16 @@ def lrdpo_loss(
     pi_w, pi_l = wide(chosen_logps), wide(rejected_logps)
     ref_w, ref_l = wide(ref_chosen_logps.detach()), wide(ref_rejected_logps.detach())
     margin = pair_margin(
-        pi_w, pi_l, ref_w, ref_l, chosen_lengths, rejected_lengths,
-        beta=beta, alpha=alpha, loss_type=loss_type, gamma=gamma,
+        pi_w,
+        pi_l,
+        ref_w,
+        ref_l,
+        chosen_lengths,
+        rejected_lengths,
+        beta=beta,
+        alpha=alpha,
+        loss_type=loss_type,
+        gamma=gamma,
     )
     loss = pair_losses(margin, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing).mean()
     metrics = pair_metrics(pi_w, pi_l, ref_w, ref_l, chosen_lengths, rejected_lengths, beta=beta, loss_type=loss_type)

@@ -19,6 +19,7 @@ dtype, and dH = E W, dW += E^T H are two more GEMMs (float32 output / accumulato
 never copied to float32. Optional gradient filter (``GRAD_SKIP_THRESHOLD``, 16-bit inputs only):
 vocabulary blocks whose |gradient| is all below it drop out of both GEMMs.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,6 +58,7 @@ def chunk_rows(vocab: int, chunk_tokens: int | None = None, cuda: bool = False) 
 
 
 # ---- the CUDA form: GEMMs in the input dtype + one Triton row pass per chunk ----------------------
+
 
 def fused_pass_enabled(t: torch.Tensor) -> bool:
     """True if chunks of ``t``'s dtype/device take the GEMM + Triton row-pass form."""
@@ -97,8 +99,11 @@ def _mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> 
     if a.dtype == torch.float32:
         return torch.mm(a, b, out=out) if out is not None else a @ b
     if a.is_cuda and _out_dtype_ok(a):
-        return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
-            torch.mm(a, b, out_dtype=torch.float32)
+        return (
+            torch.mm(a, b, out_dtype=torch.float32, out=out)
+            if out is not None
+            else torch.mm(a, b, out_dtype=torch.float32)
+        )
     return torch.mm(a.float(), b.float(), out=out) if out is not None else a.float() @ b.float()
 
 
@@ -126,9 +131,16 @@ def _fp_logits(h: torch.Tensor, w: torch.Tensor, b32: torch.Tensor | None, buf: 
     return z
 
 
-def row_pass(z: torch.Tensor, lab: torch.Tensor, lse: torch.Tensor, logp: torch.Tensor | None,
-             g: torch.Tensor | None, dtype: torch.dtype, inv_temp: float,
-             blockmax: torch.Tensor | None = None) -> torch.Tensor:
+def row_pass(
+    z: torch.Tensor,
+    lab: torch.Tensor,
+    lse: torch.Tensor,
+    logp: torch.Tensor | None,
+    g: torch.Tensor | None,
+    dtype: torch.dtype,
+    inv_temp: float,
+    blockmax: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One launch of ``softmax_grad_kernel`` over the rows of a chunk.
 
     z: float32 [C, V] contiguous raw logits (pre-temperature, bias included); lab: int64 [C] in
@@ -147,11 +159,23 @@ def row_pass(z: torch.Tensor, lab: torch.Tensor, lse: torch.Tensor, logp: torch.
     block_v, warps = _row_block(z.device)
     opts = {} if z.device.type != "cuda" else {"num_warps": warps}
     softmax_grad_kernel[(c,)](
-        z, gout, lab, lse, logp if logp is not None else lse, g if g is not None else lse,
+        z,
+        gout,
+        lab,
+        lse,
+        logp if logp is not None else lse,
+        g if g is not None else lse,
         blockmax if blockmax is not None else lse,
-        v, z.stride(0), gout.stride(0), inv_temp,
-        COMPUTE_LSE=logp is not None, WRITE_GRAD=g is not None, HAS_G=g is not None,
-        TRACK_MAX=blockmax is not None, BLOCK_V=block_v, **opts,
+        v,
+        z.stride(0),
+        gout.stride(0),
+        inv_temp,
+        COMPUTE_LSE=logp is not None,
+        WRITE_GRAD=g is not None,
+        HAS_G=g is not None,
+        TRACK_MAX=blockmax is not None,
+        BLOCK_V=block_v,
+        **opts,
     )
     return gout
 
@@ -192,8 +216,7 @@ def _fp_grad_gemms(e, h, w, r, dh, dw, db, cols=None) -> None:
 def _fp_chunk_grad(z, lab, lse_c, g_rows, h, w, r, inv_temp, dh, dw, db) -> None:
     """Row pass 2 (gradient in place, per-row scale g_rows float32 [C]) + the gradient GEMMs."""
     block_v, _ = _row_block(z.device)
-    bm = torch.zeros(-(-w.shape[0] // block_v), dtype=torch.float32, device=z.device) \
-        if _skip_active(h.dtype) else None
+    bm = torch.zeros(-(-w.shape[0] // block_v), dtype=torch.float32, device=z.device) if _skip_active(h.dtype) else None
     e = row_pass(z, lab, lse_c, None, g_rows.float().contiguous(), h.dtype, inv_temp, bm)
     _fp_grad_gemms(e, h, w, r, dh, dw, db, _live_columns(bm, w.shape[0], block_v))
 
@@ -202,7 +225,7 @@ def _fp_forward_rows(hidden, weight, b32, labels, rows, inv_temp, step, logp, ls
     """CUDA form of ``_forward_rows``: logp[rows], lse[rows] (float32) chunk by chunk."""
     buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
     for start in range(0, rows.numel(), step):
-        r = rows[start:start + step]
+        r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         z = _fp_logits(hidden.index_select(0, r), weight, b32, buf)
         lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
@@ -215,7 +238,7 @@ def _fp_backward_rows(grad, hidden, weight, b32, labels, lse, rows, inv_temp, st
     """CUDA form of ``_backward_rows``: rebuild each chunk's logits, one row pass, two GEMMs."""
     buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
     for start in range(0, rows.numel(), step):
-        r = rows[start:start + step]
+        r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         h = hidden.index_select(0, r)
         z = _fp_logits(h, weight, b32, buf)
@@ -251,8 +274,9 @@ def _exp_inplace(z: torch.Tensor, lab: torch.Tensor):
     return label_logit, m + s.log(), s.reciprocal()
 
 
-def _grad_inplace(e: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp: float,
-                  inv_sum: torch.Tensor | None = None) -> torch.Tensor:
+def _grad_inplace(
+    e: torch.Tensor, lab: torch.Tensor, g: torch.Tensor, inv_temp: float, inv_sum: torch.Tensor | None = None
+) -> torch.Tensor:
     """e [C, V] = softmax * sum (or the softmax itself when inv_sum is None) -> g (onehot - p) / T
     in place: the gradient of sum(g * logp) w.r.t. the pre-temperature logits."""
     scale = -g if inv_sum is None else -g * inv_sum
@@ -281,7 +305,7 @@ def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf
     """Fill logp[rows] and lse[rows] chunk by chunk (in ``buf`` if given)."""
     buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
-        r = rows[start:start + step]
+        r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp, buf)
         label_logit, lse_c, _ = _exp_inplace(z, lab)
@@ -293,7 +317,7 @@ def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh
     """Accumulate the gradients of sum(grad * logp) over ``rows`` into dh, dw, db (in place)."""
     buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
-        r = rows[start:start + step]
+        r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         h = hidden.index_select(0, r).to(w32.dtype)
         z = _chunk_logits(h, w32, b32, inv_temp, buf)
@@ -345,11 +369,14 @@ def token_logprobs_forward(
     rows = scored_rows(labels, ignore_index)
     if fused_pass_enabled(hidden):
         step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
-        _fp_forward_rows(hidden, weight, None if bias is None else bias.float(), labels, rows, 1.0 / temperature,
-                         step, logp, lse)
+        _fp_forward_rows(
+            hidden, weight, None if bias is None else bias.float(), labels, rows, 1.0 / temperature, step, logp, lse
+        )
         return logp, lse, rows
     step = chunk_rows(weight.shape[0], chunk_tokens)
-    _forward_rows(hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, rows, 1.0 / temperature, step, logp, lse)
+    _forward_rows(
+        hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, rows, 1.0 / temperature, step, logp, lse
+    )
     return logp, lse, rows
 
 
@@ -374,12 +401,35 @@ def token_logprobs_backward(
     dh, dw, db = _grad_buffers(hidden, weight, needs)
     if fused_pass_enabled(hidden):
         step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
-        _fp_backward_rows(grad.float(), hidden, weight, None if bias is None else bias.float(), labels, lse, rows,
-                          1.0 / temperature, step, dh, dw, db)
+        _fp_backward_rows(
+            grad.float(),
+            hidden,
+            weight,
+            None if bias is None else bias.float(),
+            labels,
+            lse,
+            rows,
+            1.0 / temperature,
+            step,
+            dh,
+            dw,
+            db,
+        )
         return dh, _cast(dw, weight), _cast(db, bias)
     step = chunk_rows(weight.shape[0], chunk_tokens)
     _backward_rows(
-        grad.to(_acc_dtype(weight)), hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, lse, rows, 1.0 / temperature, step, dh, dw, db
+        grad.to(_acc_dtype(weight)),
+        hidden,
+        _as_acc(weight, weight),
+        _as_acc(bias, weight),
+        labels,
+        lse,
+        rows,
+        1.0 / temperature,
+        step,
+        dh,
+        dw,
+        db,
     )
     return dh, _cast(dw, weight), _cast(db, bias)
 
@@ -438,8 +488,8 @@ def pair_forward_backward(
         p1 = p0 + 1
         while p1 < n_pairs and starts[p1 + 1] - starts[p0] <= budget:
             p1 += 1
-        r = rows[starts[p0]:starts[p1]]
-        local = row_seq[starts[p0]:starts[p1]] - 2 * p0
+        r = rows[starts[p0] : starts[p1]]
+        local = row_seq[starts[p0] : starts[p1]] - 2 * p0
         if r.numel() <= budget and fused:  # GEMM, row pass 1 (lse), pair grad, row pass 2, GEMMs
             lab = labels.index_select(0, r).long()
             h = hidden.index_select(0, r)
@@ -465,6 +515,6 @@ def pair_forward_backward(
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
             g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
             bwd_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf)
-        seq_logps[2 * p0:2 * p1] = group
+        seq_logps[2 * p0 : 2 * p1] = group
         p0 = p1
     return seq_logps, dh, _cast(dw, weight), _cast(db, bias)

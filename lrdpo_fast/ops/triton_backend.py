@@ -3,6 +3,7 @@
 Mirrors ``torch_backend``'s token-level interface so ``ops`` can dispatch to either. Kernels are
 imported lazily: importing lrdpo_fast never imports triton.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,15 +50,30 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
     # split the vocabulary so the grid fills the GPU even for short batches (a split past the
     # vocabulary, possible with a larger tuned BLOCK_V, writes max=-inf, sum=0 and adds nothing)
     nominal_v_blocks = triton_cdiv(v, NOMINAL_BLOCK_V)
-    splits = max(1, min(nominal_v_blocks, triton_cdiv(2 * _sms(hidden.device), max(triton_cdiv(n, NOMINAL_BLOCK_N), 1))))
+    splits = max(
+        1, min(nominal_v_blocks, triton_cdiv(2 * _sms(hidden.device), max(triton_cdiv(n, NOMINAL_BLOCK_N), 1)))
+    )
     parts = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
     if n:
         logprob_fwd_kernel[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]), splits)](
-            hidden, weight, bias if bias is not None else hidden, labels,
-            parts[0], parts[1], parts[2],
-            n, v, d, hidden.stride(0), weight.stride(0),
-            splits, 1.0 / temperature, ignore_index,
-            HAS_BIAS=bias is not None, UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
+            hidden,
+            weight,
+            bias if bias is not None else hidden,
+            labels,
+            parts[0],
+            parts[1],
+            parts[2],
+            n,
+            v,
+            d,
+            hidden.stride(0),
+            weight.stride(0),
+            splits,
+            1.0 / temperature,
+            ignore_index,
+            HAS_BIAS=bias is not None,
+            UPCAST=_interpreting(),
+            PRECISION=_precision(hidden.dtype),
         )
     scored = labels != ignore_index
     m, s, lab = parts[0], parts[1], parts[2]
@@ -85,16 +101,33 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
     # the kernel skips rows by their gradient: zero it wherever the label is not scored
     g_scored = torch.zeros(n, **f32).index_copy_(0, rows, grad.float().index_select(0, rows))
     if n and rows.numel() and (need_h or need_w or need_b):
+
         def grid(meta):
             return triton_cdiv(n, meta["BLOCK_N"]), triton_cdiv(v, meta["BLOCK_V"])
 
         logprob_bwd_kernel[grid](
-            hidden, weight, bias if bias is not None else hidden, labels, lse, g_scored,
-            dh if need_h else dummy, dw if need_w else dummy, db if need_b else dummy,
-            n, v, d, hidden.stride(0), weight.stride(0),
-            1.0 / temperature, float(GRAD_SKIP_THRESHOLD),
-            HAS_BIAS=bias is not None, NEED_DH=need_h, NEED_DW=need_w, NEED_DB=need_b,
-            UPCAST=_interpreting(), PRECISION=_precision(hidden.dtype),
+            hidden,
+            weight,
+            bias if bias is not None else hidden,
+            labels,
+            lse,
+            g_scored,
+            dh if need_h else dummy,
+            dw if need_w else dummy,
+            db if need_b else dummy,
+            n,
+            v,
+            d,
+            hidden.stride(0),
+            weight.stride(0),
+            1.0 / temperature,
+            float(GRAD_SKIP_THRESHOLD),
+            HAS_BIAS=bias is not None,
+            NEED_DH=need_h,
+            NEED_DW=need_w,
+            NEED_DB=need_b,
+            UPCAST=_interpreting(),
+            PRECISION=_precision(hidden.dtype),
         )
     return (
         None if dh is None else dh.to(hidden.dtype),
@@ -113,9 +146,19 @@ def pair_loss(seq_logps, ref_logps, lengths, *, beta, alpha, gamma, label_smooth
     dlogps = torch.empty(n_seqs, dtype=torch.float32, device=seq_logps.device)
     block = 128
     pair_loss_kernel[(triton_cdiv(n_pairs, block),)](
-        seq_logps.float().contiguous(), ref_logps.float().contiguous(), lengths.float().contiguous(),
-        loss, dlogps, n_pairs, float(beta), float(alpha), float(gamma), float(label_smoothing), 1.0 / n_pairs,
-        LOSS_TYPE=loss_type_id, BLOCK=block,
+        seq_logps.float().contiguous(),
+        ref_logps.float().contiguous(),
+        lengths.float().contiguous(),
+        loss,
+        dlogps,
+        n_pairs,
+        float(beta),
+        float(alpha),
+        float(gamma),
+        float(label_smoothing),
+        1.0 / n_pairs,
+        LOSS_TYPE=loss_type_id,
+        BLOCK=block,
     )
     return loss, dlogps
 

@@ -4,6 +4,7 @@ Each check raises ``ValueError`` naming the offending argument, so bad input nev
 silent NaN deep inside a kernel. Checks that need to read tensor values (label range, finiteness,
 cu_seqlens order) are batched into one host synchronisation per call.
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,9 +101,7 @@ def check_linear_inputs(
     flags = torch.stack([bad_label] + [nonfinite_flag(t) for _, t in named]).tolist()
     if flags[0]:
         bad = labels[scored & ((labels < 0) | (labels >= vocab))][:3].tolist()
-        raise ValueError(
-            f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}"
-        )
+        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}")
     for (name, t), flag in zip(named, flags[1:]):
         if flag and confirm_nonfinite(t):
             raise NonFiniteInputError(f"{name} contains non-finite values (NaN or inf)")

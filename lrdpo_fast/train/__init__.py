@@ -3,6 +3,7 @@ parts: the policy+loss root (policy.py), the reference (reference.py), optimizer
 (optim.py), checkpoints (checkpoint.py), torch.distributed / FSDP2 (distributed.py), metrics
 (metrics.py). Never imports vllm.
 """
+
 from .config import TrainConfig
 from .trainer import Trainer
 

@@ -12,6 +12,7 @@ Safety: the trainer state holds only tensors and plain Python values (the RNG st
 and lists, never pickled objects), so it is read with ``torch.load(weights_only=True)``: a
 checkpoint folder from elsewhere cannot run code when resumed. Weights are safetensors only.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,8 +127,9 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, foreign pickle (refused by the weights-only unpickler)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint file {str(f)!r} cannot be read as a trainer state "
-                         f"(weights-only load: {first})") from None
+        raise ValueError(
+            f"checkpoint file {str(f)!r} cannot be read as a trainer state (weights-only load: {first})"
+        ) from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint file {str(f)!r} does not hold a trainer state mapping")
     return state
@@ -142,7 +144,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
     for p in d.iterdir():
         if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file():
             try:
-                step = int(p.name[len(CHECKPOINT_PREFIX):])
+                step = int(p.name[len(CHECKPOINT_PREFIX) :])
             except ValueError:
                 continue
             if best is None or step > best[0]:

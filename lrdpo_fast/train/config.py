@@ -4,6 +4,7 @@ One flat dataclass, validated on construction: a bad value raises ``ValueError``
 field, and an unknown key in a YAML file or dict raises ``ValueError`` naming the key (a typo
 never silently falls back to a default).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,7 +130,11 @@ class TrainConfig:
         for name in ("max_length", "max_prompt_length", "save_steps"):
             if getattr(self, name) is not None:
                 _int_at_least(name, getattr(self, name), 1)
-        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+        if (
+            self.max_length is not None
+            and self.max_prompt_length is not None
+            and self.max_prompt_length >= self.max_length
+        ):
             raise ValueError(
                 f"TrainConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})"
             )
@@ -164,9 +169,7 @@ class TrainConfig:
         known = set(cls.field_names())
         unknown = sorted(k for k in merged if k not in known)
         if unknown:
-            raise ValueError(
-                f"TrainConfig: unknown key(s) {unknown}; valid keys are {sorted(known)}"
-            )
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; valid keys are {sorted(known)}")
         return cls(**merged)
 
     @classmethod
@@ -210,7 +213,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     except OSError as e:
         raise ValueError(f"{what} {str(p)!r} cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+        raise ValueError(
+            f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -225,9 +230,16 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
 
 
 def _positive(name: str, v: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    ok = (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and (v >= 0 if allow_zero else v > 0)
+    )
     if not ok:
-        raise ValueError(f"TrainConfig: {name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {v!r}")
+        raise ValueError(
+            f"TrainConfig: {name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {v!r}"
+        )
 
 
 def _int_at_least(name: str, v: Any, lo: int) -> None:
@@ -252,7 +264,13 @@ def _check_types(cfg: TrainConfig) -> None:
             continue
         ok = isinstance(v, want) and (base == "bool" or not isinstance(v, bool))
         if not ok:
-            what = {"float": "a number", "int": "an int", "bool": "true or false", "str": "a string",
-                    "dict[str, Any]": "a mapping"}[base]
-            raise ValueError(f"TrainConfig: {f.name} must be {what}{' or null' if optional else ''}, "
-                             f"got {type(v).__name__} {v!r}")
+            what = {
+                "float": "a number",
+                "int": "an int",
+                "bool": "true or false",
+                "str": "a string",
+                "dict[str, Any]": "a mapping",
+            }[base]
+            raise ValueError(
+                f"TrainConfig: {f.name} must be {what}{' or null' if optional else ''}, got {type(v).__name__} {v!r}"
+            )

@@ -12,6 +12,7 @@ builds the same model and data; ``Trainer`` then
   of forward and backward line up;
 - sums metric numerators across ranks, and saves full (unsharded) state dicts from rank 0.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,7 @@ def current() -> DistInfo:
 
 def shard_indices(indices: list[int], info: DistInfo) -> list[int]:
     """This rank's share of a step's example indices: ``indices[rank::world]``."""
-    return list(indices[info.rank::info.world_size])
+    return list(indices[info.rank :: info.world_size])
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -104,8 +105,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_policy(root: torch.nn.Module, policy: torch.nn.Module, info: DistInfo,
-                 forward_methods: tuple[str, ...] = ()) -> torch.nn.Module:
+def shard_policy(
+    root: torch.nn.Module, policy: torch.nn.Module, info: DistInfo, forward_methods: tuple[str, ...] = ()
+) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` each decoder layer of ``policy``, then ``root`` (a module that
     owns ``policy`` and whose forward runs the whole loss); ``forward_methods`` are other methods of
     ``root`` that run the policy (they get FSDP's all-gather hooks too). Returns ``root`` (sharded

@@ -1,4 +1,5 @@
 """Per-step metric rows: metrics.jsonl, peak memory, the end-of-run summary and plot."""
+
 from __future__ import annotations
 
 import json

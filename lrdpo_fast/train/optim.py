@@ -4,6 +4,7 @@ The schedule is a ``LambdaLR`` over optimizer steps: linear warm-up from 0 to th
 rate over ``warmup`` steps, then constant, linear decay to 0, or cosine decay to 0 at
 ``total_steps`` (the same shapes as transformers' ``get_*_schedule_with_warmup``).
 """
+
 from __future__ import annotations
 
 import math

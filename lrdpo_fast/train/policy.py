@@ -1,6 +1,7 @@
 """The trained policy plus its objective, as one module: the root that FSDP2 shards and that the
 iterative loop keeps across iterations (``trainer.policy_loss``, passed to the next ``Trainer``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,9 +61,18 @@ class PolicyLoss(nn.Module):
         hidden, weight = hidden.to(dt), weight.to(dt)
         bias = None if bias is None else bias.to(dt)
         return fused_lrdpo_loss(
-            hidden, weight, batch.labels, batch.cu_seqlens,
-            ref_logps=ref_logps, bias=bias, beta=cfg.beta, alpha=cfg.alpha, loss_type=cfg.loss_type,
-            gamma=cfg.gamma, label_smoothing=cfg.label_smoothing, backend=cfg.backend,
+            hidden,
+            weight,
+            batch.labels,
+            batch.cu_seqlens,
+            ref_logps=ref_logps,
+            bias=bias,
+            beta=cfg.beta,
+            alpha=cfg.alpha,
+            loss_type=cfg.loss_type,
+            gamma=cfg.gamma,
+            label_smoothing=cfg.label_smoothing,
+            backend=cfg.backend,
         )
 
     def sequence_logps(self, batch: PackedBatch) -> SequenceLogps:

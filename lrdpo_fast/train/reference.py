@@ -9,6 +9,7 @@
 - ``"precompute"``: the reference model (default: the policy before training) runs once over all
   pairs before training (``lrdpo_fast.model.precompute_reference_logps``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ from .config import TrainConfig
 REFERENCE_SOURCES = ("none", "live", "stored", "through_root", "precompute")
 
 
-def reference_source(cfg: TrainConfig, ref_model: nn.Module | None, examples: Sequence[PairExample],
-                     distributed: bool) -> str:
+def reference_source(
+    cfg: TrainConfig, ref_model: nn.Module | None, examples: Sequence[PairExample], distributed: bool
+) -> str:
     """One of ``REFERENCE_SOURCES`` for this run (see the module docstring)."""
     if cfg.loss_type == "simpo":
         return "none"
@@ -38,8 +40,14 @@ def reference_source(cfg: TrainConfig, ref_model: nn.Module | None, examples: Se
 
 
 @torch.no_grad()
-def precompute_through_root(root: nn.Module, examples: Sequence[PairExample], *, max_tokens_per_batch: int,
-                            device: torch.device, autocast: Callable) -> list[PairExample]:
+def precompute_through_root(
+    root: nn.Module,
+    examples: Sequence[PairExample],
+    *,
+    max_tokens_per_batch: int,
+    device: torch.device,
+    autocast: Callable,
+) -> list[PairExample]:
     """Reference log-probs = the (sharded) policy of ``root`` (a ``PolicyLoss``) before training.
 
     Every rank computes every batch in the same order so FSDP's collectives line up. Returns the

@@ -1,5 +1,6 @@
 """What one optimizer step adds up: pair-weighted sums of the loss and the pair metrics, and the
 pair, token and micro-batch counts, summed across ranks (a typed hand-off, not a flat vector)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ class StepTotals:
     truncated_tokens: float = 0.0
     micro_batches: int = 0
 
-    def add(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], *, pairs: int, tokens: int,
-            truncated_tokens: int) -> None:
+    def add(
+        self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], *, pairs: int, tokens: int, truncated_tokens: int
+    ) -> None:
         """Add one micro-batch: its mean loss and metrics (0-d tensors), weighted by its pairs."""
         vals = torch.stack([loss.detach()] + [metrics[k].detach() for k in PAIR_METRICS]).double().cpu().tolist()
         self.loss += vals[0] * pairs
@@ -51,12 +53,16 @@ class StepTotals:
         ``device``: where the collective runs (the training device: NCCL needs CUDA tensors)."""
         if not info.enabled:
             return self
-        flat = torch.tensor([self.loss, *[self.metrics[k] for k in PAIR_METRICS], self.pairs, self.tokens,
-                             self.truncated_tokens], dtype=torch.float64, device=device)
+        flat = torch.tensor(
+            [self.loss, *[self.metrics[k] for k in PAIR_METRICS], self.pairs, self.tokens, self.truncated_tokens],
+            dtype=torch.float64,
+            device=device,
+        )
         vals = dist_utils.all_reduce_sum(flat, info).cpu().tolist()
         n = len(PAIR_METRICS)
-        return StepTotals(vals[0], dict(zip(PAIR_METRICS, vals[1:n + 1])), vals[n + 1], vals[n + 2], vals[n + 3],
-                          self.micro_batches)
+        return StepTotals(
+            vals[0], dict(zip(PAIR_METRICS, vals[1 : n + 1])), vals[n + 1], vals[n + 2], vals[n + 3], self.micro_batches
+        )
 
     def means(self) -> dict[str, float]:
         """``{"loss": mean loss over pairs, <each PAIR_METRICS key>: mean over pairs}``."""

@@ -27,6 +27,7 @@ policy itself before its first step, precomputed once). ``trainer.model`` is the
 to the next iteration's Trainer as ``model``; ``trainer.export_state_dict()`` gives full weights
 (e.g. to sync a vLLM sampler).
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,8 +54,15 @@ from .policy import PolicyLoss, disable_dropout
 from .reference import precompute_through_root, reference_source
 from .steps import PAIR_METRICS, StepTotals
 
-__all__ = ["PAIR_METRICS", "NonFiniteTrainingError", "PolicyLoss", "StepTotals", "Trainer", "disable_dropout",
-           "load_pairs"]
+__all__ = [
+    "PAIR_METRICS",
+    "NonFiniteTrainingError",
+    "PolicyLoss",
+    "StepTotals",
+    "Trainer",
+    "disable_dropout",
+    "load_pairs",
+]
 
 
 def _model_vocab_size(model: nn.Module) -> int | None:
@@ -89,8 +97,15 @@ class Trainer:
             it is before training (precomputed), or a frozen deep copy when ``live_reference``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, pairs, config: TrainConfig | None = None, *,
-                 ref_model: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        pairs,
+        config: TrainConfig | None = None,
+        *,
+        ref_model: nn.Module | None = None,
+    ):
         cfg = TrainConfig() if config is None else config
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"config must be a TrainConfig, got {type(cfg).__name__}")
@@ -101,7 +116,10 @@ class Trainer:
         self.device, self.dist = self._setup_device()
         torch.manual_seed(cfg.seed)
         self.examples: list[PairExample] = load_pairs(
-            pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+            pairs,
+            tokenizer,
+            max_length=cfg.max_length,
+            max_prompt_length=cfg.max_prompt_length,
             vocab_size=_model_vocab_size(model),  # ids outside the model's vocabulary: refused here
         )
         self.policy_loss: PolicyLoss | None = model if isinstance(model, PolicyLoss) else None
@@ -134,8 +152,11 @@ class Trainer:
         self.policy_loss = self._setup_model()
         if source == "through_root":
             self.examples = precompute_through_root(
-                self.policy_loss, self.examples, max_tokens_per_batch=self.cfg.max_tokens_per_batch,
-                device=self.device, autocast=self._autocast,
+                self.policy_loss,
+                self.examples,
+                max_tokens_per_batch=self.cfg.max_tokens_per_batch,
+                device=self.device,
+                autocast=self._autocast,
             )
         self.optimizer = self._setup_optimizer()
         self.scheduler = self._setup_lr_scheduler(self.optimizer)
@@ -143,7 +164,9 @@ class Trainer:
 
     def _setup_device(self) -> tuple[torch.device, dist_utils.DistInfo]:
         cfg = self.cfg
-        device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = (
+            torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         info = dist_utils.init_distributed(device.type)
         if device.type == "cuda" and info.enabled and cfg.device is None:
             device = torch.device("cuda", info.local_rank)
@@ -181,7 +204,10 @@ class Trainer:
             ref.to(self.device)
             with self._autocast():
                 self.examples = precompute_reference_logps(
-                    ref, self.examples, max_tokens_per_batch=cfg.max_tokens_per_batch, backend=cfg.backend,
+                    ref,
+                    self.examples,
+                    max_tokens_per_batch=cfg.max_tokens_per_batch,
+                    backend=cfg.backend,
                     progress=cfg.progress and self.dist.is_main,
                 )
         return None
@@ -229,7 +255,7 @@ class Trainer:
             self.epoch += 1
             self.position = 0
         order = self._epoch_order(self.epoch)
-        idx = order[self.position:self.position + self.cfg.pairs_per_step]
+        idx = order[self.position : self.position + self.cfg.pairs_per_step]
         self.position += len(idx)
         return idx
 
@@ -239,7 +265,9 @@ class Trainer:
         repeats (of ``filler``, an example of the step) so every rank runs the same number (FSDP
         collectives must line up)."""
         exs = [self.examples[i] for i in mine]
-        groups = [[mine[j] for j in b] for b in token_budget_batches(exs, self.cfg.max_tokens_per_batch)] if mine else []
+        groups = (
+            [[mine[j] for j in b] for b in token_budget_batches(exs, self.cfg.max_tokens_per_batch)] if mine else []
+        )
         out = [(g, 1.0) for g in groups]
         want = dist_utils.max_int(len(out), self.dist, self.device)
         while len(out) < want:
@@ -283,8 +311,9 @@ class Trainer:
             scale = w * batch.num_pairs / global_pairs * info.world_size
             (loss * scale).backward()
             if w:
-                totals.add(loss, m, pairs=batch.num_pairs, tokens=batch.num_tokens,
-                           truncated_tokens=batch.num_truncated_tokens)
+                totals.add(
+                    loss, m, pairs=batch.num_pairs, tokens=batch.num_tokens, truncated_tokens=batch.num_truncated_tokens
+                )
         return totals.all_reduce(info, self.device)
 
     def train_step(self) -> dict:
@@ -316,19 +345,21 @@ class Trainer:
             row.update(totals.means())
         else:  # the first micro-batch already failed
             row.update({"loss": float("nan"), **dict.fromkeys(PAIR_METRICS, float("nan"))})
-        row.update({
-            "skipped": skipped,
-            "learning_rate": lr,
-            "grad_norm": grad_norm,
-            "pairs": int(totals.pairs),
-            "tokens": int(totals.tokens),
-            "truncated_tokens": int(totals.truncated_tokens),
-            "micro_batches": totals.micro_batches,
-            "step_time_s": dt,
-            "tokens_per_s": totals.tokens / dt,
-            "pairs_per_s": totals.pairs / dt,
-            "peak_memory_mb": peak_memory_mb(self.device),
-        })
+        row.update(
+            {
+                "skipped": skipped,
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "pairs": int(totals.pairs),
+                "tokens": int(totals.tokens),
+                "truncated_tokens": int(totals.truncated_tokens),
+                "micro_batches": totals.micro_batches,
+                "step_time_s": dt,
+                "tokens_per_s": totals.tokens / dt,
+                "pairs_per_s": totals.pairs / dt,
+                "peak_memory_mb": peak_memory_mb(self.device),
+            }
+        )
         if getattr(totals, "nonfinite", None):
             row["nonfinite"] = totals.nonfinite
         return row
@@ -365,14 +396,22 @@ class Trainer:
             cfg.to_yaml(Path(cfg.output_dir) / "train_config.yaml")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="lr-dpo", unit="step",
-                   disable=not (cfg.progress and info.is_main))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc="lr-dpo",
+            unit="step",
+            disable=not (cfg.progress and info.is_main),
+        )
         while self.global_step < self.total_steps:
             row = self.train_step()
             fault_point("train_step")
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
-                            margin=f"{row['rewards/margins']:.3f}")
+            bar.set_postfix(
+                loss=f"{row['loss']:.4f}",
+                acc=f"{row['rewards/accuracies']:.2f}",
+                margin=f"{row['rewards/margins']:.3f}",
+            )
             if row["skipped"] or self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 self.history.append(row)
                 self.writer.write(row)
@@ -384,8 +423,11 @@ class Trainer:
             if cfg.save_steps and self.global_step % cfg.save_steps == 0 and self.global_step < self.total_steps:
                 self.save_checkpoint()
         bar.close()
-        if cfg.save_final and self.bad_steps == 0 and (
-                self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}")):
+        if (
+            cfg.save_final
+            and self.bad_steps == 0
+            and (self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}"))
+        ):
             self.save_checkpoint()
         if cfg.plot and info.is_main:
             plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE)
@@ -421,7 +463,11 @@ class Trainer:
         Written into ``<path>.partial`` and renamed into place once complete, so a run killed
         mid-save never leaves a folder that ``latest_checkpoint`` would take as a checkpoint."""
         self.setup()
-        path = Path(path) if path is not None else Path(self.cfg.output_dir) / f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}"
+        path = (
+            Path(path)
+            if path is not None
+            else Path(self.cfg.output_dir) / f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}"
+        )
         if self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -434,17 +480,20 @@ class Trainer:
         dist_utils.barrier(self.dist)
         self.save_model(staging)
         if self.dist.is_main:
-            ckpt.save_trainer_state(staging, {
-                "optimizer": opt_state,
-                "scheduler": self.scheduler.state_dict(),
-                "global_step": self.global_step,
-                "epoch": self.epoch,
-                "position": self.position,
-                "num_examples": len(self.examples),
-                "rng": ckpt.rng_state(),
-                "reference_logps": self._reference_table(),
-                "config": self.cfg.to_dict(),
-            })
+            ckpt.save_trainer_state(
+                staging,
+                {
+                    "optimizer": opt_state,
+                    "scheduler": self.scheduler.state_dict(),
+                    "global_step": self.global_step,
+                    "epoch": self.epoch,
+                    "position": self.position,
+                    "num_examples": len(self.examples),
+                    "rng": ckpt.rng_state(),
+                    "reference_logps": self._reference_table(),
+                    "config": self.cfg.to_dict(),
+                },
+            )
             self.cfg.to_yaml(staging / "train_config.yaml")
             commit_dir(staging, path)
         dist_utils.barrier(self.dist)
