@@ -1,5 +1,6 @@
 """2 processes (torchrun, FSDP2 on gloo) vs 1 process on the same data: the same trajectory;
-and a 2-process resume from a checkpoint continues it."""
+a 2-process resume from a checkpoint continues it; and the iterative loop under torchrun writes
+the run directory of one process."""
 
 from __future__ import annotations
 
@@ -174,3 +175,95 @@ def test_iterative_loop_two_processes_match_one(tmp_path):
         for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
             assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-5), (key, a["step"])
     assert results["two"]["norm"] == pytest.approx(results["one"]["norm"], rel=1e-6)
+
+
+ITERATE_RUN = """\
+policy: {model}
+prompts: prompts.jsonl
+iterations: 2
+prompts_per_iteration: 6
+run_dir: run
+seed: 3
+sampler: {{n: 4, temperature: 1.0, max_new_tokens: 10, dtype: float32, max_model_len: 128, enforce_eager: true}}
+reward: {{callable: "loop_rules:score"}}
+pairs: {{strategy: best_worst, drop_truncated: false}}
+train: {{beta: 0.1, alpha: 0.05, learning_rate: 2.0e-3, lr_scheduler: constant, pairs_per_step: 3, num_epochs: 1,
+         save_steps: 1, progress: false, plot: false, device: cpu}}
+eval: {{prompts: heldout.jsonl, n: 2, metrics: {{mean_chars: "loop_rules:mean_chars"}}}}
+"""
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
+    """``lrdpo-fast pairs run.yaml --iteration 1`` (iteration 0 in full: sample, score, pairs,
+    train, sync, eval; then iteration 1 up to its pairs) under torchrun with 2 CPU ranks (gloo,
+    rank 0 hosts the vLLM engine) and in 1 process: the same run directory. Iteration 1 samples
+    from the synced FSDP-trained policy_1 and takes its reference log-probs from the sharded root,
+    so a wrong sync, a reference from a shard or ranks trained on different pairs all show."""
+    pytest.importorskip("vllm")
+    from lrdpo_fast.train.checkpoint import load_model_weights
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "LRDPO_FAULT", "LRDPO_SAMPLER_SHARDING")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        OMP_NUM_THREADS="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        PYTHONPATH=tests_dir + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    runs = {}
+    for name, launcher in (
+        ("one", [sys.executable]),
+        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]),
+    ):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "prompts.jsonl").write_text(
+            "".join(json.dumps({"prompt": f"the quick fox {i} says"}) + "\n" for i in range(10))
+        )
+        (d / "heldout.jsonl").write_text("".join(json.dumps({"prompt": f"hello world {i}"}) + "\n" for i in range(4)))
+        (d / "run.yaml").write_text(ITERATE_RUN.format(model=tiny_model_dir))
+        cmd = launcher + ["-m", "lrdpo_fast.cli", "pairs", "run.yaml", "--iteration", "1"]
+        proc = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        runs[name] = (d / "run", proc)
+    (one, _), (two, proc) = runs["one"], runs["two"]
+    assert "the engine runs in another process" in proc.stderr  # the rank0 layout: torchrun took effect
+    assert not [p for p in two.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+
+    for i in range(2):
+        for name in ("samples.jsonl", "scores.jsonl", "pairs_stats.json"):
+            assert (two / f"iter_{i}" / name).read_bytes() == (one / f"iter_{i}" / name).read_bytes(), (i, name)
+        pairs_one, pairs_two = _jsonl(one / f"iter_{i}/pairs.jsonl"), _jsonl(two / f"iter_{i}/pairs.jsonl")
+        assert len(pairs_two) == len(pairs_one) >= 3
+        for a, b in zip(pairs_one, pairs_two):
+            ref = ("ref_chosen_logps", "ref_rejected_logps")
+            assert {k: v for k, v in b.items() if k not in ref} == {k: v for k, v in a.items() if k not in ref}
+            for k in ref:
+                assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-6), (i, k)
+    assert not (two / "iter_1/train").exists()  # stopped after iteration 1's pairs
+
+    w1, w2 = load_model_weights(one / "iter_0/policy"), load_model_weights(two / "iter_0/policy")
+    w0 = load_model_weights(tiny_model_dir)
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k] - w0[k]).abs().max()) for k in w1) > 1e-3  # training moved the weights
+    for k in w1:  # per tensor, relative (AdamW amplifies the float noise of near-zero gradients: 5e-6 here)
+        assert float((w2[k] - w1[k]).norm()) <= 1e-5 * float(w1[k].norm()), k
+
+    timing = ("time_", "_per_s", "wall_s")
+    rows = {}
+    for name, (run, _) in runs.items():
+        rows[name] = [
+            {k: v for k, v in r.items() if not any(t in k for t in timing)} for r in _jsonl(run / "summary.jsonl")
+        ]
+    assert [r["iteration"] for r in rows["two"]] == [0, 1]
+    assert "win_rate" in rows["two"][1] and rows["two"][1]["pairs_kept"] >= 3
+    for a, b in zip(rows["one"], rows["two"]):
+        assert b.keys() == a.keys()
+        for k in a:
+            assert b[k] == (pytest.approx(a[k], rel=1e-5, abs=1e-7) if isinstance(a[k], float) else a[k]), k

@@ -34,10 +34,19 @@ def _load(args):
     return IterateConfig.from_yaml(args.config, **overrides)
 
 
+def _end_distributed() -> None:
+    """Under torchrun: take down the process group the loop started, before the process exits."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_iterate(args) -> int:
     from ..loop.iterate import iterate
 
     iterate(_load(args))
+    _end_distributed()
     return 0
 
 
@@ -46,6 +55,7 @@ def run_phase(args) -> int:
 
     phase = args.command
     iterate(_load(args), stop_after=(args.iteration, phase))
+    _end_distributed()
     return 0
 
 

@@ -13,7 +13,10 @@ from .config import EvalSpec
 def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> dict:
     """Sample the held-out ``prompts`` from the live sampler, judge them, compute the extra
     ``metrics`` (name -> fn(prompts, responses) -> float) and, for r > 0, the win rates against
-    row 0. Returns the row's fields (also written to ``eval/row_{r}.json``)."""
+    row 0. Returns the row's fields (also written to ``eval/row_{r}.json``).
+
+    Under torchrun every rank takes part in the (collective) sampling; rank 0 alone judges and
+    writes, the other ranks return ``{}`` (the loop waits for rank 0, then reads the file)."""
     path = st.run.eval_dir / f"row_{r}.json"
     if path.is_file():
         import json
@@ -30,6 +33,8 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
         max_new_tokens=ev.max_new_tokens or sc.max_new_tokens,
         seed=st.cfg.seed * 1_000_003 + 999_983,
     )
+    if not st.dist.is_main:
+        return {}
     flat_p = [p for p, g in zip(prompts, groups) for _ in g]
     flat_r = [s.text for g in groups for s in g]
     lengths = [s.num_tokens for g in groups for s in g]

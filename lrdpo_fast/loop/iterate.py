@@ -5,6 +5,14 @@ score, pair (+ reference log-probs of policy_i), train policy_{i+1} against poli
 sync it into the sampler in memory, evaluate; then one summary row per policy (row 0 = the start
 policy). Each phase is skipped when its completion marker exists, so rerunning the same command
 after a kill continues from the last complete phase (training from its last checkpoint).
+
+Under torchrun (``torchrun --nproc_per_node K -m lrdpo_fast.cli iterate run.yaml``) every rank
+runs the same loop: the Trainer shards the policy with FSDP2, the sampler splits the prompts over
+ranks or keeps its engine on rank 0 (``VLLMSampler``'s layouts) and gives every rank all samples,
+and rank 0 alone writes the run directory (which every rank must see: one machine, or a shared
+file system). Every rank waits for rank 0's writes before going on, so all ranks agree on which
+phases are done and train on the same pairs.jsonl. Not supported there: an implicit reward (it
+would run the sharded policy outside its FSDP root).
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.atomic import atomic_write_jsonl
+from ..train.distributed import DistInfo, barrier, init_distributed
 from .config import EXAMPLE, IterateConfig, RewardSpec
 from .phases import LoopState, pairs_phase, sample_phase, score_phase, train_phase
 from .report import format_table, plot_summary
@@ -92,6 +103,45 @@ def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None):
     return ImplicitReward(st_policy, ref, tokenizer)
 
 
+def _start_distributed(cfg: IterateConfig) -> DistInfo:
+    """torchrun's process group (the backend the Trainer would pick), or one process; refuses
+    what the loop cannot run on several ranks."""
+    device = cfg.train_config().device
+    ranks = init_distributed(torch.device(device).type if device else None)
+    if ranks.enabled:
+        implicit = [
+            name
+            for name, spec in (("reward", cfg.reward), ("eval.judge", cfg.eval.judge if cfg.eval else None))
+            if spec is not None and spec.implicit
+        ]
+        if implicit:
+            raise ValueError(
+                f"{implicit[0]}: the implicit reward is not supported under torchrun (world size "
+                f"{ranks.world_size}); run it in one process or use a callable or reward_model"
+            )
+    return ranks
+
+
+def _on_main(ranks: DistInfo, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on rank 0 only; a ValueError it raises is raised on every rank (no rank is
+    left waiting in a collective). Every rank returns after rank 0 is done."""
+    error = None
+    if ranks.is_main:
+        try:
+            fn()
+        except ValueError as e:
+            error = e
+    if ranks.enabled:
+        import torch.distributed as dist
+
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            raise ValueError(box[0])
+    if error is not None:
+        raise error
+
+
 def _summary_row(st: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]:
     run = st.run
     row: dict[str, Any] = {"iteration": r}
@@ -134,6 +184,8 @@ def iterate(
 
     ``progress``: print the summary table after each iteration. ``on_row``: called with each new
     summary row (row 0 = the start policy, then one per finished iteration) as it is written.
+    Under torchrun (module docstring) every rank returns the rows; rank 0 alone prints and calls
+    ``on_row``.
 
     ``stop_after=(i, phase)``: run what is missing up to and including that phase of iteration
     ``i``, then stop (``lrdpo-fast sample|score|pairs|train run.yaml --iteration i``).
@@ -152,6 +204,7 @@ def iterate(
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import lrdpo_fast
 
+    ranks = _start_distributed(cfg)
     run = RunDir(Path(cfg.run_dir))
     prompt_pool = _load_prompts(cfg.prompts, "train")
     eval_prompts = None
@@ -160,7 +213,7 @@ def iterate(
         if cfg.eval.num_prompts is not None:
             eval_prompts = eval_prompts[: cfg.eval.num_prompts]
     policy_path, model, tokenizer = _load_policy(cfg)
-    run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__)
+    _on_main(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__))
 
     # where to start: after the last iteration whose policy was saved
     first = 0
@@ -192,12 +245,12 @@ def iterate(
         cpu_threads=sc.cpu_threads,
         **({"enforce_eager": True} if sc.enforce_eager else {}),
     )
-    st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool)
+    st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool, dist=ranks)
     try:
         if first > 0:
             sampler.load_weights(model)
         _eval(st, first, eval_prompts, judge, metrics)  # the start policy (row 0), or a resumed one
-        if on_row is not None and first == 0 and stop_after is None:
+        if on_row is not None and first == 0 and stop_after is None and ranks.is_main:
             on_row(summary_rows(st, 0)[0])
         for i in range(first, cfg.iterations):
             for phase in PHASES:
@@ -208,7 +261,9 @@ def iterate(
                 t0 = time.perf_counter()
                 info = PHASE_FUNCS[phase](st, i)
                 info["wall_s"] = time.perf_counter() - t0
-                run.mark_done(i, phase, info)
+                if ranks.is_main:
+                    run.mark_done(i, phase, info)
+                barrier(ranks)  # every rank sees the outputs and the marker before going on
                 if phase == "train" and sampler.sleep_mode:
                     sampler.wake_up()
                 if stop_after == (i, phase):
@@ -219,14 +274,17 @@ def iterate(
                 sampler.load_weights(st.model)
             _eval(st, i + 1, eval_prompts, judge, metrics)
             rows = summary_rows(st, i + 1)
-            atomic_write_jsonl(run.summary_path, rows)
-            if progress:
-                print(format_table(rows, SUMMARY_TABLE), flush=True)
-            if on_row is not None:
-                on_row(rows[-1])
+            if ranks.is_main:
+                atomic_write_jsonl(run.summary_path, rows)
+                if progress:
+                    print(format_table(rows, SUMMARY_TABLE), flush=True)
+                if on_row is not None:
+                    on_row(rows[-1])
         rows = summary_rows(st, cfg.iterations)
-        atomic_write_jsonl(run.summary_path, rows)
-        plot_summary(rows, run.root / "report.png")
+        if ranks.is_main:
+            atomic_write_jsonl(run.summary_path, rows)
+            plot_summary(rows, run.root / "report.png")
+        barrier(ranks)
         return rows
     finally:
         sampler.close()
@@ -242,7 +300,9 @@ def _eval(st: LoopState, r: int, prompts, judge, metrics) -> dict | None:
         return None
     from .evaluation_phase import evaluate_row
 
-    return evaluate_row(st, r, prompts, judge, metrics)
+    row = evaluate_row(st, r, prompts, judge, metrics)
+    barrier(st.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
+    return row
 
 
 def _eval_cached(run: RunDir, r: int) -> dict | None:

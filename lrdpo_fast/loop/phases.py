@@ -5,10 +5,17 @@ outputs atomically and returns a JSON-able summary (stored in the phase's comple
     score:  the reward of every response                             -> scores.jsonl
     pairs:  build_pairs + the reference log-probs under policy_i     -> pairs.jsonl, pairs_stats.json
     train:  LR-DPO of policy_i against itself (stored reference)     -> train/, policy/
+
+Under torchrun every rank runs every phase (the loop calls them on all ranks) and rank 0 alone
+writes the outputs; the phases after it read them back, so every rank trains on rank 0's pairs.
+Sampling is collective (the sampler gathers the samples to every rank); scoring runs on rank 0;
+the reference log-probs of a policy already sharded by FSDP2 are computed through its sharded root
+on every rank (a collective), those of an unsharded one on rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,6 +28,8 @@ from ..data.files import read_jsonl
 from ..data.records import tokenize_pairs
 from ..model.packed import precompute_reference_logps
 from ..train.checkpoint import latest_checkpoint
+from ..train.distributed import DistInfo
+from ..train.reference import precompute_through_root
 from ..train.trainer import Trainer
 from .config import IterateConfig
 from .pairs import ScoredGroup, build_pairs
@@ -32,7 +41,7 @@ from .samples import Sample
 class LoopState:
     """What lives for the whole run: the config, its run directory, the tokenizer, the policy
     (a module, or the ``PolicyLoss`` root a Trainer returned), the sampler, the reward, the
-    prompt pool."""
+    prompt pool, and this process's rank (``dist``: rank 0 writes the run directory)."""
 
     cfg: IterateConfig
     run: RunDir
@@ -43,6 +52,7 @@ class LoopState:
     prompt_pool: list
     reference: torch.nn.Module | None = None  # implicit reward: the current policy's own reference
     timings: dict[str, float] = field(default_factory=dict)
+    dist: DistInfo = field(default_factory=DistInfo)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -88,7 +98,8 @@ def sample_phase(st: LoopState, i: int) -> dict:
         for p, group in enumerate(groups)
         for j, s in enumerate(group)
     ]
-    atomic_write_jsonl(st.run.path(i, "samples.jsonl"), rows)
+    if st.dist.is_main:
+        atomic_write_jsonl(st.run.path(i, "samples.jsonl"), rows)
     lengths = [s.num_tokens for g in groups for s in g]
     return {
         "prompts": len(prompts),
@@ -101,7 +112,11 @@ def sample_phase(st: LoopState, i: int) -> dict:
 
 
 def score_phase(st: LoopState, i: int) -> dict:
-    """Score every sampled response with the run's reward (token ids for the implicit reward)."""
+    """Score every sampled response with the run's reward (token ids for the implicit reward).
+    Under torchrun rank 0 scores and writes; the other ranks return ``{}`` (the loop only records
+    rank 0's summary)."""
+    if not st.dist.is_main:
+        return {}
     prompts, groups = _samples_of(st.run, i)
     flat_p, flat_r = [], []
     for p, g in zip(prompts, groups):
@@ -130,7 +145,11 @@ def score_phase(st: LoopState, i: int) -> dict:
 
 
 def pairs_phase(st: LoopState, i: int) -> dict:
-    """Best/worst pairs from the scores, with the reference log-probs of policy_i (packed, fused)."""
+    """Best/worst pairs from the scores, with the reference log-probs of policy_i (packed, fused).
+
+    Every rank builds the pairs (so all raise alike when none is kept); rank 0 writes them. The
+    reference: through the root when policy_i is FSDP2-sharded (every rank, in the same order),
+    else the unsharded model on rank 0 (the other ranks return ``{}``)."""
     cfg = st.cfg
     prompts, groups = _samples_of(st.run, i)
     scores: list[list[float]] = [[] for _ in groups]
@@ -155,15 +174,29 @@ def pairs_phase(st: LoopState, i: int) -> dict:
         pairs, st.tokenizer, max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length
     )
     n_tokens = sum(ex.num_tokens for ex in examples)
+    sharded = getattr(st.policy, "sharded", False)
+    if train_cfg.loss_type != "simpo" and sharded:
+        # FSDP2: only the root's forward methods gather the full weights (its own embeddings,
+        # final norm and LM head included); the same fp32 computation as the unsharded path
+        examples = precompute_through_root(
+            st.policy,
+            examples,
+            max_tokens_per_batch=train_cfg.max_tokens_per_batch,
+            device=next(st.policy.parameters()).device,
+            autocast=contextlib.nullcontext,
+        )
+    if not st.dist.is_main:
+        return {}
     if train_cfg.loss_type != "simpo":
-        with torch.no_grad():
-            examples = precompute_reference_logps(
-                st.model,
-                examples,
-                max_tokens_per_batch=train_cfg.max_tokens_per_batch,
-                backend=train_cfg.backend,
-                progress=train_cfg.progress,
-            )
+        if not sharded:
+            with torch.no_grad():
+                examples = precompute_reference_logps(
+                    st.model,
+                    examples,
+                    max_tokens_per_batch=train_cfg.max_tokens_per_batch,
+                    backend=train_cfg.backend,
+                    progress=train_cfg.progress,
+                )
         for rec, ex in zip(pairs, examples):
             rec["ref_chosen_logps"], rec["ref_rejected_logps"] = ex.ref_chosen_logps, ex.ref_rejected_logps
     dt = time.perf_counter() - t0
@@ -176,7 +209,8 @@ def pairs_phase(st: LoopState, i: int) -> dict:
 
 def train_phase(st: LoopState, i: int) -> dict:
     """LR-DPO of the live policy on this iteration's pairs (reference = the stored log-probs of
-    policy_i), resumed from its last checkpoint when one exists; saves policy_{i+1}."""
+    policy_i), resumed from its last checkpoint when one exists; saves policy_{i+1}. Under
+    torchrun every rank reads rank 0's pairs.jsonl and the Trainer shards the policy (FSDP2)."""
     out_dir = st.run.path(i, "train")
     train_cfg = st.cfg.train_config(output_dir=str(out_dir), save_final=False)
     pairs = read_jsonl(st.run.path(i, "pairs.jsonl"))
@@ -186,8 +220,11 @@ def train_phase(st: LoopState, i: int) -> dict:
     history = trainer.train(resume_from_checkpoint=resume)
     dt = time.perf_counter() - t0
     st.policy = trainer.policy_loss  # one (possibly sharded) policy for the whole run
-    with atomic_dir(st.run.path(i, "policy")) as tmp:
-        trainer.save_model(tmp)
+    if st.dist.is_main:
+        with atomic_dir(st.run.path(i, "policy")) as tmp:
+            trainer.save_model(tmp)
+    else:
+        trainer.save_model(st.run.path(i, "policy"))  # takes part in the gather; rank 0 writes
     last = history[-1] if history else {}
     n_tokens = sum(r.get("tokens", 0) for r in history)
     return {
