@@ -252,8 +252,10 @@ def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
     w0 = load_model_weights(tiny_model_dir)
     assert w1.keys() == w2.keys()
     assert max(float((w1[k] - w0[k]).abs().max()) for k in w1) > 1e-3  # training moved the weights
-    for k in w1:  # per tensor, relative (AdamW amplifies the float noise of near-zero gradients: 5e-6 here)
-        assert float((w2[k] - w1[k]).norm()) <= 1e-5 * float(w1[k].norm()), k
+    # per tensor, relative: AdamW amplifies the float noise of near-zero gradients (5e-6 measured here;
+    # 4e-5 leaves room for another CPU's kernels and is still ~1000x under a rank training on other pairs)
+    for k in w1:
+        assert float((w2[k] - w1[k]).norm()) <= 4e-5 * float(w1[k].norm()), k
 
     timing = ("time_", "_per_s", "wall_s")
     rows = {}
