@@ -488,6 +488,8 @@ ITERATE_CASES = [
     ),
     ("sampler_top_p_zero", {"sampler": {"top_p": 0}}, ["sampler.top_p must be in (0.0, 1.0]"]),
     ("sampler_dtype", {"sampler": {"dtype": "fp8"}}, ["sampler.dtype must be auto, float32, bfloat16 or float16"]),
+    ("sampler_enforce_eager", {"sampler": {"enforce_eager": "yes"}}, ["sampler.enforce_eager", "true or false"]),
+    ("sampler_cpu_threads", {"sampler": {"cpu_threads": 0}}, ["sampler.cpu_threads"]),
     ("reward_empty", {"reward": None}, ["reward needs exactly one of callable, reward_model, implicit; got none"]),
     (
         "reward_two_kinds",

@@ -170,6 +170,12 @@ def test_seeded_samples_are_reproducible(vllm_sampler):
     assert ids(first_two) == [g[:2] for g in ids(a)]
     assert ids(vllm_sampler.generate(PROMPTS[:3], **kw)) == ids(vllm_sampler.generate(PROMPTS[:3], seed=0, **kw))
     assert request_seed(7, 0, 1) != request_seed(7, 1, 0) and request_seed(7, 2, 1) == request_seed(7, 2, 1)
+    # a progress bar and one torch thread while sampling change nothing in the samples
+    vllm_sampler.cpu_threads = 1
+    try:
+        assert ids(vllm_sampler.generate(PROMPTS[:3], seed=7, progress=True, **kw)) == ids(a)
+    finally:
+        vllm_sampler.cpu_threads = None
 
 
 def test_seeded_batch_larger_than_one_engine_step(vllm_sampler):
@@ -314,6 +320,8 @@ def test_constructor_rejects_bad_arguments(tmp_path):
         VLLMSampler(str(tmp_path), tensor_parallel_size=0)
     with pytest.raises(ValueError, match="gpu_memory_utilization must be"):
         VLLMSampler(str(tmp_path), gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="cpu_threads must be an int >= 1"):
+        VLLMSampler(str(tmp_path), cpu_threads=0)
 
 
 TORCHRUN_SCRIPT = """\

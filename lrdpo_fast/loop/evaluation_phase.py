@@ -32,6 +32,7 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
         top_p=sc.top_p,
         max_new_tokens=ev.max_new_tokens or sc.max_new_tokens,
         seed=st.cfg.seed * 1_000_003 + 999_983,
+        progress=st.progress and st.dist.is_main,
     )
     if not st.dist.is_main:
         return {}

@@ -182,7 +182,8 @@ def iterate(
 ) -> list[dict]:
     """Run (or resume) the iterative loop of ``cfg``; returns the summary rows (= summary.jsonl).
 
-    ``progress``: print the summary table after each iteration. ``on_row``: called with each new
+    ``progress``: progress bars while sampling, evaluating and training (``train.progress``), and
+    the summary table after each iteration. ``on_row``: called with each new
     summary row (row 0 = the start policy, then one per finished iteration) as it is written.
     Under torchrun (module docstring) every rank returns the rows; rank 0 alone prints and calls
     ``on_row``.
@@ -245,7 +246,7 @@ def iterate(
         cpu_threads=sc.cpu_threads,
         **({"enforce_eager": True} if sc.enforce_eager else {}),
     )
-    st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool, dist=ranks)
+    st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool, dist=ranks, progress=progress)
     try:
         if first > 0:
             sampler.load_weights(model)

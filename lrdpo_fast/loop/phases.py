@@ -53,6 +53,7 @@ class LoopState:
     reference: torch.nn.Module | None = None  # implicit reward: the current policy's own reference
     timings: dict[str, float] = field(default_factory=dict)
     dist: DistInfo = field(default_factory=DistInfo)
+    progress: bool = False  # progress bars for sampling and evaluation (rank 0)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -90,6 +91,7 @@ def sample_phase(st: LoopState, i: int) -> dict:
         top_p=sc.top_p,
         max_new_tokens=sc.max_new_tokens,
         seed=cfg.seed * 1_000_003 + i,
+        progress=st.progress and st.dist.is_main,
     )
     dt = time.perf_counter() - t0
     fault_point("sample")

@@ -744,6 +744,7 @@ class VLLMSampler:
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         logprobs: bool = False,
+        progress: bool = False,
     ) -> list[list[Sample]]:
         """Sample ``n`` responses to every prompt.
 
@@ -759,6 +760,7 @@ class VLLMSampler:
             seed: overrides the sampler's seed for this call (per-sample seeds: module docstring).
             logprobs: also return each generated token's log-prob under the policy (temperature
                 1, before top-p; the engine's dtype).
+            progress: show vLLM's progress bar over the requests (on the ranks that host an engine).
 
         Returns:
             list of P lists of n ``Sample`` each, in prompt order (on every rank under torchrun).
@@ -819,6 +821,7 @@ class VLLMSampler:
                 stop=stop,
                 seed=seed,
                 logprobs=logprobs,
+                progress=bool(progress),
             )
         except Exception as e:  # noqa: BLE001 - re-raised on every rank
             error = e
@@ -851,6 +854,7 @@ class VLLMSampler:
         stop,
         seed,
         logprobs,
+        progress=False,
     ) -> dict[int, list[Sample]]:
         if not indices and not self._dp_engine:
             return {}
@@ -874,7 +878,7 @@ class VLLMSampler:
                 )
                 keys.append((i, j))
         with _Threads(self.cpu_threads):
-            outputs = self._llm.generate(requests, params, use_tqdm=False)
+            outputs = self._llm.generate(requests, params, use_tqdm=progress)
         out: dict[int, list[Sample]] = {i: [] for i in indices}
         for (i, j), res in zip(keys, outputs):
             o = res.outputs[0]
