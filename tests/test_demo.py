@@ -123,3 +123,25 @@ def test_same_seed_same_numbers(quick, tmp_path):
         again = _rows(out / name / "summary.jsonl")
         for r in (0, 1):
             assert {k: again[r].get(k) for k in keys} == {k: runs[name][r].get(k) for k in keys}, (name, r)
+
+
+def test_rerun_reads_the_finished_runs_back(quick):
+    """The same command again on the same folder recomputes nothing (the run directories resume,
+    every phase is done) and prints the same table; another setting there is refused by name."""
+    out, stdout, runs = quick
+    before = {n: (out / n / "summary.jsonl").read_bytes() for n in runs}
+    res = _demo(out)
+    assert res.stdout.count("already complete") == 2
+    assert {n: (out / n / "summary.jsonl").read_bytes() for n in runs} == before
+    table = lambda text: text[text.index("alpha=0 (iterative DPO)  ") :].split("plot:")[0]  # noqa: E731
+    assert table(res.stdout) == table(stdout)
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "lrdpo_fast.cli", "demo", "--out", str(out), "--iterations", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and "made by another config" in bad.stderr and "--out NEW_DIR" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr[-2000:]

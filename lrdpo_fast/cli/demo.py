@@ -11,11 +11,12 @@ accuracy is only measured, on held-out prompts. Writes ``OUT/alpha_0/`` and ``OU
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..data.atomic import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,19 @@ def run_demo(
                 shutil.copyfile(first_eval / f, run_dir / "eval" / f)
         t0 = time.perf_counter()
         print(f"lrdpo-fast demo: {run_label(name)}, {settings.iterations} iterations -> {run_dir}", flush=True)
-        runs[name] = iterate(
-            IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)),
-            progress=False,
-            on_row=_row_printer(settings.iterations, t0),
-        )
+        finished = _finished(run_dir, settings.iterations)
+        try:
+            runs[name] = iterate(
+                IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)),
+                progress=False,
+                on_row=_row_printer(settings.iterations, t0),
+            )
+        except ValueError as e:
+            if "made by another config" in str(e):
+                raise ValueError(f"{e}. For the demo: pass --out NEW_DIR, or remove {out}") from None
+            raise
+        if finished:
+            print(f"  (already complete in {run_dir}: read back from its files; remove {out} to run it again)")
         print(f"lrdpo-fast demo: {run_label(name)} done in {time.perf_counter() - t0:.0f} s", flush=True)
         first_eval = first_eval or run_dir / "eval"
     plot_summary(
@@ -195,10 +204,17 @@ def run_demo(
         keys=DEMO_PLOT_KEYS,
         title="same start, same length-biased judge: what each run learns, per iteration",
     )
-    (out / "demo.json").write_text(
-        json.dumps({"settings": asdict(settings), "alpha": alpha, "seed": seed, "runs": runs}, indent=1)
-    )
+    atomic_write_json(out / "demo.json", {"settings": asdict(settings), "alpha": alpha, "seed": seed, "runs": runs})
     return runs
+
+
+def _finished(run_dir: Path, iterations: int) -> bool:
+    """True when ``run_dir`` already holds a finished run of ``iterations`` iterations."""
+    try:
+        lines = (run_dir / "summary.jsonl").read_text(encoding="utf-8").splitlines()
+        return len([x for x in lines if x.strip()]) == iterations + 1
+    except OSError:
+        return False
 
 
 def add_parser(sub) -> None:
