@@ -13,6 +13,7 @@ tile depends little on it, and re-tuning per batch length would stall training).
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -99,3 +100,12 @@ def pruner(kind: str):
 def quick_bench(fn, quantiles=None):
     """Short timing per config (the first call of a shape bucket pays it once)."""
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+def tuning_options() -> dict:
+    """``do_bench=quick_bench, cache_results=True`` for ``triton.autotune``, each only where this
+    Triton takes it (older releases lack one or both: they tune with their default timing and
+    without the on-disk cache rather than fail at import)."""
+    accepted = inspect.signature(triton.autotune).parameters
+    wanted = {"do_bench": quick_bench, "cache_results": True}
+    return {k: v for k, v in wanted.items() if k in accepted}

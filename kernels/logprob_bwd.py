@@ -16,7 +16,7 @@ config run starts from zeroed DH, DW, DB (``reset_to_zero``, also after tuning);
 import triton
 import triton.language as tl
 
-from .autotune import configs, pruner, quick_bench
+from .autotune import configs, pruner, tuning_options
 from .tiles import logits_tile
 
 
@@ -119,6 +119,5 @@ logprob_bwd_kernel = triton.autotune(
     key=["D", "V"],
     prune_configs_by={"early_config_prune": pruner("bwd")},
     reset_to_zero=["DH", "DW", "DB"],
-    do_bench=quick_bench,
-    cache_results=True,
+    **tuning_options(),
 )(logprob_bwd_jit)

@@ -14,7 +14,7 @@ plain kernel (ahead-of-time compiles).
 import triton
 import triton.language as tl
 
-from .autotune import configs, pruner, quick_bench
+from .autotune import configs, pruner, tuning_options
 from .tiles import logits_tile
 
 
@@ -96,6 +96,5 @@ logprob_fwd_kernel = triton.autotune(
     configs=configs("fwd"),
     key=["D", "V"],
     prune_configs_by={"early_config_prune": pruner("fwd")},
-    do_bench=quick_bench,
-    cache_results=True,
+    **tuning_options(),
 )(logprob_fwd_jit)

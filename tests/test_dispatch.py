@@ -2,6 +2,7 @@
 timer instead of CUDA events. The trials themselves run for real (tiny shapes; the Triton one
 through the interpreter on a CPU machine)."""
 
+import inspect
 import json
 import logging
 
@@ -180,3 +181,20 @@ def test_auto_measures_once_on_cuda():
     assert timer.calls == ["triton", "torch"]
     (key,) = [k for k in dispatch.backend_report() if k.startswith("fused|")]
     assert dispatch.backend_report()[key]["backend"] == "triton"
+
+
+def test_autotune_options_follow_the_installed_triton(monkeypatch):
+    """The kernels pass do_bench/cache_results to triton.autotune only where that Triton takes them
+    (the device image's older Triton must import the kernels, not fail on a keyword)."""
+    import triton
+    from lrdpo_fast.kernels import autotune
+
+    params = inspect.signature(triton.autotune).parameters
+    got = autotune.tuning_options()
+    assert set(got) == {k for k in ("do_bench", "cache_results") if k in params}
+
+    def old_autotune(configs, key, prune_configs_by=None, reset_to_zero=None, warmup=25, rep=100):
+        raise AssertionError("only its signature is read")
+
+    monkeypatch.setattr(triton, "autotune", old_autotune)
+    assert autotune.tuning_options() == {}
