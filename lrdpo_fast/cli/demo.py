@@ -242,6 +242,10 @@ def _quiet() -> None:
     import os
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import logging
+
+    if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":  # what vLLM logs before it configures its logging
+        logging.getLogger("vllm").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import warnings
 
