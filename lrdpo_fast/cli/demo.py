@@ -40,7 +40,7 @@ DEMO_PLOT_KEYS = (
     ("true_accuracy", "true accuracy (held out)"),
     ("mean_response_length", "response length (tokens)"),
     ("judge_reward", "judge reward (what the loop optimizes)"),
-    ("lc_win_rate", "LC win rate vs start"),
+    ("lc_win_rate", "LC win rate vs start (by the judge)"),
 )
 
 FULL = DemoSettings()
