@@ -30,7 +30,8 @@ class DemoSettings:
     eval_k: int = 4  # samples per held-out prompt (eval_prompts x eval_k >= 4000)
     epochs: int = 2
     beta: float = 0.1
-    learning_rate: float = 5e-5  # 1e-4 (the prototype's) collapsed at iteration 3 on seed 1, both runs
+    # 1e-4 (the prototype's) broke at iteration 3: seed 0's alpha > 0 run, seed 1's alpha = 0 run (README)
+    learning_rate: float = 5e-5
     alpha: float = 0.065  # per token (= per character here): the chosen/rejected length gap scale
     pairs_per_step: int = 32
     max_new_tokens: int = 96
