@@ -425,3 +425,20 @@ def test_torchrun_layouts_gather_samples_in_prompt_order(vllm_sampler, tiny_mode
             assert got["greedy_old"] == want_old, (layout, rank)
     assert all("missing tensor" in r["replicate"]["refused"] for r in ranks)
     assert proc.stderr.count("the engine runs in another process") == 3  # once per engine
+
+
+def test_thread_block_sets_and_restores_torch_threads():
+    """cpu_threads / load_weights run a block on n torch threads (CPU) and put the count back,
+    also when the block raises; None leaves the count alone."""
+    from lrdpo_fast.loop.sampler import _Threads
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    with _Threads(want):
+        assert torch.get_num_threads() == want
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), _Threads(want):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with _Threads(None):
+        assert torch.get_num_threads() == before
