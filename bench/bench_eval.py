@@ -42,11 +42,8 @@ def split_run(run_dir: Path) -> list[dict]:
     for i in range(len(rows) - 1):
         wall = {ph: json.loads((run_dir / f"iter_{i}" / "done" / f"{ph}.json").read_text())["wall_s"] for ph in PHASES}
         ev = json.loads((run_dir / "eval" / f"row_{i + 1}.json").read_text())
-        sampled = sum(
-            len(json.loads(line)["response_ids"])
-            for line in (run_dir / f"iter_{i}" / "samples.jsonl").read_text().splitlines()
-            if line.strip()
-        )
+        samples = _jsonl(run_dir / f"iter_{i}" / "samples.jsonl")
+        sampled = sum(len(rec["response_ids"]) for rec in samples)
         eval_tokens = ev["mean_response_length"] * ev["eval_samples"]
         total = sum(wall.values()) + ev["time_eval_s"]
         out.append(
@@ -57,15 +54,11 @@ def split_run(run_dir: Path) -> list[dict]:
                 "iteration_s": total,
                 "eval_share": ev["time_eval_s"] / total,
                 "eval_samples": ev["eval_samples"],
-                "train_samples": _count_samples(run_dir / f"iter_{i}" / "samples.jsonl"),
+                "train_samples": len(samples),
                 "eval_s_per_token_vs_sampling": (ev["time_eval_s"] / eval_tokens) / (wall["sample"] / sampled),
             }
         )
     return out
-
-
-def _count_samples(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 def run_demo(out: Path, quick: bool) -> None:
