@@ -50,11 +50,12 @@ def _rows(path: Path) -> list[dict]:
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     res = _demo(out)
-    return out, res.stdout, {name: _rows(out / name / "summary.jsonl") for name in ("alpha_0", ALPHA_RUN)}
+    runs = {name: _rows(out / name / "summary.jsonl") for name in ("alpha_0", ALPHA_RUN)}
+    return out, res.stdout, runs, res.stderr
 
 
 def test_contract_files_and_rows(quick):
-    out, stdout, runs = quick
+    out, stdout, runs, _ = quick
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     for name, rows in runs.items():
@@ -74,7 +75,7 @@ def test_contract_files_and_rows(quick):
 
 
 def test_summary_carries_held_out_numbers(quick):
-    _, _, runs = quick
+    _, _, runs, _ = quick
     for rows in runs.values():
         assert rows[0]["eval_samples"] >= 2000
         for r in rows[1:]:
@@ -87,7 +88,7 @@ def test_length_regularization_effect(quick):
     """The acceptance of the demo, on the quick setting: alpha = 0 grows the length >= 30% by the
     last iteration; alpha > 0 stays within 10% of the start while its true accuracy ends above
     the start and at most 1 point below alpha = 0's."""
-    _, _, runs = quick
+    _, _, runs, _ = quick
     dpo, lr = runs["alpha_0"], runs[ALPHA_RUN]
     start = dpo[0]
     assert dpo[-1]["mean_response_length"] >= 1.3 * start["mean_response_length"], [
@@ -105,7 +106,7 @@ def test_length_regularization_effect(quick):
 def test_same_seed_same_numbers(quick, tmp_path):
     """Deterministic for a seed on the CPU: one more iteration-1 run of both settings reproduces the
     quick run's rows 0 and 1 exactly (no timing fields compared)."""
-    _, _, runs = quick
+    _, _, runs, _ = quick
     out = tmp_path / "again"
     _demo(out, "--iterations", "1")
     keys = (
@@ -128,7 +129,7 @@ def test_same_seed_same_numbers(quick, tmp_path):
 def test_rerun_reads_the_finished_runs_back(quick):
     """The same command again on the same folder recomputes nothing (the run directories resume,
     every phase is done) and prints the same table; another setting there is refused by name."""
-    out, stdout, runs = quick
+    out, stdout, runs, _ = quick
     before = {n: (out / n / "summary.jsonl").read_bytes() for n in runs}
     res = _demo(out)
     assert res.stdout.count("already complete") == 2
@@ -145,3 +146,10 @@ def test_rerun_reads_the_finished_runs_back(quick):
     )
     assert bad.returncode == 2 and "made by another config" in bad.stderr and "--out NEW_DIR" in bad.stderr
     assert bad.stderr.strip().count("\n") == 0, bad.stderr[-2000:]
+
+
+def test_output_is_the_demo_s_own(quick):
+    # no vLLM weight-loading bar, no NUMA-binding warning from the CPU backend's C++ (sampler quiet=)
+    _, stdout, _, stderr = quick
+    for noise in ("Loading safetensors", "NUMA binding", "MEMBIND"):
+        assert noise not in stdout and noise not in stderr, noise

@@ -140,7 +140,7 @@ def demo_table(runs: dict[str, list[dict]]) -> str:
             dl = last["mean_response_length"] / first["mean_response_length"] - 1
             out.append(
                 f"{run_label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
-                f"{last['true_accuracy']:.3f} after {last['iteration']} iterations"
+                f"{last['true_accuracy']:.3f} after {last['iteration']} iteration{'s' if last['iteration'] != 1 else ''}"
             )
     return "\n".join(out).rstrip()
 

@@ -245,6 +245,7 @@ def iterate(
         tensor_parallel_size=sc.tensor_parallel_size,
         cpu_threads=sc.cpu_threads,
         **({"enforce_eager": True} if sc.enforce_eager else {}),
+        quiet=not progress,  # no weight-loading bar or NUMA warning line in quiet runs
     )
     st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool, dist=ranks, progress=progress)
     try:

@@ -69,6 +69,7 @@ Run it like any torchrun script (``torchrun --nproc_per_node K script.py``, with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -418,6 +419,8 @@ class VLLMSampler:
             with CUDA, False otherwise (the CPU backend has no sleep mode; True there is refused).
         cpu_threads: torch intra-op threads while the CPU engine samples (default: the process's
             count); 1 is fastest for small models and on shared cores. Ignored on CUDA.
+        quiet: start the engine without vLLM's weight-loading bar and without the CPU backend's
+            NUMA-binding warning line (everything else it prints still shows).
         **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_num_seqs``).
 
     Raises:
@@ -439,6 +442,7 @@ class VLLMSampler:
         tensor_parallel_size: int = 1,
         enable_sleep_mode: bool | None = None,
         cpu_threads: int | None = None,
+        quiet: bool = False,
         **engine_kwargs,
     ) -> None:
         self._llm = None
@@ -454,6 +458,11 @@ class VLLMSampler:
         self.seed = _check_int("seed", seed, 0)
         _check_int("tensor_parallel_size", tensor_parallel_size, 1)
         self.cpu_threads = None if cpu_threads is None else _check_int("cpu_threads", cpu_threads, 1)
+        if not isinstance(quiet, bool):
+            raise ValueError(f"quiet must be a bool, got {quiet!r}")
+        self.quiet = quiet
+        if quiet:
+            engine_kwargs.setdefault("use_tqdm_on_load", False)
         if max_model_len is not None:
             _check_int("max_model_len", max_model_len, 2)
         if (
@@ -628,8 +637,11 @@ class VLLMSampler:
 
         self._owns_dist = not (dist.is_available() and dist.is_initialized())
         state = _ProcessState()
+        from .quiet import ENGINE_START_NOISE, dropped_stderr_lines
+
         try:
-            with _Env(env_set, env_unset):
+            quiet = dropped_stderr_lines(ENGINE_START_NOISE) if self.quiet else contextlib.nullcontext()
+            with _Env(env_set, env_unset), quiet:
                 import vllm.envs
                 from vllm import LLM
 
