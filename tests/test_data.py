@@ -234,3 +234,17 @@ def test_tokenize_pair_contract_signature():
         lf.tokenize_pair(tok, "hi", "", "no")
     batch = lf.pack_pairs([ex, short])
     assert batch.num_pairs == 2 and batch.cu_seqlens.dtype == torch.int32
+
+
+def test_truncated_flags_suppress_the_appended_eos():
+    tok = tiny_tokenizer()
+    rec = {"prompt": [1, 5, 6], "chosen": [7, 8], "rejected": [9]}
+    plain = tokenize_record(rec, tok)
+    assert plain.chosen_ids == [7, 8, tok.eos_token_id] and plain.rejected_ids == [9, tok.eos_token_id]
+    cut = tokenize_record({**rec, "chosen_truncated": True}, tok)
+    assert cut.chosen_ids == [7, 8] and cut.rejected_ids == [9, tok.eos_token_id]
+    cut = tokenize_record({**rec, "chosen_truncated": False, "rejected_truncated": True}, tok)
+    assert cut.chosen_ids == [7, 8, tok.eos_token_id] and cut.rejected_ids == [9]
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="rejected_truncated must be a bool"):
+            tokenize_record({**rec, "rejected_truncated": bad}, tok)

@@ -112,12 +112,15 @@ def test_pairs_reference_is_previous_policy(finished_run, tiny_model_dir):
         for rec in pairs[:3]:
             for side in ("chosen", "rejected"):
                 ids = rec[f"{side}_input_ids"]
-                want = _float64_logps(model, rec["prompt_input_ids"], ids + ([] if ids[-1] == 2 else [2]))
+                # an EOS is scored after a response that did not sample one, unless it was truncated
+                eos = [] if ids[-1] == 2 or rec[f"{side}_truncated"] else [2]
+                want = _float64_logps(model, rec["prompt_input_ids"], ids + eos)
                 assert rec[f"ref_{side}_logps"] == pytest.approx(want, abs=2e-4), (i, side)
 
 
 def test_training_used_the_length_term(finished_run):
-    """Iteration 0's first training row equals the LR-DPO loss recomputed from pairs.jsonl with alpha."""
+    """Iteration 0's first training row equals the LR-DPO loss recomputed from pairs.jsonl with alpha
+    (and lengths with the appended EOS only where a response neither sampled one nor was truncated)."""
     import torch.nn.functional as F
 
     run, _ = finished_run
@@ -128,8 +131,8 @@ def test_training_used_the_length_term(finished_run):
     for k in order:  # at step 1 the policy is the reference: the margin is alpha * (|w| - |l|) only
         p = pairs[k]
         lw, ll = p["chosen_length"], p["rejected_length"]
-        lw += p["chosen_input_ids"][-1] != 2
-        ll += p["rejected_input_ids"][-1] != 2
+        lw += p["chosen_input_ids"][-1] != 2 and not p["chosen_truncated"]  # the appended EOS
+        ll += p["rejected_input_ids"][-1] != 2 and not p["rejected_truncated"]
         losses.append(-F.logsigmoid(torch.tensor(0.05 * (lw - ll), dtype=torch.float64)))
     assert first["loss"] == pytest.approx(float(sum(losses) / len(losses)), abs=1e-5)
 

@@ -61,6 +61,20 @@ def test_records_load_into_the_trainer_format_without_retokenizing():
     assert ex.rejected_ids == samples[1].response_ids + [EOS]  # no EOS sampled: the loader appends one
 
 
+def test_a_truncated_sample_is_trained_without_an_eos():
+    """drop_truncated=False keeps samples cut by the token budget: they never sampled an EOS, so
+    the loader must not append one (training would score a token the policy never produced)."""
+    from lrdpo_fast.data.files import load_pairs
+
+    samples = [sample(6, start=10, finish="length"), sample(3, start=30)]
+    pairs, _ = build_pairs([("Q?", samples, [1.0, 0.0])], drop_truncated=False)
+    (p,) = pairs
+    assert (p["chosen_truncated"], p["rejected_truncated"]) == (True, False)
+    (ex,) = load_pairs(pairs, _EosOnly())
+    assert ex.chosen_ids == samples[0].response_ids  # no EOS appended after the cut
+    assert ex.rejected_ids == samples[1].response_ids  # ended on its own EOS
+
+
 class _EosOnly:
     """The one tokenizer attribute ``tokenize_record`` reads for pre-tokenized records."""
 

@@ -254,6 +254,26 @@ def test_implicit_reward_equals_float64_reference(models):
     assert len(set(round(v, 4) for v in got)) >= 5  # the responses are told apart
 
 
+def test_implicit_reward_scores_a_truncated_sample_without_an_eos(models):
+    """As training does (pair records' *_truncated): a response cut by the token budget is scored
+    on exactly its tokens; one that ended is scored with its EOS."""
+    policy, ref, tok = models
+    prompt = [tok.bos_token_id] + tok("Answer: yes.", add_special_tokens=False)["input_ids"]
+    resp = tok(" Maybe, maybe not", add_special_tokens=False)["input_ids"]
+    reward = ImplicitReward(policy, ref, tok)
+    got = reward([prompt, prompt], [resp, resp], truncated=[True, False])
+    assert got[1] == pytest.approx(reward([prompt], [resp])[0], abs=1e-6)  # the default: not truncated
+    p64, r64 = (copy.deepcopy(m).double().eval() for m in (policy, ref))
+    exact = _reference_logp(p64, prompt, resp) - _reference_logp(r64, prompt, resp)
+    with_eos = _reference_logp(p64, prompt, resp + [tok.eos_token_id]) - _reference_logp(
+        r64, prompt, resp + [tok.eos_token_id]
+    )
+    assert got[0] == pytest.approx(exact, abs=2e-4) and got[1] == pytest.approx(with_eos, abs=2e-4)
+    assert abs(exact - with_eos) > 1e-2  # the EOS term is not negligible here
+    with pytest.raises(ValueError, match="truncated must be a list of 2 bools"):
+        reward([prompt, prompt], [resp, resp], truncated=[True])
+
+
 def test_implicit_reward_independent_of_batching_and_order(models):
     policy, ref, tok = models
     prompts, responses = _mixed_inputs(tok)

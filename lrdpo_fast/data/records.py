@@ -10,8 +10,10 @@ A record is a mapping with ``prompt``, ``chosen`` and ``rejected`` in one of thr
 - pre-tokenized ids (lists of ints), also under TRL's ``prompt_input_ids`` / ``chosen_input_ids``
   / ``rejected_input_ids`` keys.
 Every response gets an EOS appended (unless it already ends with one; a chat turn that holds the
-EOS, e.g. ChatML's <|im_end|>, ends right after it as a generation would). Optional
-``ref_chosen_logps`` / ``ref_rejected_logps`` numbers ride along (stored reference log-probs).
+EOS, e.g. ChatML's <|im_end|>, ends right after it as a generation would), except one the record
+marks ``chosen_truncated`` / ``rejected_truncated`` = True: a sample cut by the generation budget
+never produced an EOS, so training must not score one. Optional ``ref_chosen_logps`` /
+``ref_rejected_logps`` numbers ride along (stored reference log-probs).
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def tokenize_record(
 
     Args:
         record: mapping with prompt/chosen/rejected (strings, chat messages or token-id lists),
-            optionally ref_chosen_logps / ref_rejected_logps (float).
+            optionally ref_chosen_logps / ref_rejected_logps (float) and chosen_truncated /
+            rejected_truncated (bool, default False: True means no EOS is appended).
         tokenizer: a transformers tokenizer; may be None for pre-tokenized records.
         max_length: cap on each sequence (prompt + response incl. EOS). The prompt keeps its END
             (at most max_length - 1 tokens so one response token always fits), each response its
@@ -261,9 +264,15 @@ def tokenize_record(
         content = ids[:-1] if (eos is not None and ids and ids[-1] == eos) else ids
         if len(content) == 0:
             raise ValueError(f"{name} is empty: the response has no tokens (besides EOS)")
+    cut = {}
+    for name in ("chosen", "rejected"):
+        flag = record.get(f"{name}_truncated", False)
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}_truncated must be a bool, got {flag!r}")
+        cut[name] = flag
     if eos is not None:
-        chosen = chosen if chosen[-1] == eos else chosen + [eos]
-        rejected = rejected if rejected[-1] == eos else rejected + [eos]
+        chosen = chosen if chosen[-1] == eos or cut["chosen"] else chosen + [eos]
+        rejected = rejected if rejected[-1] == eos or cut["rejected"] else rejected + [eos]
     if len(prompt) == 0:
         raise ValueError("prompt is empty: at least one prompt token (e.g. BOS) is needed to score the response")
 

@@ -28,7 +28,9 @@ Pair records are plain JSON-serializable dicts the Trainer takes (``data.tokeniz
 - ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids``: the exact sampled ids
   (the record loader prefers them over the text keys, so training sees what was sampled, with no
   retokenization; it appends an EOS to a response that does not end with one, e.g. one cut by a
-  stop string);
+  stop string, but not to one cut by the token budget);
+- ``chosen_truncated``, ``rejected_truncated``: the samples' ``truncated`` (only possible with
+  ``drop_truncated=False``; the loader appends no EOS to those);
 - ``prompt`` (as given in the group), ``chosen``, ``rejected`` (the samples' decoded text);
 - ``chosen_length``, ``rejected_length`` (sampled response tokens), ``chosen_score``,
   ``rejected_score`` (the raw scores, not shaped), ``prompt_index`` (the group's index).
@@ -353,6 +355,9 @@ def build_pairs(
                     "rejected_input_ids": list(sl.response_ids),
                     "chosen_length": sw.num_tokens,
                     "rejected_length": sl.num_tokens,
+                    # a truncated sample never produced an EOS: training must not score one
+                    "chosen_truncated": sw.truncated,
+                    "rejected_truncated": sl.truncated,
                     "chosen_score": g.scores[wi],
                     "rejected_score": g.scores[li],
                     "prompt_index": gi,

@@ -120,7 +120,7 @@ def score_phase(st: LoopState, i: int) -> dict:
     if not st.dist.is_main:
         return {}
     prompts, groups = _samples_of(st.run, i)
-    flat_p, flat_r = [], []
+    flat_p, flat_r, cut = [], [], []
     for p, g in zip(prompts, groups):
         for s in g:
             if getattr(st.reward, "accepts_token_ids", False):
@@ -129,8 +129,14 @@ def score_phase(st: LoopState, i: int) -> dict:
             else:
                 flat_p.append(p)
                 flat_r.append(s.text)
+            cut.append(s.truncated)
     t0 = time.perf_counter()
-    scores = st.reward(flat_p, flat_r)
+    # token-scoring rewards (the implicit one) score a truncated sample without an EOS, as training does
+    scores = (
+        st.reward(flat_p, flat_r, truncated=cut)
+        if getattr(st.reward, "uses_truncation", False)
+        else st.reward(flat_p, flat_r)
+    )
     dt = time.perf_counter() - t0
     fault_point("score")
     rows, k = [], 0

@@ -129,13 +129,28 @@ class Reward:
 
     name: str = "reward"
     accepts_token_ids: bool = False
+    uses_truncation: bool = False  # whether _score takes ``truncated`` (the implicit reward)
 
-    def __call__(self, prompts: Sequence, responses: Sequence) -> list[float]:
+    def __call__(
+        self, prompts: Sequence, responses: Sequence, *, truncated: Sequence[bool] | None = None
+    ) -> list[float]:
+        """Scores, float [R], of R (prompt, response) pairs. ``truncated``: optional bool [R], True
+        for a response cut by the generation budget (rewards that score tokens, like the implicit
+        reward, then score no EOS after it; the others ignore it)."""
         prompts, responses = check_inputs(prompts, responses, token_ids=self.accepts_token_ids, name=self.name)
+        if truncated is not None:
+            truncated = list(truncated)
+            if len(truncated) != len(responses) or not all(isinstance(t, bool) for t in truncated):
+                raise ValueError(
+                    f"reward {self.name}: truncated must be a list of {len(responses)} bools, one per response"
+                )
         if not responses:
             return []
         try:
-            scores = self._score(prompts, responses)
+            if self.uses_truncation:
+                scores = self._score(prompts, responses, truncated=truncated)
+            else:
+                scores = self._score(prompts, responses)
         except Exception as e:  # noqa: BLE001 - any failure of a reward is reported as its own
             if isinstance(e, ValueError) and str(e).startswith(f"reward {self.name}"):
                 raise
@@ -432,6 +447,7 @@ class ImplicitReward(Reward):
     """
 
     accepts_token_ids = True
+    uses_truncation = True
 
     def __init__(
         self,
@@ -460,11 +476,13 @@ class ImplicitReward(Reward):
         self.progress = progress
         self.name = "ImplicitReward"
 
-    def tokenize(self, prompt, response) -> tuple[list[int], list[int]]:
-        """(prompt ids, response ids incl. EOS) of one (prompt, response), as the Trainer sees it."""
+    def tokenize(self, prompt, response, truncated: bool = False) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids incl. EOS) of one (prompt, response), as the Trainer sees it
+        (no EOS appended when ``truncated``: the pair record's ``chosen_truncated``)."""
         from ..data.records import tokenize_record
 
-        ex = tokenize_record({"prompt": prompt, "chosen": response, "rejected": response}, self.tokenizer)
+        record = {"prompt": prompt, "chosen": response, "rejected": response, "chosen_truncated": truncated}
+        ex = tokenize_record(record, self.tokenizer)
         return ex.prompt_ids, ex.chosen_ids
 
     def _examples(self, seqs):
@@ -502,14 +520,15 @@ class ImplicitReward(Reward):
                 lone(idx[-1])
         return examples, slots
 
-    def _score(self, prompts, responses):
+    def _score(self, prompts, responses, truncated=None):
         from ..data.packing import pack_pairs, token_budget_batches
         from ..model.packed import model_sequence_logprobs
 
+        cut = truncated or [False] * len(responses)
         seqs = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
             try:
-                seqs.append(self.tokenize(p, r))
+                seqs.append(self.tokenize(p, r, cut[i]))
             except ValueError as e:
                 raise ValueError(f"reward {self.name}: prompts[{i}]/responses[{i}]: {e}") from e
         try:
