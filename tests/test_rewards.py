@@ -274,6 +274,24 @@ def test_implicit_reward_scores_a_truncated_sample_without_an_eos(models):
         reward([prompt, prompt], [resp, resp], truncated=[True])
 
 
+def test_implicit_reward_truncates_as_the_trainer_does(models):
+    """With the Trainer's max_length / max_prompt_length, a long response is scored on the tokens
+    training sees (prompt end kept, response start kept, the cut-off EOS gone)."""
+    policy, ref, tok = models
+    prompt = [tok.bos_token_id] + tok("Answer: yes. Answer: no. Answer: maybe.", add_special_tokens=False)["input_ids"]
+    resp = tok(" Maybe, maybe not, or maybe yes", add_special_tokens=False)["input_ids"]
+    full = ImplicitReward(policy, ref, tok)([prompt], [resp])[0]
+    cut = ImplicitReward(policy, ref, tok, max_length=12, max_prompt_length=5)([prompt], [resp])[0]
+    ex = tokenize_record({"prompt": prompt, "chosen": resp, "rejected": resp}, tok, max_length=12, max_prompt_length=5)
+    assert len(ex.prompt_ids) == 5 and len(ex.chosen_ids) == 7 and ex.chosen_ids[-1] != tok.eos_token_id
+    p64, r64 = (copy.deepcopy(m).double().eval() for m in (policy, ref))
+    want = _reference_logp(p64, ex.prompt_ids, ex.chosen_ids) - _reference_logp(r64, ex.prompt_ids, ex.chosen_ids)
+    assert cut == pytest.approx(want, abs=2e-4) and abs(cut - full) > 1e-2
+    for bad in (1, 0.5, True):
+        with pytest.raises(ValueError, match="max_length"):
+            ImplicitReward(policy, ref, tok, max_length=bad)
+
+
 def test_implicit_reward_independent_of_batching_and_order(models):
     policy, ref, tok = models
     prompts, responses = _mixed_inputs(tok)
@@ -355,3 +373,14 @@ def test_implicit_reward_bad_input_names_the_argument(models):
         reward(["a", "b"], ["x", {"text": "y"}])
     with pytest.raises(ValueError, match=r"ImplicitReward.*responses\[0\].*empty"):
         reward([[1, 5, 6]], [[tok.eos_token_id]])
+
+
+def test_the_loop_s_implicit_reward_takes_the_train_section_s_truncation(models, tiny_model_dir):
+    from lrdpo_fast.loop.config import RewardSpec
+    from lrdpo_fast.loop.iterate import build_reward
+
+    policy, _, tok = models
+    spec = RewardSpec(implicit=True, reference=str(tiny_model_dir))
+    reward = build_reward(spec, policy, tok, {"max_length": 12, "max_prompt_length": 5, "beta": 0.1})
+    assert isinstance(reward, ImplicitReward) and (reward.max_length, reward.max_prompt_length) == (12, 5)
+    assert build_reward(spec, policy, tok).max_length is None

@@ -89,8 +89,9 @@ def _load_policy(cfg: IterateConfig):
     return path, model, load_tokenizer(tok_path, "tokenizer")
 
 
-def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None):
-    """The reward object of a ``reward`` section (implicit: policy vs ``spec.reference``)."""
+def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None, train: dict | None = None):
+    """The reward object of a ``reward`` section (implicit: policy vs ``spec.reference``, with the
+    ``train`` section's max_length / max_prompt_length truncation, as training sees the pairs)."""
     from .rewards import CallableReward, ImplicitReward, RewardModel
 
     if spec.callable is not None:
@@ -100,7 +101,14 @@ def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None):
     from ..model.loading import load_causal_lm
 
     ref = load_causal_lm(spec.reference, "reward.reference", dtype="float32")
-    return ImplicitReward(st_policy, ref, tokenizer)
+    train = train or {}
+    return ImplicitReward(
+        st_policy,
+        ref,
+        tokenizer,
+        max_length=train.get("max_length"),
+        max_prompt_length=train.get("max_prompt_length"),
+    )
 
 
 def _start_distributed(cfg: IterateConfig) -> DistInfo:
@@ -224,8 +232,12 @@ def iterate(
         from ..train.checkpoint import apply_model_weights, load_model_weights
 
         apply_model_weights(model, load_model_weights(run.path(first - 1, "policy")))
-    reward = build_reward(cfg.reward, model, tokenizer)
-    judge = reward if cfg.eval is None or cfg.eval.judge is None else build_reward(cfg.eval.judge, model, tokenizer)
+    reward = build_reward(cfg.reward, model, tokenizer, cfg.train)
+    judge = (
+        reward
+        if cfg.eval is None or cfg.eval.judge is None
+        else build_reward(cfg.eval.judge, model, tokenizer, cfg.train)
+    )
     metrics = {}
     if cfg.eval is not None:
         from .rewards import load_callable

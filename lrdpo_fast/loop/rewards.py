@@ -433,6 +433,9 @@ class ImplicitReward(Reward):
         max_tokens_per_batch: int >= 2, token budget of one packed forward.
         backend: fused-kernel backend ("auto", "torch", "triton").
         progress: show a tqdm bar over the packed batches.
+        max_length, max_prompt_length: the Trainer's truncation (``TrainConfig``'s fields of the
+            same names; the loop passes them): the prompt keeps its end, the response its start,
+            so a response is scored on the tokens training will see.
 
     Each (prompt, response) is tokenized exactly as the Trainer tokenizes a pair
     (``data.tokenize_record``): token ids are used as given, an EOS is appended unless the
@@ -458,6 +461,8 @@ class ImplicitReward(Reward):
         max_tokens_per_batch: int = 8192,
         backend: str = "auto",
         progress: bool = False,
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
     ):
         for arg, m in (("policy", policy), ("ref_model", ref_model)):
             if not isinstance(m, torch.nn.Module):
@@ -472,6 +477,12 @@ class ImplicitReward(Reward):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
         self.policy, self.ref_model, self.tokenizer = policy, ref_model, tokenizer
         self.max_tokens_per_batch = max_tokens_per_batch
+        for arg, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int) or v < (2 if arg == "max_length" else 1)
+            ):
+                raise ValueError(f"{arg} must be None or an int >= {2 if arg == 'max_length' else 1}, got {v!r}")
+        self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.backend = backend
         self.progress = progress
         self.name = "ImplicitReward"
@@ -482,7 +493,9 @@ class ImplicitReward(Reward):
         from ..data.records import tokenize_record
 
         record = {"prompt": prompt, "chosen": response, "rejected": response, "chosen_truncated": truncated}
-        ex = tokenize_record(record, self.tokenizer)
+        ex = tokenize_record(
+            record, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length
+        )
         return ex.prompt_ids, ex.chosen_ids
 
     def _examples(self, seqs):
