@@ -2,9 +2,11 @@
 
 Grid (token blocks, vocabulary blocks). A program recomputes its [BLOCK_N, BLOCK_V] logits tile,
 forms dz = g_t * (onehot(label_t) - softmax) / T from the saved log-sum-exp and the per-token
-upstream gradient g, then for each slice of the hidden dimension adds dz @ W_tile into dH and
-dz^T @ H_tile into dW. Both accumulators are float32 buffers updated with atomic adds (tiles of
-different programs overlap in dH across vocabulary blocks and in dW across token blocks).
+upstream gradient g (with soft-capping, ``HAS_SOFTCAP``: the softmax of the capped logits
+z' = cap * tanh(z / cap), times dz'/dz = 1 - tanh(z / cap)^2), then for each slice of the
+hidden dimension adds dz @ W_tile into dH and dz^T @ H_tile into dW. Both accumulators are
+float32 buffers updated with atomic adds (tiles of different programs overlap in dH across
+vocabulary blocks and in dW across token blocks).
 Tiles whose tokens all have zero gradient (ignored or masked) return before any matmul, and
 tiles whose gradient is entirely below ``skip_below`` (0.0 = exact) skip the two update matmuls.
 
@@ -17,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .autotune import configs, pruner, tuning_options
-from .tiles import logits_tile
+from .tiles import logits_tile, softcap_tile_grad
 
 
 @triton.jit
@@ -37,8 +39,10 @@ def logprob_bwd_jit(
     stride_h,
     stride_w,
     inv_temp,
+    softcap,  # float32 cap of the soft-capped logits; read only when HAS_SOFTCAP
     skip_below,
     HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     NEED_DH: tl.constexpr,
     NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
@@ -72,18 +76,24 @@ def logprob_bwd_jit(
             stride_h,
             stride_w,
             inv_temp,
+            softcap,
             HAS_BIAS,
+            False,  # capped below, together with the cap's derivative
             UPCAST,
             PRECISION,
             BLOCK_N,
             BLOCK_V,
             BLOCK_D,
         )
+        if HAS_SOFTCAP:
+            logits, dcap = softcap_tile_grad(logits, softcap)
         p = tl.exp(tl.minimum(logits - lse[:, None], 0.0))  # logit <= lse; no overflow
         # rows without gradient (ignored: lse stored as 0) and padded vocab columns contribute nothing
         p = tl.where((g != 0.0)[:, None] & mask_v[None, :], p, 0.0)
         hit = (rv[None, :] == lab[:, None]).to(tl.float32)
         dz = g[:, None] * (hit - p) * inv_temp
+        if HAS_SOFTCAP:
+            dz = dz * dcap  # chain rule through the cap: d z' / d z = 1 - tanh(z / cap)^2
         if NEED_DB:
             tl.atomic_add(DB + rv, tl.sum(dz, axis=0), mask=mask_v)
         # a tile whose gradient is all below skip_below adds nothing worth two matmuls; with the

@@ -1,9 +1,10 @@
 """Forward kernel: per-token log-sum-exp and label logit straight from hidden states and the LM head.
 
 Grid (token blocks, vocabulary splits). Each program walks its vocabulary range block by block,
-forms the [BLOCK_N, BLOCK_V] logits tile with ``tl.dot`` over the hidden dimension, and keeps an
-online (max, sum-exp) pair plus the label's logit. Nothing of size [N, V] is ever written: the
-outputs are three float32 values per (split, token), combined on the host side in O(N * splits).
+forms the [BLOCK_N, BLOCK_V] logits tile with ``tl.dot`` over the hidden dimension (divided by the
+temperature, then soft-capped when ``HAS_SOFTCAP``), and keeps an online (max, sum-exp) pair plus
+the label's logit. Nothing of size [N, V] is ever written: the outputs are three float32 values
+per (split, token), combined on the host side in O(N * splits).
 Token blocks whose labels are all ignored (prompt, padding) skip the matmuls entirely.
 
 ``logprob_fwd_kernel`` is the autotuned launcher (tiles from ``autotune.py``, keyed on D, V and
@@ -34,8 +35,10 @@ def logprob_fwd_jit(
     stride_w,
     n_splits,
     inv_temp,
+    softcap,  # float32 cap of the soft-capped logits; read only when HAS_SOFTCAP
     ignore_index,
     HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,  # logits -> softcap * tanh(logits / softcap) after the temperature
     UPCAST: tl.constexpr,  # interpreter: tl.dot needs float32 operands
     PRECISION: tl.constexpr,  # "ieee" for float32 inputs, "tf32" allowed by the caller
     BLOCK_N: tl.constexpr,
@@ -73,7 +76,9 @@ def logprob_fwd_jit(
                 stride_h,
                 stride_w,
                 inv_temp,
+                softcap,
                 HAS_BIAS,
+                HAS_SOFTCAP,
                 UPCAST,
                 PRECISION,
                 BLOCK_N,

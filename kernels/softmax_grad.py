@@ -16,6 +16,10 @@ program per row of the chunk (every row is a scored token: the caller gathers th
 3. ``TRACK_MAX``: atomic max of |E| per vocabulary block into ``BLOCKMAX`` [cdiv(V, BLOCK_V)]
    (the gradient filter: vocabulary blocks whose gradient is below the dtype's resolution skip
    their share of the two GEMMs; see ``lrdpo_fast.ops.torch_backend``).
+4. ``HAS_SOFTCAP`` (Gemma-2's final-logit soft-capping): z / T is capped first in both passes,
+   z' = cap * tanh(z / T / cap) (lse and logp are those of z'), and E is multiplied by the cap's
+   derivative 1 - tanh(z / T / cap)^2. Without the flag (a constexpr) the kernel is exactly the
+   uncapped one and ``softcap`` is never read.
 
 The row is read once for the log-sum-exp and once more (from L2 for rows up to a few MiB) for the
 gradient; the gradient is written once. Not autotuned: it writes in place, and an autotuner
@@ -24,6 +28,8 @@ would re-run it on its own output.
 
 import triton
 import triton.language as tl
+
+from .tiles import softcap_tile, softcap_tile_grad
 
 
 @triton.jit
@@ -39,10 +45,12 @@ def softmax_grad_kernel(
     stride_z,
     stride_g,
     inv_temp,
+    softcap,  # float32 cap of the soft-capped logits; read only when HAS_SOFTCAP
     COMPUTE_LSE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     HAS_G: tl.constexpr,
     TRACK_MAX: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -56,6 +64,8 @@ def softmax_grad_kernel(
         for v0 in range(0, V, BLOCK_V):
             rv = v0 + cols
             z = tl.load(z_row + rv, mask=rv < V, other=float("-inf")).to(tl.float32) * inv_temp
+            if HAS_SOFTCAP:  # the cap maps -inf to -cap: masked lanes are set back to -inf
+                z = tl.where(rv < V, softcap_tile(z, softcap), float("-inf"))
             m_new = tl.maximum(m_i, z)
             s_i = s_i * tl.exp(m_i - m_new) + tl.exp(z - m_new)
             m_i = m_new
@@ -63,6 +73,8 @@ def softmax_grad_kernel(
         s = tl.sum(s_i * tl.exp(m_i - m), axis=0)
         lse = m + tl.log(s)
         z_lab = tl.load(z_row + lab).to(tl.float32) * inv_temp
+        if HAS_SOFTCAP:
+            z_lab = softcap_tile(z_lab, softcap)
         tl.store(LSE + row, lse)
         tl.store(LOGP + row, z_lab - lse)
     else:
@@ -78,8 +90,12 @@ def softmax_grad_kernel(
             z = tl.load(z_row + rv, mask=mask, other=0.0).to(tl.float32) * inv_temp
             # every warp has read this block before any warp overwrites part of it (in place)
             tl.debug_barrier()
+            if HAS_SOFTCAP:
+                z, dcap = softcap_tile_grad(z, softcap)
             p = tl.exp(tl.minimum(z - lse, 0.0))
             e = (tl.where(rv == lab, 1.0, 0.0) - p) * scale
+            if HAS_SOFTCAP:
+                e = e * dcap  # chain rule through the cap: d z' / d z = 1 - tanh(z / cap)^2
             e = tl.where(mask, e, 0.0)
             if TRACK_MAX:
                 tl.atomic_max(BLOCKMAX + v0 // BLOCK_V, tl.max(tl.abs(e), axis=0))

@@ -3,7 +3,9 @@ LLVM passes and the bundled ptxas), so compiled-mode errors that the interpreter
 up in CPU CI. Usage: python compile_kernels.py SM (e.g. 90 for H100, 80 for A100); run it with
 TRITON_INTERPRET unset. Prints one line per variant with its shared-memory use; the autotuned
 tiles (kernels/autotune.py) as "autotune FAMILY KIND DTYPE CONFIG shared=S estimate=E limit=L",
-every config that survives pruning for an A100-class (163 KiB) and a consumer (99 KiB) GPU."""
+every config that survives pruning for an A100-class (163 KiB) and a consumer (99 KiB) GPU.
+Soft-capping (HAS_SOFTCAP) is compiled for the forward, the backward (with bias and dW) and the
+row pass (lse, and the gradient in each dtype)."""
 
 import sys
 
@@ -46,18 +48,19 @@ def main(sm: int) -> None:
             "stride_w": "i32",
             "n_splits": "i32",
             "inv_temp": "fp32",
+            "softcap": "fp32",
             "ignore_index": "i32",
             "HAS_BIAS": "constexpr",
+            "HAS_SOFTCAP": "constexpr",
             "UPCAST": "constexpr",
             "PRECISION": "constexpr",
             "BLOCK_N": "constexpr",
             "BLOCK_V": "constexpr",
             "BLOCK_D": "constexpr",
         }
-        for has_bias in (False, True):
-            compile_one(
-                logprob_fwd_kernel, fwd, dict(HAS_BIAS=has_bias, UPCAST=False, PRECISION=prec, **BLOCKS), target, 8
-            )
+        for has_bias, cap in ((False, False), (True, False), (False, True)):
+            flags = dict(HAS_BIAS=has_bias, HAS_SOFTCAP=cap, UPCAST=False, PRECISION=prec)
+            compile_one(logprob_fwd_kernel, fwd, dict(**flags, **BLOCKS), target, 8)
         bwd = {
             **common,
             "LSE": "*fp32",
@@ -71,8 +74,10 @@ def main(sm: int) -> None:
             "stride_h": "i32",
             "stride_w": "i32",
             "inv_temp": "fp32",
+            "softcap": "fp32",
             "skip_below": "fp32",
             "HAS_BIAS": "constexpr",
+            "HAS_SOFTCAP": "constexpr",
             "NEED_DH": "constexpr",
             "NEED_DW": "constexpr",
             "NEED_DB": "constexpr",
@@ -83,12 +88,18 @@ def main(sm: int) -> None:
             "BLOCK_D": "constexpr",
         }
         sigs[dt] = (fwd, bwd, prec)
-        for has_bias, need_w in ((False, True), (True, True), (False, False)):
+        for has_bias, need_w, cap in (
+            (False, True, False),
+            (True, True, False),
+            (False, False, False),
+            (True, True, True),
+        ):
             compile_one(
                 logprob_bwd_kernel,
                 bwd,
                 dict(
                     HAS_BIAS=has_bias,
+                    HAS_SOFTCAP=cap,
                     NEED_DH=True,
                     NEED_DW=need_w,
                     NEED_DB=has_bias,
@@ -121,12 +132,20 @@ def main(sm: int) -> None:
         for dt, elem in (("bf16", 2), ("fp32", 4)):
             fwd, bwd, prec = sigs[dt]
             for kind, fn, sig, flags in (
-                ("fwd", logprob_fwd_kernel, fwd, dict(HAS_BIAS=False, UPCAST=False, PRECISION=prec)),
+                ("fwd", logprob_fwd_kernel, fwd, dict(HAS_BIAS=False, HAS_SOFTCAP=False, UPCAST=False, PRECISION=prec)),
                 (
                     "bwd",
                     logprob_bwd_kernel,
                     bwd,
-                    dict(HAS_BIAS=False, NEED_DH=True, NEED_DW=True, NEED_DB=False, UPCAST=False, PRECISION=prec),
+                    dict(
+                        HAS_BIAS=False,
+                        HAS_SOFTCAP=False,
+                        NEED_DH=True,
+                        NEED_DW=True,
+                        NEED_DB=False,
+                        UPCAST=False,
+                        PRECISION=prec,
+                    ),
                 ),
             ):
                 for cfg in autotune.fits(kind, limit, elem):
@@ -152,25 +171,28 @@ def main(sm: int) -> None:
         "stride_z": "i32",
         "stride_g": "i32",
         "inv_temp": "fp32",
+        "softcap": "fp32",
         "COMPUTE_LSE": "constexpr",
         "WRITE_GRAD": "constexpr",
         "HAS_G": "constexpr",
         "TRACK_MAX": "constexpr",
+        "HAS_SOFTCAP": "constexpr",
         "BLOCK_V": "constexpr",
     }
-    compile_one(
-        softmax_grad_kernel,
-        row,
-        dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False, BLOCK_V=2048),
-        target,
-        8,
-    )
+    for cap in (False, True):
+        compile_one(
+            softmax_grad_kernel,
+            row,
+            dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False, HAS_SOFTCAP=cap, BLOCK_V=2048),
+            target,
+            8,
+        )
     for dt in ("bf16", "fp16", "fp32"):
-        for track in (False, True):
+        for track, cap in ((False, False), (True, False), (False, True)):
             compile_one(
                 softmax_grad_kernel,
                 {**row, "GOUT": f"*{dt}"},
-                dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, BLOCK_V=2048),
+                dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, HAS_SOFTCAP=cap, BLOCK_V=2048),
                 target,
                 8,
             )

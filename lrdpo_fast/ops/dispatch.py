@@ -7,8 +7,10 @@ with CUDA events), keeps the faster, logs the choice once and caches it in memor
 
 Bucket: (op, N rounded up to a power of two, d, V, dtype, device name); ``op`` is "logprobs"
 (``linear_logprobs`` / ``sequence_logprobs``) or "fused" (``fused_lrdpo_loss``, whose torch form
-differs: gradients formed in the forward sweep), with "/fwd" appended when no gradient is wanted
-(then only the forward is timed).
+differs: gradients formed in the forward sweep), with "+softcap" appended when the logits are
+soft-capped (Gemma-2: the cap's tanh and derivative cost the two backends differently, so they are
+measured apart; the cap's value does not change the cost and is not in the key) and "/fwd" when
+no gradient is wanted (then only the forward is timed).
 
 Order of precedence: an explicit ``backend="torch"|"triton"``; the ``LRDPO_BACKEND`` environment
 variable ("torch" or "triton", forcing what "auto" means); off CUDA, "torch" (never measured);
@@ -201,9 +203,9 @@ def select(
 ) -> str:
     """The backend a call runs on, after ``resolve_backend`` has validated ``backend``.
 
-    op: "logprobs" | "fused" (+ "/fwd"); hidden [N, d], weight [V, d]; trial(b) runs one forward
-    (+ backward) of the call with backend b on copies of the real inputs; triton_ok: whether the
-    Triton kernels can run on hidden's device.
+    op: "logprobs" | "fused" (+ "+softcap", + "/fwd"); hidden [N, d], weight [V, d]; trial(b)
+    runs one forward (+ backward) of the call with backend b on copies of the real inputs;
+    triton_ok: whether the Triton kernels can run on hidden's device.
     """
     device = hidden.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -3,7 +3,9 @@
 ``fused_lrdpo_loss`` never materializes [tokens x vocab] logits. On the torch backend it forms
 the gradient during the forward sweep (whole pairs per chunk, 3 matmuls per scored token); on the
 Triton backend a forward kernel gives the sequence log-probs, a pair-loss kernel their gradient,
-and the backward kernel rebuilds the logits tiles.
+and the backward kernel rebuilds the logits tiles. The LM head's output transform (temperature,
+Gemma-2's final-logit soft-capping) applies to the policy's logits and to the reference's when
+the reference is given as hidden states.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .losses import (
     pair_metrics,
     wide,
 )
-from .validation import check_cu_seqlens, check_linear_inputs, check_same_device
+from .validation import check_cu_seqlens, check_linear_inputs, check_same_device, check_softcap
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class _FusedTorch(torch.autograd.Function):
     """Torch backend: gradients formed during forward, scaled by the upstream grad in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index):
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
             hidden,
@@ -96,9 +98,10 @@ class _FusedTorch(torch.autograd.Function):
             seq_ids,
             params.lengths.numel(),
             ignore_index,
-            1.0,
+            temperature,
             params.grad if any(needs) else None,
             needs,
+            softcap=softcap,
         )
         loss = params.losses(seq_logps).mean()
         # The gradients are outputs, not inputs: kept as plain attributes (not saved tensors) and
@@ -114,17 +117,19 @@ class _FusedTorch(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if not bool(grad_loss == 1):  # loss.backward() passes exactly 1: no scaling, no copy
             grads = tuple(None if t is None else t.mul_(grad_loss.to(t.dtype)) for t in grads)
-        return grads[0], grads[1], grads[2], None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None
 
 
 class _FusedTriton(torch.autograd.Function):
     """Triton backend: forward kernel + pair-loss kernel; backward kernel rebuilds logits tiles."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index):
+    def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
         from . import triton_backend
 
-        logp, lse, rows = triton_backend.token_logprobs_forward(hidden, weight, bias, labels, ignore_index, 1.0)
+        logp, lse, rows = triton_backend.token_logprobs_forward(
+            hidden, weight, bias, labels, ignore_index, temperature, softcap=softcap
+        )
         seq_logps = segment_sum(logp, seq_ids, params.lengths.numel())
         losses, dseq = triton_backend.pair_loss(
             seq_logps,
@@ -137,6 +142,7 @@ class _FusedTriton(torch.autograd.Function):
             loss_type_id=LOSS_TYPE_IDS[params.loss_type],
         )
         ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids)
+        ctx.temperature, ctx.softcap = temperature, softcap
         ctx.mark_non_differentiable(seq_logps)
         return losses.mean(), seq_logps
 
@@ -147,14 +153,29 @@ class _FusedTriton(torch.autograd.Function):
         hidden, weight, bias, labels, lse, rows, dseq, seq_ids = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         g_tok = (dseq * grad_loss).index_select(0, seq_ids)
-        dh, dw, db = triton_backend.token_logprobs_backward(g_tok, hidden, weight, bias, labels, lse, rows, 1.0, needs)
-        return dh, dw, db, None, None, None, None
+        dh, dw, db = triton_backend.token_logprobs_backward(
+            g_tok, hidden, weight, bias, labels, lse, rows, ctx.temperature, needs, softcap=ctx.softcap
+        )
+        return dh, dw, db, None, None, None, None, None, None
 
 
 def _reference_logps(
-    ref_logps, ref_hidden, ref_weight, weight, labels, cu_seqlens, n_seqs, loss_type, ignore_index, backend, device
+    ref_logps,
+    ref_hidden,
+    ref_weight,
+    weight,
+    labels,
+    cu_seqlens,
+    n_seqs,
+    loss_type,
+    ignore_index,
+    backend,
+    device,
+    temperature=1.0,
+    softcap=None,
 ):
-    """float32 [S] reference log-probs from whichever form the caller gave (zeros for simpo)."""
+    """float32 [S] reference log-probs from whichever form the caller gave (zeros for simpo); from
+    ref_hidden [N, d] through the same head transform (temperature, softcap) as the policy."""
     if loss_type == "simpo":
         return torch.zeros(n_seqs, dtype=torch.float32, device=device)
     if ref_logps is not None and ref_hidden is not None:
@@ -174,10 +195,19 @@ def _reference_logps(
             f"loss_type={loss_type!r} needs the reference: pass ref_logps [S] or ref_hidden [N, d] (+ ref_weight)"
         )
     ref_w = weight if ref_weight is None else ref_weight
-    check_linear_inputs(ref_hidden, ref_w, labels, None, ignore_index, 1.0, "ref_hidden", "ref_weight")
+    check_linear_inputs(
+        ref_hidden, ref_w, labels, None, ignore_index, temperature, "ref_hidden", "ref_weight", softcap=softcap
+    )
     with torch.no_grad():
         logps, _ = sequence_logprobs(
-            ref_hidden.detach(), ref_w.detach(), labels, cu_seqlens, ignore_index=ignore_index, backend=backend
+            ref_hidden.detach(),
+            ref_w.detach(),
+            labels,
+            cu_seqlens,
+            ignore_index=ignore_index,
+            temperature=temperature,
+            softcap=softcap,
+            backend=backend,
         )
     return logps
 
@@ -199,6 +229,8 @@ def fused_lrdpo_loss(
     backend: str = "auto",
     label_smoothing: float = 0.0,
     bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """LR-DPO (and siblings) straight from the policy's final hidden states and LM head.
 
@@ -215,6 +247,11 @@ def fused_lrdpo_loss(
         beta, alpha, loss_type, gamma, label_smoothing: see ``lrdpo_fast.losses``.
         backend: "auto" | "torch" | "triton" ("auto": on CUDA the faster, measured once per shape
             bucket by ``lrdpo_fast.ops.dispatch``; LRDPO_BACKEND forces it).
+        temperature: logits are divided by it before the softmax (policy and ``ref_hidden``).
+        softcap: if set (a float > 0), logits are soft-capped, z = softcap * tanh(z / softcap),
+            after the temperature division and before the softmax (Gemma-2's
+            final_logit_softcapping); applied to the policy's logits and, when ``ref_hidden`` is
+            given, to the reference's (precomputed ``ref_logps`` are taken as they are).
 
     Returns:
         (loss, metrics): float32 scalar, mean over pairs, differentiable w.r.t. hidden, weight and
@@ -222,7 +259,7 @@ def fused_lrdpo_loss(
         detached float32 [S] policy log-probs (DICE's implicit reward reuses them).
     """
     check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
-    check_linear_inputs(hidden, weight, labels, bias, ignore_index, 1.0)
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
     n_seqs = cu_seqlens.numel() - 1
     if n_seqs % 2:
@@ -253,6 +290,8 @@ def fused_lrdpo_loss(
         ignore_index,
         backend,
         hidden.device,
+        temperature,
+        softcap,
     )
     params = PairLossParams(
         ref=ref,
@@ -265,14 +304,15 @@ def fused_lrdpo_loss(
     )
     lab = labels.contiguous()
     b_ = None if bias is None else bias.detach()
+    head = (int(ignore_index), float(temperature), None if softcap is None else float(softcap))
 
     def run(b, h, w, grad):
         f = _FusedTriton if b == "triton" else _FusedTorch
-        return f.apply(h.contiguous(), w.contiguous(), b_, lab, seq_ids, params, int(ignore_index))[0]
+        return f.apply(h.contiguous(), w.contiguous(), b_, lab, seq_ids, params, *head)[0]
 
-    impl = choose_backend("fused", backend, hidden, weight, run)
+    impl = choose_backend("fused" if softcap is None else "fused+softcap", backend, hidden, weight, run)
     fn = _FusedTriton if impl == "triton" else _FusedTorch
-    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params, int(ignore_index))
+    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params, *head)
     metrics = pair_metrics(
         seq_logps[0::2],
         seq_logps[1::2],
@@ -291,7 +331,10 @@ class LRDPOLoss(nn.Module):
     """nn.Module wrapper of ``fused_lrdpo_loss`` holding the objective's hyper-parameters.
 
     ``forward(hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None,
-    ref_weight=None, bias=None)`` returns (loss, metrics) exactly as ``fused_lrdpo_loss``.
+    ref_weight=None, bias=None)`` (hidden [N, d], weight [V, d] float32/bf16/fp16, labels and
+    cu_seqlens int, as in ``fused_lrdpo_loss``) returns (loss, metrics) exactly as
+    ``fused_lrdpo_loss`` with this module's hyper-parameters, including the head transform
+    ``temperature`` and ``softcap`` (Gemma-2's final_logit_softcapping; None = no cap).
     """
 
     def __init__(
@@ -303,11 +346,15 @@ class LRDPOLoss(nn.Module):
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
         backend: str = "auto",
+        temperature: float = 1.0,
+        softcap: float | None = None,
     ):
         super().__init__()
         check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
+        check_softcap(softcap)
         self.beta, self.alpha, self.loss_type, self.gamma = beta, alpha, loss_type, gamma
         self.label_smoothing, self.ignore_index, self.backend = label_smoothing, ignore_index, backend
+        self.temperature, self.softcap = temperature, softcap
 
     def forward(
         self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None, bias=None
@@ -328,7 +375,11 @@ class LRDPOLoss(nn.Module):
             backend=self.backend,
             label_smoothing=self.label_smoothing,
             bias=bias,
+            temperature=self.temperature,
+            softcap=self.softcap,
         )
 
     def extra_repr(self) -> str:
-        return f"loss_type={self.loss_type!r}, beta={self.beta}, alpha={self.alpha}, gamma={self.gamma}"
+        head = "" if self.temperature == 1.0 else f", temperature={self.temperature}"
+        head += "" if self.softcap is None else f", softcap={self.softcap}"
+        return f"loss_type={self.loss_type!r}, beta={self.beta}, alpha={self.alpha}, gamma={self.gamma}{head}"

@@ -3,6 +3,7 @@
 ``linear_logprobs`` gives log p(label) per token straight from hidden states and the LM head;
 ``sequence_logprobs`` sums them per packed sequence (``cu_seqlens``). Neither materializes the
 [tokens x vocab] logits: the torch backend works chunk by chunk, the Triton backend block by block.
+Both take the LM head's output transform: a temperature and Gemma-2's final-logit soft-capping.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def choose_backend(
 ) -> str:
     """Validate ``backend`` and settle "auto" through ``dispatch.select`` (measured on CUDA).
 
-    op: "logprobs" | "fused"; run(b, h, w, grad) runs the call with backend b on the leaves h
+    op: "logprobs" | "fused" (+ "+softcap" when the logits are soft-capped: its cost differs, so
+    it is measured apart); run(b, h, w, grad) runs the call with backend b on the leaves h
     [N, d], w [V, d] and returns a tensor whose sum is backpropagated when ``grad``. The trial
     uses detached copies of the caller's real inputs, so the caller's graph is untouched.
     """
@@ -88,14 +90,15 @@ def _backward_impl(backend: str):
 
 
 class _LinearLogprobs(torch.autograd.Function):
-    """logp[t] = log softmax(h_t W^T + b)[label_t] / T; saves only O(N) values besides inputs."""
+    """logp[t] = log softmax(cap((h_t W^T + b) / T))[label_t], cap(z) = softcap * tanh(z / softcap)
+    (identity when softcap is None); saves only O(N) values besides inputs."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ignore_index, temperature, backend):
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, temperature, softcap, backend):
         fwd, _ = _backward_impl(backend)
-        logp, lse, rows = fwd(hidden, weight, bias, labels, ignore_index, temperature)
+        logp, lse, rows = fwd(hidden, weight, bias, labels, ignore_index, temperature, softcap=softcap)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, rows)
-        ctx.temperature, ctx.backend = temperature, backend
+        ctx.temperature, ctx.softcap, ctx.backend = temperature, softcap, backend
         return logp
 
     @staticmethod
@@ -103,18 +106,28 @@ class _LinearLogprobs(torch.autograd.Function):
         hidden, weight, bias, labels, lse, rows = ctx.saved_tensors
         _, bwd = _backward_impl(ctx.backend)
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        dh, dw, db = bwd(grad.contiguous(), hidden, weight, bias, labels, lse, rows, ctx.temperature, needs)
-        return dh, dw, db, None, None, None, None
+        dh, dw, db = bwd(
+            grad.contiguous(), hidden, weight, bias, labels, lse, rows, ctx.temperature, needs, softcap=ctx.softcap
+        )
+        return dh, dw, db, None, None, None, None, None
 
 
-def _choose(backend, hidden, weight, bias, labels, ignore_index, temperature) -> str:
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap) -> str:
     b_ = None if bias is None else bias.detach()
     lab = labels.contiguous()
+    cap = _float_or_none(softcap)
 
     def run(b, h, w, grad):
-        return _LinearLogprobs.apply(h.contiguous(), w.contiguous(), b_, lab, int(ignore_index), float(temperature), b)
+        return _LinearLogprobs.apply(
+            h.contiguous(), w.contiguous(), b_, lab, int(ignore_index), float(temperature), cap, b
+        )
 
-    return choose_backend("logprobs", backend, hidden, weight, run)
+    op = "logprobs" if softcap is None else "logprobs+softcap"
+    return choose_backend(op, backend, hidden, weight, run)
 
 
 def linear_logprobs(
@@ -125,6 +138,7 @@ def linear_logprobs(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     temperature: float = 1.0,
+    softcap: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Per-token log p(label) from hidden states and the LM head, without [N, V] logits.
@@ -133,8 +147,12 @@ def linear_logprobs(
         hidden: [N, d] float32/bfloat16/float16, final hidden states (one row per token).
         weight: [V, d], same dtype and device as hidden (the LM head / output embedding).
         labels: int32/int64 [N], in [0, V) or ``ignore_index``.
-        bias: optional [V] LM-head bias.
+        bias: optional [V] LM-head bias, same dtype and device as hidden.
+        ignore_index: label value of unscored positions (prompt, padding).
         temperature: logits are divided by it before the softmax.
+        softcap: if set (a float > 0), logits are soft-capped, z = softcap * tanh(z / softcap),
+            after the temperature division and before the softmax (Gemma-2's
+            final_logit_softcapping).
         backend: "auto" (on CUDA the faster of the two, measured once per shape bucket, see
             ``lrdpo_fast.ops.dispatch``; torch elsewhere), "torch", or "triton". The
             LRDPO_BACKEND environment variable forces what "auto" means.
@@ -143,10 +161,17 @@ def linear_logprobs(
         float32 [N]: log p(label_t); 0.0 where label == ignore_index. Differentiable w.r.t.
         hidden, weight and bias (accumulated in float32).
     """
-    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
-    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature)
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
+    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap)
     return _LinearLogprobs.apply(
-        hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
+        hidden.contiguous(),
+        weight.contiguous(),
+        bias,
+        labels.contiguous(),
+        int(ignore_index),
+        float(temperature),
+        _float_or_none(softcap),
+        impl,
     )
 
 
@@ -170,28 +195,40 @@ def sequence_logprobs(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     temperature: float = 1.0,
+    softcap: float | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs per packed sequence.
 
     Args:
         hidden [N, d], weight [V, d], labels int [N], bias [V] or None: as in ``linear_logprobs``
-            (labels already shifted: labels[t] is the token that follows t, ignore_index on prompt
-            and padding).
+            (float32/bfloat16/float16; labels already shifted: labels[t] is the token that follows
+            t, ignore_index on prompt and padding).
         cu_seqlens: int32/int64 [S+1], sequence offsets 0 = cu[0] <= cu[1] <= ... <= cu[S] = N.
+        ignore_index, temperature, backend: as in ``linear_logprobs``.
+        softcap: if set (a float > 0), logits are soft-capped, z = softcap * tanh(z / softcap),
+            after the temperature division and before the softmax (Gemma-2's
+            final_logit_softcapping).
 
     Returns:
         (logps float32 [S], lengths int64 [S]): per-sequence sum of log p(label) over scored
         tokens, and the number of scored tokens (labels != ignore_index). A sequence with no
         scored token has logp 0 and length 0. logps is differentiable.
     """
-    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature)
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
     n_seqs = cu_seqlens.numel() - 1
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
-    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature)
+    impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap)
     tok = _LinearLogprobs.apply(
-        hidden.contiguous(), weight.contiguous(), bias, labels.contiguous(), int(ignore_index), float(temperature), impl
+        hidden.contiguous(),
+        weight.contiguous(),
+        bias,
+        labels.contiguous(),
+        int(ignore_index),
+        float(temperature),
+        _float_or_none(softcap),
+        impl,
     )
     lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()

@@ -18,6 +18,12 @@ log-sum-exp and log-prob and writes the gradient (onehot - softmax) * g / T in p
 dtype, and dH = E W, dW += E^T H are two more GEMMs (float32 output / accumulator). The weight is
 never copied to float32. Optional gradient filter (``GRAD_SKIP_THRESHOLD``, 16-bit inputs only):
 vocabulary blocks whose |gradient| is all below it drop out of both GEMMs.
+
+Final-logit soft-capping (``softcap``, Gemma-2's ``final_logit_softcapping``): the temperature-
+scaled logits z become z' = cap * tanh(z / cap) before the softmax, and the logits' gradient is
+multiplied by dz'/dz = 1 - tanh(z / cap)^2. The elementwise form keeps that factor in a second
+chunk-sized buffer during backward (the chunks are halved then, so the footprint stays one
+CHUNK_ELEMENTS budget); the CUDA form's row kernel computes it on the fly (no extra buffer).
 """
 
 from __future__ import annotations
@@ -49,12 +55,12 @@ GRAD_SKIP_THRESHOLD = float(os.environ.get("LRDPO_GRAD_SKIP_THRESHOLD", "0"))
 SKIP_MAX_LIVE_FRACTION = 0.5
 
 
-def chunk_rows(vocab: int, chunk_tokens: int | None = None, cuda: bool = False) -> int:
-    """Rows per chunk so that a [rows, vocab] float32 block stays within CHUNK_ELEMENTS
-    (CUDA_CHUNK_ELEMENTS for the CUDA form)."""
+def chunk_rows(vocab: int, chunk_tokens: int | None = None, cuda: bool = False, buffers: int = 1) -> int:
+    """Rows per chunk so that ``buffers`` [rows, vocab] float32 blocks together stay within
+    CHUNK_ELEMENTS (CUDA_CHUNK_ELEMENTS for the CUDA form); ``chunk_tokens`` overrides it."""
     if chunk_tokens is not None:
         return max(1, int(chunk_tokens))
-    return max(8, (CUDA_CHUNK_ELEMENTS if cuda else CHUNK_ELEMENTS) // max(vocab, 1))
+    return max(8, (CUDA_CHUNK_ELEMENTS if cuda else CHUNK_ELEMENTS) // max(buffers, 1) // max(vocab, 1))
 
 
 # ---- the CUDA form: GEMMs in the input dtype + one Triton row pass per chunk ----------------------
@@ -140,6 +146,7 @@ def row_pass(
     dtype: torch.dtype,
     inv_temp: float,
     blockmax: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """One launch of ``softmax_grad_kernel`` over the rows of a chunk.
 
@@ -147,8 +154,10 @@ def row_pass(
     [0, V). With ``logp`` (float32 [C]) given, fills lse [C] and logp [C]; otherwise reads lse.
     With ``g`` (float32 [C]) given, writes (onehot - softmax) * g / T in ``dtype`` in place over
     z's storage and (with ``blockmax`` float32 [cdiv(V, BLOCK_V)], zeroed) the max |gradient| per
-    vocabulary block. Returns the gradient view [C, V] of ``dtype`` (row stride V for float32,
-    2V for 16-bit), meaningful only when g was given.
+    vocabulary block. With ``softcap`` (a float) the logits z / T are soft-capped first,
+    cap * tanh(z / T / cap): lse and logp are those of the capped logits and the gradient is
+    multiplied by 1 - tanh(z / T / cap)^2. Returns the gradient view [C, V] of ``dtype`` (row
+    stride V for float32, 2V for 16-bit), meaningful only when g was given.
     """
     from ..kernels.softmax_grad import softmax_grad_kernel
 
@@ -170,10 +179,12 @@ def row_pass(
         z.stride(0),
         gout.stride(0),
         inv_temp,
+        0.0 if softcap is None else float(softcap),
         COMPUTE_LSE=logp is not None,
         WRITE_GRAD=g is not None,
         HAS_G=g is not None,
         TRACK_MAX=blockmax is not None,
+        HAS_SOFTCAP=softcap is not None,
         BLOCK_V=block_v,
         **opts,
     )
@@ -213,15 +224,15 @@ def _fp_grad_gemms(e, h, w, r, dh, dw, db, cols=None) -> None:
         db.add_(col_sum) if cols is None else db.index_add_(0, cols, col_sum)
 
 
-def _fp_chunk_grad(z, lab, lse_c, g_rows, h, w, r, inv_temp, dh, dw, db) -> None:
+def _fp_chunk_grad(z, lab, lse_c, g_rows, h, w, r, inv_temp, dh, dw, db, softcap=None) -> None:
     """Row pass 2 (gradient in place, per-row scale g_rows float32 [C]) + the gradient GEMMs."""
     block_v, _ = _row_block(z.device)
     bm = torch.zeros(-(-w.shape[0] // block_v), dtype=torch.float32, device=z.device) if _skip_active(h.dtype) else None
-    e = row_pass(z, lab, lse_c, None, g_rows.float().contiguous(), h.dtype, inv_temp, bm)
+    e = row_pass(z, lab, lse_c, None, g_rows.float().contiguous(), h.dtype, inv_temp, bm, softcap)
     _fp_grad_gemms(e, h, w, r, dh, dw, db, _live_columns(bm, w.shape[0], block_v))
 
 
-def _fp_forward_rows(hidden, weight, b32, labels, rows, inv_temp, step, logp, lse, buf=None) -> None:
+def _fp_forward_rows(hidden, weight, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None) -> None:
     """CUDA form of ``_forward_rows``: logp[rows], lse[rows] (float32) chunk by chunk."""
     buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
     for start in range(0, rows.numel(), step):
@@ -229,12 +240,14 @@ def _fp_forward_rows(hidden, weight, b32, labels, rows, inv_temp, step, logp, ls
         lab = labels.index_select(0, r).long()
         z = _fp_logits(hidden.index_select(0, r), weight, b32, buf)
         lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
-        row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp)
+        row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp, softcap=softcap)
         lse.index_copy_(0, r, lse_c)
         logp.index_copy_(0, r, logp_c)
 
 
-def _fp_backward_rows(grad, hidden, weight, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None) -> None:
+def _fp_backward_rows(
+    grad, hidden, weight, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None, softcap=None
+) -> None:
     """CUDA form of ``_backward_rows``: rebuild each chunk's logits, one row pass, two GEMMs."""
     buf = _fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
     for start in range(0, rows.numel(), step):
@@ -242,7 +255,8 @@ def _fp_backward_rows(grad, hidden, weight, b32, labels, lse, rows, inv_temp, st
         lab = labels.index_select(0, r).long()
         h = hidden.index_select(0, r)
         z = _fp_logits(h, weight, b32, buf)
-        _fp_chunk_grad(z, lab, lse.index_select(0, r), grad.index_select(0, r), h, weight, r, inv_temp, dh, dw, db)
+        g_rows = grad.index_select(0, r)
+        _fp_chunk_grad(z, lab, lse.index_select(0, r), g_rows, h, weight, r, inv_temp, dh, dw, db, softcap)
 
 
 def scored_rows(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -261,6 +275,25 @@ def _chunk_logits(h_rows, w32, b32, inv_temp: float, buf: torch.Tensor | None = 
     if inv_temp != 1.0:
         z.mul_(inv_temp)
     return z
+
+
+def _softcap_(z: torch.Tensor, softcap: float | None, fbuf: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Soft-cap the (temperature-scaled) logits z [C, V] in place, z -> cap * tanh(z / cap).
+
+    With ``fbuf`` (a flat buffer of z's dtype, at least C * V long) also returns the cap's
+    derivative 1 - tanh(z / cap)^2 = 1 / cosh(z / cap)^2 as a [C, V] view of it (cosh keeps the
+    relative accuracy where tanh saturates; it overflows to inf, giving exactly 0, past |z / cap|
+    ~ 89). Nothing happens (and None is returned) when softcap is None."""
+    if softcap is None:
+        return None
+    z.div_(softcap)
+    f = None
+    if fbuf is not None:
+        f = fbuf[: z.numel()].view(z.shape)
+        torch.cosh(z, out=f)
+        f.reciprocal_().square_()
+    z.tanh_().mul_(softcap)
+    return f
 
 
 def _exp_inplace(z: torch.Tensor, lab: torch.Tensor):
@@ -301,28 +334,41 @@ def _chunk_buffer(rows: int, w32: torch.Tensor) -> torch.Tensor:
     return torch.empty(rows * w32.shape[0], dtype=w32.dtype, device=w32.device)
 
 
-def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf=None) -> None:
-    """Fill logp[rows] and lse[rows] chunk by chunk (in ``buf`` if given)."""
+def _forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None) -> None:
+    """Fill logp[rows] and lse[rows] chunk by chunk (in ``buf`` if given), of the soft-capped
+    logits when ``softcap`` is set."""
     buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
         r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp, buf)
+        _softcap_(z, softcap)
         label_logit, lse_c, _ = _exp_inplace(z, lab)
         lse.index_copy_(0, r, lse_c)
         logp.index_copy_(0, r, label_logit - lse_c)
 
 
-def _backward_rows(grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None) -> None:
-    """Accumulate the gradients of sum(grad * logp) over ``rows`` into dh, dw, db (in place)."""
+def _backward_rows(
+    grad, hidden, w32, b32, labels, lse, rows, inv_temp, step, dh, dw, db, buf=None, softcap=None, fbuf=None
+) -> None:
+    """Accumulate the gradients of sum(grad * logp) over ``rows`` into dh, dw, db (in place).
+
+    With ``softcap`` the cap's derivative is held in ``fbuf`` (a second chunk buffer, made here
+    when not given) and multiplies the logits' gradient."""
     buf = _chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
+    if softcap is not None and fbuf is None:
+        fbuf = _chunk_buffer(min(step, rows.numel()), w32)
     for start in range(0, rows.numel(), step):
         r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         h = hidden.index_select(0, r).to(w32.dtype)
         z = _chunk_logits(h, w32, b32, inv_temp, buf)
+        dcap = _softcap_(z, softcap, fbuf)
         z.sub_(lse.index_select(0, r)[:, None]).exp_()
-        _accumulate(_grad_inplace(z, lab, grad.index_select(0, r), inv_temp), h, r, w32, dh, dw, db)
+        dz = _grad_inplace(z, lab, grad.index_select(0, r), inv_temp)
+        if dcap is not None:
+            dz.mul_(dcap)  # chain rule through the cap
+        _accumulate(dz, h, r, w32, dh, dw, db)
 
 
 def _accumulate(dz, h, r, w32, dh, dw, db) -> None:
@@ -357,11 +403,14 @@ def token_logprobs_forward(
     ignore_index: int,
     temperature: float,
     chunk_tokens: int | None = None,
+    softcap: float | None = None,
 ):
     """Per-token log p(label) without materializing [N, V].
 
-    hidden [N, d], weight [V, d], bias [V] or None (float32/bf16/fp16), labels int [N].
-    Returns (logp float32 [N], lse float32 [N], rows int64 [M]): 0.0 at ignored rows in both.
+    hidden [N, d], weight [V, d], bias [V] or None (float32/bf16/fp16, or float64), labels int
+    [N]; softcap: None or the cap of the soft-capped logits cap * tanh(z / T / cap).
+    Returns (logp float32 [N], lse float32 [N], rows int64 [M]): 0.0 at ignored rows in both
+    (float64 for float64 inputs); lse is that of the (capped) logits.
     """
     n = hidden.shape[0]
     logp = hidden.new_zeros(n, dtype=_acc_dtype(weight))
@@ -369,14 +418,12 @@ def token_logprobs_forward(
     rows = scored_rows(labels, ignore_index)
     if fused_pass_enabled(hidden):
         step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
-        _fp_forward_rows(
-            hidden, weight, None if bias is None else bias.float(), labels, rows, 1.0 / temperature, step, logp, lse
-        )
+        b32 = None if bias is None else bias.float()
+        _fp_forward_rows(hidden, weight, b32, labels, rows, 1.0 / temperature, step, logp, lse, softcap=softcap)
         return logp, lse, rows
     step = chunk_rows(weight.shape[0], chunk_tokens)
-    _forward_rows(
-        hidden, _as_acc(weight, weight), _as_acc(bias, weight), labels, rows, 1.0 / temperature, step, logp, lse
-    )
+    w32, b32 = _as_acc(weight, weight), _as_acc(bias, weight)
+    _forward_rows(hidden, w32, b32, labels, rows, 1.0 / temperature, step, logp, lse, softcap=softcap)
     return logp, lse, rows
 
 
@@ -391,12 +438,15 @@ def token_logprobs_backward(
     temperature: float,
     needs: tuple[bool, bool, bool],
     chunk_tokens: int | None = None,
+    softcap: float | None = None,
 ):
     """Gradients of sum(grad * logp) w.r.t. (hidden, weight, bias), rebuilding each chunk.
 
     grad float [N] (upstream gradient per token), lse float32 [N] and rows int64 [M] from
-    ``token_logprobs_forward``; needs = which of (hidden, weight, bias) want a gradient.
-    Returns (dH like hidden or None, dW like weight or None, db like bias or None).
+    ``token_logprobs_forward`` called with the same ``softcap``; needs = which of (hidden,
+    weight, bias) want a gradient. With softcap the logits' gradient carries the factor
+    1 - tanh(z / T / cap)^2. Returns (dH like hidden or None, dW like weight or None, db like
+    bias or None).
     """
     dh, dw, db = _grad_buffers(hidden, weight, needs)
     if fused_pass_enabled(hidden):
@@ -414,9 +464,10 @@ def token_logprobs_backward(
             dh,
             dw,
             db,
+            softcap=softcap,
         )
         return dh, _cast(dw, weight), _cast(db, bias)
-    step = chunk_rows(weight.shape[0], chunk_tokens)
+    step = chunk_rows(weight.shape[0], chunk_tokens, buffers=1 if softcap is None else 2)
     _backward_rows(
         grad.to(_acc_dtype(weight)),
         hidden,
@@ -430,6 +481,7 @@ def token_logprobs_backward(
         dh,
         dw,
         db,
+        softcap=softcap,
     )
     return dh, _cast(dw, weight), _cast(db, bias)
 
@@ -449,6 +501,7 @@ def pair_forward_backward(
     pair_grad: PairGrad | None,
     needs: tuple[bool, bool, bool],
     chunk_tokens: int | None = None,
+    softcap: float | None = None,
 ):
     """Sequence log-probs of a packed pair batch and, in the same sweep, the loss gradients.
 
@@ -457,6 +510,7 @@ def pair_forward_backward(
     float32 log-probs [2k] of pairs p0..p1-1 (k = p1 - p0) and returns d loss / d logp [2k];
     None means forward only. Whole pairs go into one chunk, so the chunk's softmax is turned into
     its gradient at once; a pair larger than the chunk budget is done in two passes (recompute).
+    softcap: None or the cap of the soft-capped logits, cap * tanh(z / T / cap) (Gemma-2).
 
     Returns (seq_logps float32 [S], dH, dW, db) with None for grads not asked or not computed.
     """
@@ -465,7 +519,9 @@ def pair_forward_backward(
     row_seq = seq_ids.index_select(0, rows)
     seq_logps = hidden.new_zeros(n_seqs, dtype=_acc_dtype(weight))
     if pair_grad is None:
-        logp, _, _ = token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens)
+        logp, _, _ = token_logprobs_forward(
+            hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens, softcap=softcap
+        )
         seq_logps.index_add_(0, seq_ids, logp)
         return seq_logps, None, None, None
 
@@ -476,13 +532,17 @@ def pair_forward_backward(
     fwd_rows, bwd_rows = (_fp_forward_rows, _fp_backward_rows) if fused else (_forward_rows, _backward_rows)
     inv_temp = 1.0 / temperature
     dh, dw, db = _grad_buffers(hidden, weight, needs)
-    budget = chunk_rows(weight.shape[0], chunk_tokens, cuda=fused)
+    # the elementwise form holds the cap's derivative in a second chunk buffer: half the rows each
+    two_buffers = softcap is not None and not fused
+    budget = chunk_rows(weight.shape[0], chunk_tokens, cuda=fused, buffers=2 if two_buffers else 1)
     # scored rows per pair -> row offsets of each pair in `rows` (pairs are contiguous)
     per_pair = torch.bincount(row_seq // 2, minlength=n_pairs).tolist()
     starts = [0]
     for c in per_pair:
         starts.append(starts[-1] + c)
     buf = (_fp_buffer if fused else _chunk_buffer)(min(budget, rows.numel()), w32)
+    fbuf = _chunk_buffer(min(budget, rows.numel()), w32) if two_buffers else None
+    bwd_extra = {"fbuf": fbuf} if two_buffers else {}
     p0 = 0
     while p0 < n_pairs:
         p1 = p0 + 1
@@ -495,26 +555,30 @@ def pair_forward_backward(
             h = hidden.index_select(0, r)
             z = _fp_logits(h, w32, b32, buf)
             lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
-            row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp)
+            row_pass(z, lab, lse_c, logp_c, None, hidden.dtype, inv_temp, softcap=softcap)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp_c)
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
-            _fp_chunk_grad(z, lab, lse_c, g_seq.index_select(0, local), h, w32, r, inv_temp, dh, dw, db)
+            _fp_chunk_grad(z, lab, lse_c, g_seq.index_select(0, local), h, w32, r, inv_temp, dh, dw, db, softcap)
         elif r.numel() <= budget:
             lab = labels.index_select(0, r).long()
             h = hidden.index_select(0, r).to(w32.dtype)
             z = _chunk_logits(h, w32, b32, inv_temp, buf)
+            dcap = _softcap_(z, softcap, fbuf)
             label_logit, lse_c, inv_sum = _exp_inplace(z, lab)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, label_logit - lse_c)
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
-            _accumulate(_grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp, inv_sum), h, r, w32, dh, dw, db)
+            dz = _grad_inplace(z, lab, g_seq.index_select(0, local), inv_temp, inv_sum)
+            if dcap is not None:
+                dz.mul_(dcap)  # chain rule through the cap
+            _accumulate(dz, h, r, w32, dh, dw, db)
         else:  # one pair longer than the budget: forward in pieces, then recompute
             logp = seq_logps.new_zeros(hidden.shape[0])
             lse = torch.zeros_like(logp)
-            fwd_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse, buf)
+            fwd_rows(hidden, w32, b32, labels, r, inv_temp, budget, logp, lse, buf, softcap=softcap)
             group = seq_logps.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp.index_select(0, r))
             g_seq = pair_grad(p0, p1, group).to(group.dtype)
             g_tok = torch.zeros_like(logp).index_copy_(0, r, g_seq.index_select(0, local))
-            bwd_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf)
+            bwd_rows(g_tok, hidden, w32, b32, labels, lse, r, inv_temp, budget, dh, dw, db, buf, softcap, **bwd_extra)
         seq_logps[2 * p0 : 2 * p1] = group
         p0 = p1
     return seq_logps, dh, _cast(dw, weight), _cast(db, bias)

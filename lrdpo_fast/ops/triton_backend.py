@@ -41,8 +41,18 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None):
-    """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows)."""
+def _softcap_args(softcap):
+    """(float32 kernel argument, HAS_SOFTCAP constexpr): (0.0, False) without a cap, so the
+    uncapped kernels compile exactly as before the option existed."""
+    return (0.0, False) if softcap is None else (float(softcap), True)
+
+
+def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None, softcap=None):
+    """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows).
+
+    hidden [N, d], weight [V, d] (float32/bf16/fp16), bias [V] or None, labels int [N]; softcap:
+    None or the cap of the soft-capped logits (lse and logp are those of cap * tanh(z / T / cap)).
+    """
     from ..kernels.logprob_fwd import logprob_fwd_kernel
 
     n, d = hidden.shape
@@ -54,6 +64,7 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
         1, min(nominal_v_blocks, triton_cdiv(2 * _sms(hidden.device), max(triton_cdiv(n, NOMINAL_BLOCK_N), 1)))
     )
     parts = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
+    cap, has_cap = _softcap_args(softcap)
     if n:
         logprob_fwd_kernel[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]), splits)](
             hidden,
@@ -70,8 +81,10 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
             weight.stride(0),
             splits,
             1.0 / temperature,
+            cap,
             ignore_index,
             HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=has_cap,
             UPCAST=_interpreting(),
             PRECISION=_precision(hidden.dtype),
         )
@@ -86,8 +99,14 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
     return logp, lse, rows
 
 
-def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, temperature, needs, chunk_tokens=None):
-    """Same contract as ``torch_backend.token_logprobs_backward``: (dH, dW, db), None where not needed."""
+def token_logprobs_backward(
+    grad, hidden, weight, bias, labels, lse, rows, temperature, needs, chunk_tokens=None, softcap=None
+):
+    """Same contract as ``torch_backend.token_logprobs_backward``: (dH, dW, db), None where not needed.
+
+    grad float [N], lse float32 [N] and rows int64 [M] from ``token_logprobs_forward`` called with
+    the same ``softcap`` (the logits' gradient is then multiplied by 1 - tanh(z / T / cap)^2).
+    """
     from ..kernels.logprob_bwd import logprob_bwd_kernel
 
     need_h, need_w, need_b = needs
@@ -100,6 +119,7 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
     dummy = torch.empty(1, **f32)
     # the kernel skips rows by their gradient: zero it wherever the label is not scored
     g_scored = torch.zeros(n, **f32).index_copy_(0, rows, grad.float().index_select(0, rows))
+    cap, has_cap = _softcap_args(softcap)
     if n and rows.numel() and (need_h or need_w or need_b):
 
         def grid(meta):
@@ -121,8 +141,10 @@ def token_logprobs_backward(grad, hidden, weight, bias, labels, lse, rows, tempe
             hidden.stride(0),
             weight.stride(0),
             1.0 / temperature,
+            cap,
             float(GRAD_SKIP_THRESHOLD),
             HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=has_cap,
             NEED_DH=need_h,
             NEED_DW=need_w,
             NEED_DB=need_b,

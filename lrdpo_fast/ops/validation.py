@@ -7,6 +7,9 @@ cu_seqlens order) are batched into one host synchronisation per call.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # float64: torch backend only
@@ -67,11 +70,14 @@ def check_linear_inputs(
     temperature: float,
     hidden_name: str = "hidden",
     weight_name: str = "weight",
+    softcap: float | None = None,
 ) -> None:
     """Shapes, dtypes, devices and value ranges of an LM-head log-prob call.
 
     hidden [N, d] float, weight [V, d] float of hidden's dtype, labels int [N] with values in
-    [0, V) or == ignore_index, bias [V] or None. Reads values once (labels range, finiteness).
+    [0, V) or == ignore_index, bias [V] or None; temperature a positive finite number, softcap
+    None or a positive finite number (``check_softcap``). Reads values once (labels range,
+    finiteness).
     """
     check_float(hidden_name, hidden, 2)
     check_float(weight_name, weight, 2)
@@ -91,6 +97,7 @@ def check_linear_inputs(
             raise ValueError(f"bias has {bias.shape[0]} entries but {weight_name} has {weight.shape[0]} rows")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    check_softcap(softcap)
     if hidden.shape[0] == 0:
         return
     vocab = weight.shape[0]
@@ -105,6 +112,17 @@ def check_linear_inputs(
     for (name, t), flag in zip(named, flags[1:]):
         if flag and confirm_nonfinite(t):
             raise NonFiniteInputError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def check_softcap(softcap: float | None) -> None:
+    """softcap (final-logit soft-capping, z -> softcap * tanh(z / softcap)) must be None or a
+    finite real number > 0 (a Python/NumPy float or int; bools, strings and tensors refused)."""
+    if softcap is None:
+        return
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise ValueError(f"softcap must be None or a positive finite float, got {type(softcap).__name__} {softcap!r}")
+    if not (math.isfinite(float(softcap)) and float(softcap) > 0):
+        raise ValueError(f"softcap must be None or a positive finite float, got {softcap!r}")
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, n_tokens: int, device: torch.device) -> None:
