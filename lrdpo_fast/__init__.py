@@ -10,7 +10,8 @@ in this list):
   ``pack_pairs``, ``PackedBatch``, ``split_pairs``, ``token_budget_batches``, ``packed_batches``,
   ``packing_stats``;
 - ``model``: ``register_varlen_attention``, ``enable_varlen_attention``, ``packed_hidden_states``,
-  ``lm_head_params``, ``model_sequence_logprobs``, ``precompute_reference_logps``;
+  ``lm_head`` (weight, bias, logit scale and soft cap), ``lm_head_params``,
+  ``model_sequence_logprobs``, ``precompute_reference_logps``;
 - ``train``: ``TrainConfig``, ``Trainer``;
 - ``loop``: ``VLLMSampler``, ``Sample`` (the only vllm importer), ``RewardModel``,
   ``CallableReward``, ``ImplicitReward``, ``build_pairs``, ``mix_replay``, ``IterateConfig``,
@@ -42,6 +43,7 @@ _LAZY = {
         "enable_varlen_attention",
         "varlen_attention_enabled",
     ],
+    "model.head": ["LMHead", "lm_head"],
     "model.packed": [
         "decoder_body",
         "lm_head_params",

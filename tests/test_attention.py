@@ -20,14 +20,17 @@ from lrdpo_fast.model.attention import (
 )
 
 
-def reference(q, k, v, lens, window=None):
-    """Naive softmax attention, one sequence at a time, in float64."""
+def reference(q, k, v, lens, window=None, softcap=None):
+    """Naive softmax attention, one sequence at a time, in float64 (scores soft-capped, c tanh(s / c),
+    when ``softcap``)."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     outs, a = [], 0
     for n in lens:
         qs, ks, vs = (t[a : a + n].double().transpose(0, 1) for t in (q, k, v))
         s = qs @ ks.transpose(1, 2) / math.sqrt(q.shape[-1])
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)
         i = torch.arange(n)
         allowed = i[:, None] >= i[None, :]
         if window is not None:
@@ -43,16 +46,29 @@ def reference(q, k, v, lens, window=None):
     lens=st.lists(st.integers(1, 12), min_size=1, max_size=5),
     heads=st.sampled_from([(2, 1), (4, 2), (2, 2)]),
     window=st.one_of(st.none(), st.integers(1, 6)),
+    softcap=st.sampled_from([None, 0.5, 2.0]),
 )
-def test_varlen_matches_reference(lens, heads, window):
+def test_varlen_matches_reference(lens, heads, window, softcap):
     h, hkv = heads
     T, D = sum(lens), 32
     g = torch.Generator().manual_seed(sum(lens))
-    q, k, v = (torch.randn(T, n, D, generator=g) for n in (h, hkv, hkv))
+    q, k, v = (torch.randn(T, n, D, generator=g) * 3 for n in (h, hkv, hkv))  # scores of a few units
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    out = varlen_attention(q, k, v, cu, max(lens), sliding_window=window)
+    out = varlen_attention(q, k, v, cu, max(lens), sliding_window=window, softcap=softcap)
     assert out.shape == (T, h, D) and out.dtype == q.dtype
-    torch.testing.assert_close(out, reference(q, k, v, lens, window), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, reference(q, k, v, lens, window, softcap), rtol=1e-5, atol=1e-5)
+
+
+def test_softcap_changes_attention_and_bad_values_raise():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 2, 32, generator=g) * 3 for _ in range(3))
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    plain, capped = (varlen_attention(q, k, v, cu, 4, softcap=c) for c in (None, 0.5))
+    assert (plain - capped).abs().max() > 0.1  # the cap is applied, not ignored
+    torch.testing.assert_close(varlen_attention(q, k, v, cu, 4, softcap=1e6), plain, rtol=1e-5, atol=1e-5)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "30"):
+        with pytest.raises(ValueError, match="softcap"):
+            varlen_attention(q, k, v, cu, 4, softcap=bad)
 
 
 def test_varlen_bad_heads():
@@ -81,8 +97,6 @@ def test_register_idempotent_and_context_manager():
 
 def test_unsupported_features_raise():
     q = torch.randn(1, 2, 4, 32)
-    with pytest.raises(ValueError, match="softcap"):
-        varlen_attention_forward(torch.nn.Module(), q, q, q, None, softcap=30.0)
     with pytest.raises(ValueError, match="s_aux"):
         varlen_attention_forward(torch.nn.Module(), q, q, q, None, s_aux=torch.zeros(2))
 

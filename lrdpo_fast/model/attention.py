@@ -9,8 +9,10 @@ within each sequence. Backends, first usable wins:
 3. exact SDPA per sequence with ``is_causal`` (any device / dtype; the CPU path).
 GQA (fewer KV heads) is handled, RoPE comes from the model's position_ids, and sliding-window
 attention (Mistral, Qwen2 with use_sliding_window) is honoured: window W means a query sees its W
-most recent keys, itself included, as in transformers' masks. Logit soft-capping and attention
-sinks are not supported (ValueError).
+most recent keys, itself included, as in transformers' masks. Attention-logit soft-capping
+(Gemma 2's ``attn_logit_softcapping``: scores -> c tanh(scores / c)) goes to flash-attention's
+``softcap`` on CUDA and to an exact per-sequence eager path elsewhere. Attention sinks are not
+supported (ValueError).
 
 Without ``cu_seq_lens_*`` (e.g. ``generate``), the function derives sequences from packed
 ``position_ids`` when no padding mask is given, and otherwise defers to transformers' SDPA.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Iterator
 
 import torch
@@ -66,6 +69,39 @@ def _sdpa_per_sequence(q, k, v, bounds, scale, dropout, window):
     return out
 
 
+def _capped_attention(q, k, v, allowed, scale, softcap, dropout):
+    """q [B, H, Lq, D], k/v [B, H, Lk, D], allowed bool [B or 1, 1, Lq, Lk] -> [B, H, Lq, D]:
+    softmax(c tanh(q k^T scale / c)) v as transformers' eager Gemma 2 attention (float32 softmax)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, v)
+
+
+def _capped_per_sequence(q, k, v, bounds, scale, softcap, dropout, window):
+    """The soft-capped exact path: q [T, H, D], k/v [T, H, D] (already repeated) -> [T, H, D]."""
+    out = torch.empty_like(q)
+    for a, b in bounds:
+        if b <= a:
+            continue
+        qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))  # [1, H, L, D]
+        i = torch.arange(b - a, device=q.device)
+        allowed = i[:, None] >= i[None, :]
+        if window is not None:
+            allowed = allowed & (i[:, None] - i[None, :] < window)
+        out[a:b] = _capped_attention(qs, ks, vs, allowed[None, None], scale, softcap, dropout)[0].transpose(0, 1)
+    return out
+
+
+def _flash_softcap_ok(fa) -> bool:
+    try:
+        return "softcap" in inspect.signature(fa).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def varlen_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -76,6 +112,7 @@ def varlen_attention(
     scale: float | None = None,
     dropout: float = 0.0,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention within each packed sequence.
 
@@ -85,6 +122,7 @@ def varlen_attention(
         max_seqlen: int, longest sequence.
         scale: softmax scale (default 1/sqrt(D)); dropout: attention dropout probability.
         sliding_window: None, or W: each query sees its W most recent keys (itself included).
+        softcap: None, or c > 0: attention scores become c tanh(scores / c) before the softmax.
 
     Returns:
         [T, H, D] in query's dtype.
@@ -94,12 +132,31 @@ def varlen_attention(
     n_heads, n_kv = query.shape[1], key.shape[1]
     if n_heads % n_kv:
         raise ValueError(f"query heads ({n_heads}) must be a multiple of key heads ({n_kv})")
+    if softcap is not None and not (
+        isinstance(softcap, (int, float)) and not isinstance(softcap, bool) and math.isfinite(softcap) and softcap > 0
+    ):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     cu = cu_seqlens.to(device=query.device, dtype=torch.int32)
     fast = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256
     if fast:
         left = -1 if sliding_window is None else int(sliding_window) - 1
         fa = _flash_attn_varlen()
-        if fa is not None:
+        if fa is not None and softcap is not None and _flash_softcap_ok(fa):
+            return fa(
+                query,
+                key,
+                value,
+                cu,
+                cu,
+                int(max_seqlen),
+                int(max_seqlen),
+                dropout_p=dropout,
+                softmax_scale=scale,
+                causal=True,
+                window_size=(left, 0),
+                softcap=float(softcap),
+            )
+        if fa is not None and softcap is None:
             return fa(
                 query,
                 key,
@@ -114,7 +171,7 @@ def varlen_attention(
                 window_size=(left, 0),
             )
         tv = _torch_varlen()
-        if tv is not None and dropout == 0.0:
+        if tv is not None and dropout == 0.0 and softcap is None:
             params = inspect.signature(tv).parameters
             try:
                 if "window_size" in params:  # torch >= 2.11: causal is window (-1, 0)
@@ -149,7 +206,11 @@ def varlen_attention(
     k = _repeat_kv(key, rep, 1)
     v = _repeat_kv(value, rep, 1)
     offs = cu.tolist()
-    return _sdpa_per_sequence(query, k, v, list(zip(offs[:-1], offs[1:])), scale, dropout, sliding_window)
+    bounds = list(zip(offs[:-1], offs[1:]))
+    if softcap is not None:
+        s = query.shape[-1] ** -0.5 if scale is None else scale
+        return _capped_per_sequence(query, k, v, bounds, s, float(softcap), dropout, sliding_window)
+    return _sdpa_per_sequence(query, k, v, bounds, scale, dropout, sliding_window)
 
 
 def _cu_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
@@ -180,11 +241,9 @@ def varlen_attention_forward(
     """The AttentionInterface function: query [1, H, T, D], key/value [1, Hkv, T, D] -> ([1, T, H, D], None).
 
     Reads ``cu_seq_lens_q`` (int32 [S+1]) and ``max_length_q`` (int) from kwargs (``_k`` must
-    match: self-attention only). Raises ValueError for batch size > 1 with cu_seq_lens, for
-    soft-capping or attention sinks.
+    match: self-attention only). ``softcap`` (Gemma 2) is honoured on every path. Raises
+    ValueError for batch size > 1 with cu_seq_lens, or for attention sinks.
     """
-    if softcap is not None:
-        raise ValueError("softcap: attention logit soft-capping is not supported by lrdpo_varlen")
     if s_aux is not None:
         raise ValueError("s_aux: attention sinks are not supported by lrdpo_varlen")
     cu = kwargs.get("cu_seq_lens_q")
@@ -193,6 +252,8 @@ def varlen_attention_forward(
         derived = _cu_from_position_ids(kwargs.get("position_ids"))
         if derived is not None:
             cu, max_len = derived
+    if cu is None and softcap is not None:
+        return _capped_unpacked(module, query, key, value, attention_mask, dropout, scaling, sliding_window, softcap)
     if cu is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -215,8 +276,25 @@ def varlen_attention_forward(
         scale=scaling,
         dropout=dropout,
         sliding_window=sliding_window,
+        softcap=softcap,
     )
     return out.unsqueeze(0), None
+
+
+def _capped_unpacked(module, query, key, value, attention_mask, dropout, scaling, sliding_window, softcap):
+    """Soft-capped attention of an unpacked (padded or cached) batch: query [B, H, q, D],
+    key/value [B, Hkv, kv, D], a 2D padding mask [B, kv] or None -> ([B, q, H, D], None)."""
+    b, n_heads, q_len, d = query.shape
+    kv_len = key.shape[2]
+    rep = n_heads // key.shape[1]
+    k, v = _repeat_kv(key, rep, 1), _repeat_kv(value, rep, 1)
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError("attention_mask: soft-capped attention without cu_seq_lens takes a 2D padding mask")
+    mask2d = attention_mask if attention_mask is not None else torch.ones(b, kv_len, device=query.device)
+    allowed = _padding_causal_mask(mask2d, q_len, sliding_window)
+    scale = d**-0.5 if scaling is None else scaling
+    out = _capped_attention(query, k, v, allowed, scale, float(softcap), dropout)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _padding_causal_mask(mask2d: torch.Tensor, q_len: int, window: int | None) -> torch.Tensor:

@@ -3,8 +3,8 @@
 The decoder body (not the LM head) runs on the flat packed stream with varlen attention; the
 final hidden states [N, d] go with the LM head weight [V, d] into the fused kernel
 (``lrdpo_fast.ops.sequence_logprobs``), so no [N, V] logits tensor is ever materialized.
-Models whose LM head is more than a linear layer (logit soft-capping, logit scaling) are not
-supported by this path.
+A model's logit scale or final soft cap (Granite, Cohere, Gemma 2, ...) goes to the kernels as
+their temperature / softcap (``head.lm_head``); an unknown logit transform is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
 from .attention import ATTN_IMPLEMENTATION, enable_varlen_attention, varlen_attention_enabled
+from .head import lm_head
 
 
 def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,12 +44,10 @@ def lm_head_params(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
     """(weight [V, d], bias [V] or None) of ``model.get_output_embeddings()``.
 
     With tied embeddings the weight IS the input embedding matrix, so gradients reach both uses.
+    The model's logit scale / soft cap are not included: use ``head.lm_head`` to compute log-probs.
     """
-    get_out = getattr(model, "get_output_embeddings", None)
-    head = get_out() if callable(get_out) else None
-    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
-        raise ValueError(f"model ({type(model).__name__}) has no output embeddings (LM head)")
-    return head.weight, getattr(head, "bias", None)
+    head = lm_head(model)
+    return head.weight, head.bias
 
 
 def _check_batch(batch) -> None:
@@ -121,7 +120,8 @@ def model_sequence_logprobs(
 
     Args:
         model: transformers causal LM; batch: PackedBatch; backend: "auto" / "torch" / "triton";
-        temperature: logits are divided by it before the softmax.
+        temperature: the model's final logits (after its own logit scale and soft cap, see
+            ``head.lm_head``) are divided by it before the softmax.
 
     Returns:
         (logps float32 [S], lengths int64 [S]), S = 2 * batch.num_pairs, chosen/rejected
@@ -130,16 +130,16 @@ def model_sequence_logprobs(
     from ..ops import sequence_logprobs
 
     hidden = packed_hidden_states(model, batch)
-    weight, bias = lm_head_params(model)
-    hidden, weight, bias = _match_dtypes(hidden, weight, bias)
+    head = lm_head(model)
+    hidden, weight, bias = _match_dtypes(hidden, head.weight, head.bias)
     return sequence_logprobs(
         hidden,
         weight,
         batch.labels.to(hidden.device),
         batch.cu_seqlens.to(hidden.device),
         bias=bias,
-        temperature=temperature,
         backend=backend,
+        **head.kernel_args(temperature),
     )
 
 

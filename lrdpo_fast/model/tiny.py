@@ -3,14 +3,22 @@ benchmarks (no model hub, no network, CPU-sized, deterministic).
 
 - ``train_bpe_tokenizer(lines, vocab_size, ...)``: a byte-level BPE trained on the spot;
 - ``word_tokenizer(vocab_size)``: a word-level tokenizer over ``w0 w1 ...`` (benchmarks);
-- ``tiny_config(kind, **overrides)``: a decoder config (``llama``, ``qwen2``, ``mistral``);
+- ``tiny_config(kind, **overrides)``: a decoder config (``llama``, ``qwen2``, ``mistral``, and
+  the head-transform families ``gemma2``, ``gemma3``, ``granite``, ``cohere``);
 - ``tiny_causal_lm(kind, *, seed, dtype, **overrides)``: random weights from that config, the same
   ``seed`` giving bit-identical weights, the global RNG left as it was.
 """
 
 from __future__ import annotations
 
-KINDS = ("llama", "qwen2", "mistral")
+KINDS = ("llama", "qwen2", "mistral", "gemma2", "gemma3", "granite", "cohere")
+# architectures whose logits are more than h W^T (model.head): small values so the transform matters
+_FAMILY_DEFAULTS = {
+    "gemma2": dict(final_logit_softcapping=3.0, attn_logit_softcapping=2.0, sliding_window=6, query_pre_attn_scalar=32),
+    "gemma3": dict(final_logit_softcapping=3.0, sliding_window=6, query_pre_attn_scalar=32),
+    "granite": dict(logits_scaling=4.0, attention_multiplier=0.2),
+    "cohere": dict(logit_scale=0.25),
+}
 WORD_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
@@ -68,8 +76,10 @@ def word_tokenizer(vocab_size: int, *, model_max_length: int = 4096):
 
 def tiny_config(kind: str = "llama", **overrides):
     """A transformers decoder config. Defaults: vocab 320, hidden 64, 2 heads of dim 32, 1 KV head
-    (GQA), 2 layers, MLP 128, 512 positions, untied head, pad/bos/eos = 0/1/2, sdpa attention;
-    ``overrides`` replace any config field (e.g. ``hidden_size=192, num_hidden_layers=4``)."""
+    (GQA), 2 layers, MLP 128, 512 positions, untied head, pad/bos/eos = 0/1/2, sdpa attention
+    (eager for the soft-capped Gemmas, which SDPA cannot express); the gemma2 / gemma3 / granite
+    / cohere kinds also set a logit soft cap or scale (``_FAMILY_DEFAULTS``). ``overrides``
+    replace any config field (e.g. ``hidden_size=192, num_hidden_layers=4``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     common = dict(
@@ -87,17 +97,23 @@ def tiny_config(kind: str = "llama", **overrides):
         pad_token_id=0,
         attention_dropout=0.0,
     )
+    common.update(_FAMILY_DEFAULTS.get(kind, {}))
     common.update(overrides)
-    if kind == "llama":
-        from transformers import LlamaConfig as Config
-    elif kind == "qwen2":
-        from transformers import Qwen2Config as Config
-    else:
-        from transformers import MistralConfig as Config
+    import transformers
 
+    config_class = {
+        "llama": "LlamaConfig",
+        "qwen2": "Qwen2Config",
+        "mistral": "MistralConfig",
+        "gemma2": "Gemma2Config",
+        "gemma3": "Gemma3TextConfig",
+        "granite": "GraniteConfig",
+        "cohere": "CohereConfig",
+    }[kind]
+    if kind == "mistral":
         common.setdefault("sliding_window", 4096)
-    cfg = Config(**common)
-    cfg._attn_implementation = "sdpa"
+    cfg = getattr(transformers, config_class)(**common)
+    cfg._attn_implementation = "eager" if kind in ("gemma2", "gemma3") else "sdpa"
     return cfg
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..data.packing import PackedBatch
-from ..model.packed import lm_head_params, model_sequence_logprobs, packed_hidden_states
+from ..model.head import lm_head
+from ..model.packed import model_sequence_logprobs, packed_hidden_states
 from ..ops.fused import fused_lrdpo_loss
 from .config import TrainConfig
 
@@ -56,10 +57,10 @@ class PolicyLoss(nn.Module):
         Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors)."""
         cfg = self.cfg
         hidden = packed_hidden_states(self.policy, batch)
-        weight, bias = lm_head_params(self.policy)
-        dt = self.compute_dtype or weight.dtype
-        hidden, weight = hidden.to(dt), weight.to(dt)
-        bias = None if bias is None else bias.to(dt)
+        head = lm_head(self.policy)
+        dt = self.compute_dtype or head.weight.dtype
+        hidden, weight = hidden.to(dt), head.weight.to(dt)
+        bias = None if head.bias is None else head.bias.to(dt)
         return fused_lrdpo_loss(
             hidden,
             weight,
@@ -73,6 +74,7 @@ class PolicyLoss(nn.Module):
             gamma=cfg.gamma,
             label_smoothing=cfg.label_smoothing,
             backend=cfg.backend,
+            **head.kernel_args(),
         )
 
     def sequence_logps(self, batch: PackedBatch) -> SequenceLogps:
