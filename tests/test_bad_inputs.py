@@ -139,6 +139,13 @@ KERNEL_CASES = [
         ["3 sequences", "even number"],
     ),
     ("temperature_zero", lambda: _seq(temperature=0.0), ValueError, ["temperature must be a positive finite number"]),
+    ("temperature_bool", lambda: _seq(temperature=True), ValueError, ["temperature must be a positive finite number"]),
+    (
+        "fused_temperature_inf",
+        lambda: _fused(temperature=float("inf")),
+        ValueError,
+        ["temperature must be a positive finite number"],
+    ),
     (
         "backend_name",
         lambda: _seq(backend="cuda"),

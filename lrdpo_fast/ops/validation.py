@@ -95,7 +95,9 @@ def check_linear_inputs(
         check_float("bias", bias, 1)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} entries but {weight_name} has {weight.shape[0]} rows")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")
+    ):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     check_softcap(softcap)
     if hidden.shape[0] == 0:
