@@ -272,3 +272,48 @@ def adamw_first_step(p0, g, *, lr, weight_decay, eps=1e-8, max_grad_norm=None, g
     clipping factor min(1, max_norm / (norm + 1e-6))."""
     c = 1.0 if not max_grad_norm else min(1.0, max_grad_norm / (grad_norm + 1e-6))
     return p0.double() * (1 - lr * weight_decay) - lr * c * g / (c * g.abs() + eps)
+
+
+# ---- final-logit soft-capping (Gemma 2): z -> cap * tanh(z / cap) after the temperature ---------------
+def capped_logits(hidden, weight, bias=None, temperature=1.0, softcap=None):
+    """float64 [N, V]: cap * tanh(((h W^T + b) / T) / cap) (no cap when softcap is None)."""
+    z = hidden.double() @ weight.double().T
+    if bias is not None:
+        z = z + bias.double()
+    z = z / temperature
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z
+
+
+def capped_token_logprobs(hidden, weight, labels, bias=None, ignore_index=-100, temperature=1.0, softcap=None):
+    """float64 [N]: log_softmax of the capped logits at the labels; 0 where label == ignore_index."""
+    logp = capped_logits(hidden, weight, bias, temperature, softcap).log_softmax(-1)
+    scored = labels != ignore_index
+    safe = torch.where(scored, labels, torch.zeros_like(labels)).long()
+    return logp.gather(1, safe[:, None]).squeeze(1) * scored
+
+
+def capped_sequence_logprobs(hidden, weight, labels, cu_seqlens, ignore_index=-100, temperature=1.0, softcap=None):
+    """(float64 [S] per-sequence sums, int64 [S] scored counts) of ``capped_token_logprobs``."""
+    tok = capped_token_logprobs(hidden, weight, labels, None, ignore_index, temperature, softcap)
+    cu = cu_seqlens.tolist()
+    logps = torch.stack([tok[a:b].sum() for a, b in zip(cu[:-1], cu[1:])])
+    lengths = torch.tensor([int((labels[a:b] != ignore_index).sum()) for a, b in zip(cu[:-1], cu[1:])])
+    return logps, lengths
+
+
+def capped_grad_scales(hidden, weight, labels, g_tok, bias=None, ignore_index=-100, temperature=1.0, softcap=None):
+    """float64 sums of |terms| (S_h [N, d], S_w [V, d], S_b [V]) of the LM-head gradients with the
+    cap: dz = g (onehot - softmax(z')) (1 - tanh(z / cap)^2) / T, dH = dz W, dW = dz^T H."""
+    h, w = hidden.detach().double(), weight.detach().double()
+    z = capped_logits(h, w, None if bias is None else bias.detach(), temperature, None)
+    t = torch.tanh(z / softcap)
+    p = (softcap * t).softmax(-1)
+    scored = labels != ignore_index
+    onehot = torch.zeros_like(p)
+    rows = torch.nonzero(scored).flatten()
+    onehot[rows, labels[rows].long()] = 1.0
+    g = (g_tok.detach().double() * scored)[:, None]
+    dz = (g * (onehot - p) * (1 - t * t) / temperature).abs()
+    return dz @ w.abs(), dz.T @ h.abs(), dz.sum(0)

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from reference import (
     assert_close,
     assert_within,
+    capped_grad_scales,
+    capped_token_logprobs,
     grad_tolerance,
     logit_grad_scales,
     sequence_logprobs,
@@ -19,24 +21,31 @@ import lrdpo_fast as lf
 BACKENDS = ["torch", "triton"]
 
 
-def _check_tokens(backend, hidden, weight, labels, bias=None, temperature=1.0, tol=1e-5, ignore_index=-100):
-    """linear_logprobs and its gradients against the float64 reference on the same (rounded) inputs.
+def _check_tokens(
+    backend, hidden, weight, labels, bias=None, temperature=1.0, tol=1e-5, ignore_index=-100, softcap=None, device=None
+):
+    """linear_logprobs and its gradients against the float64 reference on the same (rounded) inputs
+    (the soft-capped reference when ``softcap``; ``device`` overrides the backend's).
 
     The forward accumulates in float32 whatever the input dtype, and the reference sees exactly the
     inputs the kernel sees, so log-probs must agree to float32 accuracy (``tol``) in every dtype.
     Gradients: float32 to ``tol``; 16-bit ones element by element within ``grad_tolerance`` (two
     roundings to the dtype relative to each element's sum of |terms|, plus float32 accumulation).
     """
-    dev = backend_device(backend)
+    dev = backend_device(backend) if device is None else device
     hidden, weight, labels, bias = to_device(dev, hidden, weight, labels, bias)
     h, w, b = leaf(hidden, weight, bias)
-    out = lf.linear_logprobs(h, w, labels, bias=b, temperature=temperature, ignore_index=ignore_index, backend=backend)
+    kw = dict(bias=b, temperature=temperature, ignore_index=ignore_index, backend=backend)
+    out = lf.linear_logprobs(h, w, labels, **kw, **({} if softcap is None else {"softcap": softcap}))
     assert out.dtype == torch.float32 and out.shape == labels.shape and out.device == hidden.device
     upstream = torch.randn(labels.shape[0], dtype=torch.float64)
     (out.double() * upstream.to(dev)).sum().backward()
     rh, rw, rb = leaf(*(None if t is None else t.double().cpu() for t in (hidden, weight, bias)))
     labels = labels.cpu()
-    ref = token_logprobs(rh, rw, labels, rb, ignore_index=ignore_index, temperature=temperature)
+    if softcap is None:
+        ref = token_logprobs(rh, rw, labels, rb, ignore_index=ignore_index, temperature=temperature)
+    else:
+        ref = capped_token_logprobs(rh, rw, labels, rb, ignore_index, temperature, softcap)
     (ref * upstream).sum().backward()
     assert_close(out, ref, tol, "logp")
     assert (out.cpu()[labels == ignore_index] == 0).all()
@@ -47,7 +56,10 @@ def _check_tokens(backend, hidden, weight, labels, bias=None, temperature=1.0, t
         if bias is not None:
             assert_close(b.grad, rb.grad, tol, "dbias")
         return
-    s_h, s_w, s_b = logit_grad_scales(rh, rw, labels, upstream, rb, ignore_index, temperature)
+    if softcap is None:
+        s_h, s_w, s_b = logit_grad_scales(rh, rw, labels, upstream, rb, ignore_index, temperature)
+    else:
+        s_h, s_w, s_b = capped_grad_scales(rh, rw, labels, upstream, rb, ignore_index, temperature, softcap)
     n, v = labels.shape[0], weight.shape[0]
     assert_within(h.grad, rh.grad, grad_tolerance(s_h, hidden.dtype, v), "dhidden")
     assert_within(w.grad, rw.grad, grad_tolerance(s_w, weight.dtype, n), "dweight")

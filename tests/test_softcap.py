@@ -10,8 +10,18 @@ import torch
 from cases import CUDA, backend_device, leaf, make_case, to_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_close, assert_within, grad_tolerance, pair_losses64
+from reference import (
+    assert_close,
+    assert_within,
+    capped_grad_scales,
+    capped_logits,
+    capped_sequence_logprobs,
+    capped_token_logprobs,
+    grad_tolerance,
+    pair_losses64,
+)
 from test_fused import _pair_case
+from test_logprobs import _check_tokens
 
 import lrdpo_fast as lf
 from lrdpo_fast.ops import torch_backend
@@ -20,51 +30,6 @@ BACKENDS = ["torch", "triton"]
 # where the torch backend's CUDA form (GEMMs + the Triton row pass) runs: compiled on a GPU, else on
 # CPU tensors through the interpreter (``torch_backend.FUSED_PASS = "1"``), as in test_row_pass.py
 CUDA_FORM_DEV = torch.device("cuda" if CUDA else "cpu")
-
-
-# ---- float64 references ---------------------------------------------------------------------------
-def capped_logits(hidden, weight, bias=None, temperature=1.0, softcap=None):
-    """float64 [N, V]: cap * tanh(((h W^T + b) / T) / cap) (no cap when softcap is None)."""
-    z = hidden.double() @ weight.double().T
-    if bias is not None:
-        z = z + bias.double()
-    z = z / temperature
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    return z
-
-
-def capped_token_logprobs(hidden, weight, labels, bias=None, ignore_index=-100, temperature=1.0, softcap=None):
-    """float64 [N]: log_softmax of the capped logits at the labels; 0 where label == ignore_index."""
-    logp = capped_logits(hidden, weight, bias, temperature, softcap).log_softmax(-1)
-    scored = labels != ignore_index
-    safe = torch.where(scored, labels, torch.zeros_like(labels)).long()
-    return logp.gather(1, safe[:, None]).squeeze(1) * scored
-
-
-def capped_sequence_logprobs(hidden, weight, labels, cu_seqlens, ignore_index=-100, temperature=1.0, softcap=None):
-    """(float64 [S] per-sequence sums, int64 [S] scored counts) of ``capped_token_logprobs``."""
-    tok = capped_token_logprobs(hidden, weight, labels, None, ignore_index, temperature, softcap)
-    cu = cu_seqlens.tolist()
-    logps = torch.stack([tok[a:b].sum() for a, b in zip(cu[:-1], cu[1:])])
-    lengths = torch.tensor([int((labels[a:b] != ignore_index).sum()) for a, b in zip(cu[:-1], cu[1:])])
-    return logps, lengths
-
-
-def capped_grad_scales(hidden, weight, labels, g_tok, bias=None, ignore_index=-100, temperature=1.0, softcap=None):
-    """float64 sums of |terms| (S_h [N, d], S_w [V, d], S_b [V]) of the LM-head gradients with the
-    cap: dz = g (onehot - softmax(z')) (1 - tanh(z / cap)^2) / T, dH = dz W, dW = dz^T H."""
-    h, w = hidden.detach().double(), weight.detach().double()
-    z = capped_logits(h, w, None if bias is None else bias.detach(), temperature, None)
-    t = torch.tanh(z / softcap)
-    p = (softcap * t).softmax(-1)
-    scored = labels != ignore_index
-    onehot = torch.zeros_like(p)
-    rows = torch.nonzero(scored).flatten()
-    onehot[rows, labels[rows].long()] = 1.0
-    g = (g_tok.detach().double() * scored)[:, None]
-    dz = (g * (onehot - p) * (1 - t * t) / temperature).abs()
-    return dz @ w.abs(), dz.T @ h.abs(), dz.sum(0)
 
 
 def test_reference_is_the_gemma2_formula():
@@ -80,42 +45,6 @@ def test_reference_is_the_gemma2_formula():
 
 
 # ---- linear_logprobs / sequence_logprobs ------------------------------------------------------------
-def _check_tokens(backend, hidden, weight, labels, *, softcap, bias=None, temperature=1.0, tol=1e-5, device=None):
-    """linear_logprobs(softcap=...) and its gradients w.r.t. hidden, weight, bias against float64.
-
-    float32 inputs: log-probs and gradients to ``tol`` (float32 accumulation throughout). 16-bit
-    inputs: log-probs still to ``tol`` (the reference sees the same rounded inputs and the kernels
-    accumulate in float32); gradients element by element within ``grad_tolerance`` of the capped
-    gradient's sum of |terms|, i.e. derived from the dtype's unit roundoff.
-    """
-    dev = backend_device(backend) if device is None else device
-    hidden, weight, labels, bias = to_device(dev, hidden, weight, labels, bias)
-    h, w, b = leaf(hidden, weight, bias)
-    out = lf.linear_logprobs(h, w, labels, bias=b, temperature=temperature, softcap=softcap, backend=backend)
-    assert out.dtype == torch.float32 and out.shape == labels.shape
-    upstream = torch.randn(labels.shape[0], dtype=torch.float64)
-    (out.double() * upstream.to(dev)).sum().backward()
-    rh, rw, rb = leaf(*(None if t is None else t.double().cpu() for t in (hidden, weight, bias)))
-    labels = labels.cpu()
-    ref = capped_token_logprobs(rh, rw, labels, rb, temperature=temperature, softcap=softcap)
-    (ref * upstream).sum().backward()
-    assert_close(out, ref, tol, "logp")
-    assert (out.cpu()[labels == -100] == 0).all()
-    assert h.grad.dtype == hidden.dtype and w.grad.dtype == weight.dtype
-    if hidden.dtype == torch.float32:
-        assert_close(h.grad, rh.grad, tol, "dhidden")
-        assert_close(w.grad, rw.grad, tol, "dweight")
-        if bias is not None:
-            assert_close(b.grad, rb.grad, tol, "dbias")
-        return
-    s_h, s_w, s_b = capped_grad_scales(rh, rw, labels, upstream, rb, temperature=temperature, softcap=softcap)
-    n, v = labels.shape[0], weight.shape[0]
-    assert_within(h.grad, rh.grad, grad_tolerance(s_h, hidden.dtype, v), "dhidden")
-    assert_within(w.grad, rw.grad, grad_tolerance(s_w, weight.dtype, n), "dweight")
-    if bias is not None:
-        assert_within(b.grad, rb.grad, grad_tolerance(s_b, bias.dtype, n), "dbias")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "n,d,v,softcap,temperature",

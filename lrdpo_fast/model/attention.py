@@ -141,7 +141,7 @@ def varlen_attention(
     if fast:
         left = -1 if sliding_window is None else int(sliding_window) - 1
         fa = _flash_attn_varlen()
-        if fa is not None and softcap is not None and _flash_softcap_ok(fa):
+        if fa is not None and (softcap is None or _flash_softcap_ok(fa)):
             return fa(
                 query,
                 key,
@@ -154,21 +154,7 @@ def varlen_attention(
                 softmax_scale=scale,
                 causal=True,
                 window_size=(left, 0),
-                softcap=float(softcap),
-            )
-        if fa is not None and softcap is None:
-            return fa(
-                query,
-                key,
-                value,
-                cu,
-                cu,
-                int(max_seqlen),
-                int(max_seqlen),
-                dropout_p=dropout,
-                softmax_scale=scale,
-                causal=True,
-                window_size=(left, 0),
+                **({} if softcap is None else {"softcap": float(softcap)}),  # flash-attn >= 2.6
             )
         tv = _torch_varlen()
         if tv is not None and dropout == 0.0 and softcap is None:

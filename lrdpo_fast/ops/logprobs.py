@@ -130,6 +130,20 @@ def _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, so
     return choose_backend(op, backend, hidden, weight, run)
 
 
+def _token_logprobs(hidden, weight, bias, labels, ignore_index, temperature, softcap, impl) -> torch.Tensor:
+    """float32 [N] per-token log-probs through the autograd function (inputs already checked)."""
+    return _LinearLogprobs.apply(
+        hidden.contiguous(),
+        weight.contiguous(),
+        bias,
+        labels.contiguous(),
+        int(ignore_index),
+        float(temperature),
+        _float_or_none(softcap),
+        impl,
+    )
+
+
 def linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -163,16 +177,7 @@ def linear_logprobs(
     """
     check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
     impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap)
-    return _LinearLogprobs.apply(
-        hidden.contiguous(),
-        weight.contiguous(),
-        bias,
-        labels.contiguous(),
-        int(ignore_index),
-        float(temperature),
-        _float_or_none(softcap),
-        impl,
-    )
+    return _token_logprobs(hidden, weight, bias, labels, ignore_index, temperature, softcap, impl)
 
 
 def sequence_ids(cu_seqlens: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -220,16 +225,7 @@ def sequence_logprobs(
     n_seqs = cu_seqlens.numel() - 1
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
     impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap)
-    tok = _LinearLogprobs.apply(
-        hidden.contiguous(),
-        weight.contiguous(),
-        bias,
-        labels.contiguous(),
-        int(ignore_index),
-        float(temperature),
-        _float_or_none(softcap),
-        impl,
-    )
+    tok = _token_logprobs(hidden, weight, bias, labels, ignore_index, temperature, softcap, impl)
     lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()
     )
