@@ -36,7 +36,13 @@ GOAL_SHAPE = {"N": 16384, "d": 4096, "V": 128256, "dtype": "bf16"}
 # two groups, each its own `python -m bench` run (a run writes its results only at its end): the
 # goal's contenders first, so a budget cut loses at most the second group
 KERNEL_GROUPS = [["lrdpo_fast", "lrdpo_fast_triton", "lrdpo_fast_torch", "cce", "liger"], ["torch_lce", "naive"]]
-TEST_FILES = ["tests/test_logprobs.py", "tests/test_fused.py", "tests/test_row_pass.py", "tests/test_dispatch.py"]
+TEST_FILES = [
+    "tests/test_logprobs.py",
+    "tests/test_fused.py",
+    "tests/test_softcap.py",  # the soft-capped kernel variants, compiled
+    "tests/test_row_pass.py",
+    "tests/test_dispatch.py",
+]
 
 
 class Clock:
