@@ -197,16 +197,9 @@ def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
-    """``lrdpo-fast pairs run.yaml --iteration 1`` (iteration 0 in full: sample, score, pairs,
-    train, sync, eval; then iteration 1 up to its pairs) under torchrun with 2 CPU ranks (gloo,
-    rank 0 hosts the vLLM engine) and in 1 process: the same run directory. Iteration 1 samples
-    from the synced FSDP-trained policy_1 and takes its reference log-probs from the sharded root,
-    so a wrong sync, a reference from a shard or ranks trained on different pairs all show."""
-    pytest.importorskip("vllm")
-    from lrdpo_fast.train.checkpoint import load_model_weights
-
+def _run_one_and_two(tmp_path, run_yaml: str, phase: str) -> dict:
+    """``lrdpo-fast PHASE run.yaml --iteration 1`` in 1 process and under torchrun with 2 CPU ranks
+    (gloo; rank 0 hosts the vLLM engine), each in its own folder: {"one"|"two": (run dir, proc)}."""
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "LRDPO_FAULT", "LRDPO_SAMPLER_SHARDING")
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -227,13 +220,27 @@ def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
             "".join(json.dumps({"prompt": f"the quick fox {i} says"}) + "\n" for i in range(10))
         )
         (d / "heldout.jsonl").write_text("".join(json.dumps({"prompt": f"hello world {i}"}) + "\n" for i in range(4)))
-        (d / "run.yaml").write_text(ITERATE_RUN.format(model=tiny_model_dir))
-        cmd = launcher + ["-m", "lrdpo_fast.cli", "pairs", "run.yaml", "--iteration", "1"]
+        (d / "run.yaml").write_text(run_yaml)
+        cmd = launcher + ["-m", "lrdpo_fast.cli", phase, "run.yaml", "--iteration", "1"]
         proc = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         runs[name] = (d / "run", proc)
-    (one, _), (two, proc) = runs["one"], runs["two"]
-    assert "the engine runs in another process" in proc.stderr  # the rank0 layout: torchrun took effect
+    assert "the engine runs in another process" in runs["two"][1].stderr  # the rank0 layout: torchrun took effect
+    return runs
+
+
+@pytest.mark.slow
+def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
+    """``lrdpo-fast pairs run.yaml --iteration 1`` (iteration 0 in full: sample, score, pairs,
+    train, sync, eval; then iteration 1 up to its pairs) under torchrun with 2 CPU ranks (gloo,
+    rank 0 hosts the vLLM engine) and in 1 process: the same run directory. Iteration 1 samples
+    from the synced FSDP-trained policy_1 and takes its reference log-probs from the sharded root,
+    so a wrong sync, a reference from a shard or ranks trained on different pairs all show."""
+    pytest.importorskip("vllm")
+    from lrdpo_fast.train.checkpoint import load_model_weights
+
+    runs = _run_one_and_two(tmp_path, ITERATE_RUN.format(model=tiny_model_dir), "pairs")
+    (one, _), (two, _) = runs["one"], runs["two"]
     assert not [p for p in two.rglob("*") if p.name.endswith((".tmp", ".partial"))]
 
     for i in range(2):
@@ -269,3 +276,49 @@ def test_iterate_two_processes_match_one(tmp_path, tiny_model_dir):
         assert b.keys() == a.keys()
         for k in a:
             assert b[k] == (pytest.approx(a[k], rel=1e-5, abs=1e-7) if isinstance(a[k], float) else a[k]), k
+
+
+@pytest.mark.slow
+def test_implicit_reward_two_processes_match_one(tmp_path, tiny_model_dir):
+    """DICE's implicit reward under torchrun: iteration 1 scores policy_1 (FSDP-sharded over 2 CPU
+    ranks) against the reference through the sharded root on every rank; the scores equal the
+    1-process run's. Iteration 0 (the unsharded start policy) scores on rank 0 alone."""
+    pytest.importorskip("vllm")
+    from helpers import tiny_model, tiny_tokenizer
+
+    ref_dir = tmp_path / "reference"  # another model than the start policy, as in DICE's rounds
+    tiny_model("llama", seed=1).save_pretrained(ref_dir)
+    tiny_tokenizer().save_pretrained(ref_dir)
+    run = ITERATE_RUN.format(model=tiny_model_dir).replace(
+        'reward: {callable: "loop_rules:score"}', f"reward: {{implicit: true, reference: {ref_dir}}}"
+    )
+    run = run.replace(
+        "eval: {prompts: heldout.jsonl,", 'eval: {prompts: heldout.jsonl, judge: {callable: "loop_rules:score"},'
+    )
+    assert "implicit: true" in run and "judge:" in run
+    runs = _run_one_and_two(tmp_path, run, "score")
+    one, two = runs["one"][0], runs["two"][0]
+    for i in range(2):
+        assert (two / f"iter_{i}/samples.jsonl").read_bytes() == (one / f"iter_{i}/samples.jsonl").read_bytes(), i
+    assert (two / "iter_0/scores.jsonl").read_bytes() == (one / "iter_0/scores.jsonl").read_bytes()
+    s1, s2 = _jsonl(one / "iter_1/scores.jsonl"), _jsonl(two / "iter_1/scores.jsonl")
+    assert len(s1) == len(s2) == 6 * 4
+    for a, b in zip(s1, s2):
+        assert (a["prompt_index"], a["sample_index"]) == (b["prompt_index"], b["sample_index"])
+        assert b["score"] == pytest.approx(a["score"], rel=1e-4, abs=1e-4)
+    assert not (two / "iter_1/pairs.jsonl").exists()  # stopped after iteration 1's scores
+
+
+def test_implicit_judge_is_refused_under_torchrun(tmp_path, tiny_model_dir, monkeypatch):
+    from lrdpo_fast.loop import iterate as it
+    from lrdpo_fast.loop.config import IterateConfig
+    from lrdpo_fast.train.distributed import DistInfo
+
+    base = dict(policy=str(tiny_model_dir), prompts="example", run_dir=str(tmp_path / "run"))
+    implicit = {"implicit": True, "reference": str(tiny_model_dir)}
+    two = DistInfo(rank=0, world_size=2)
+    monkeypatch.setattr(it, "init_distributed", lambda *a, **k: two)
+    with pytest.raises(ValueError, match="eval \\(its judge is the reward\\): an implicit-reward judge"):
+        it._start_distributed(IterateConfig.from_dict({**base, "reward": implicit, "eval": {"prompts": "example"}}))
+    ok = {**base, "reward": implicit, "eval": {"prompts": "example", "judge": {"callable": "loop_rules:score"}}}
+    assert it._start_distributed(IterateConfig.from_dict(ok)) is two

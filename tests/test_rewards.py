@@ -292,6 +292,25 @@ def test_implicit_reward_truncates_as_the_trainer_does(models):
             ImplicitReward(policy, ref, tok, max_length=bad)
 
 
+def test_implicit_reward_scores_empty_responses(models):
+    """A sampler's empty answer (EOS at once) gets the score of its EOS instead of stopping the
+    loop (build_pairs drops it later); with no EOS known there is no token to score: 0."""
+    policy, ref, tok = models
+    prompt = [tok.bos_token_id] + tok("Answer: yes.", add_special_tokens=False)["input_ids"]
+    eos = [tok.eos_token_id]
+    got = ImplicitReward(policy, ref, tok)([prompt, prompt, "Answer: yes.", prompt], [eos, [], "", [5, 6]])
+    p64, r64 = (copy.deepcopy(m).double().eval() for m in (policy, ref))
+    want = _reference_logp(p64, prompt, eos) - _reference_logp(r64, prompt, eos)
+    assert got[0] == pytest.approx(want, abs=2e-4) and got[1] == got[0] and got[2] == pytest.approx(want, abs=2e-4)
+    assert abs(want) > 1e-3 and got[3] != got[0]  # a real score, and the other response still scored
+
+    class NoEos:
+        eos_token_id = None
+        bos_token_id = None
+
+    assert ImplicitReward(policy, ref, NoEos())([prompt, prompt], [[], [5, 6]])[0] == 0.0
+
+
 def test_implicit_reward_independent_of_batching_and_order(models):
     policy, ref, tok = models
     prompts, responses = _mixed_inputs(tok)
@@ -371,8 +390,8 @@ def test_implicit_reward_bad_input_names_the_argument(models):
         reward([PROMPTS[0]], [RESPONSES[4]])
     with pytest.raises(ValueError, match=r"responses\[1\]"):
         reward(["a", "b"], ["x", {"text": "y"}])
-    with pytest.raises(ValueError, match=r"ImplicitReward.*responses\[0\].*empty"):
-        reward([[1, 5, 6]], [[tok.eos_token_id]])
+    with pytest.raises(ValueError, match=r"ImplicitReward: prompts\[0\] must be"):
+        reward([[]], [[5, 6]])  # (an empty response is scored: test_implicit_reward_scores_empty_responses)
 
 
 def test_the_loop_s_implicit_reward_takes_the_train_section_s_truncation(models, tiny_model_dir):

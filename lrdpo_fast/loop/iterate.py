@@ -11,8 +11,9 @@ runs the same loop: the Trainer shards the policy with FSDP2, the sampler splits
 ranks or keeps its engine on rank 0 (``VLLMSampler``'s layouts) and gives every rank all samples,
 and rank 0 alone writes the run directory (which every rank must see: one machine, or a shared
 file system). Every rank waits for rank 0's writes before going on, so all ranks agree on which
-phases are done and train on the same pairs.jsonl. Not supported there: an implicit reward (it
-would run the sharded policy outside its FSDP root).
+phases are done and train on the same pairs.jsonl. An implicit reward scores a sharded policy
+through its FSDP root on every rank (score phase); an implicit-reward eval judge is refused
+there (the evaluation judges on rank 0 alone).
 """
 
 from __future__ import annotations
@@ -116,16 +117,18 @@ def _start_distributed(cfg: IterateConfig) -> DistInfo:
     what the loop cannot run on several ranks."""
     device = cfg.train_config().device
     ranks = init_distributed(torch.device(device).type if device else None)
-    if ranks.enabled:
-        implicit = [
-            name
-            for name, spec in (("reward", cfg.reward), ("eval.judge", cfg.eval.judge if cfg.eval else None))
-            if spec is not None and spec.implicit
-        ]
-        if implicit:
+    if ranks.enabled and cfg.eval is not None:
+        # the reward scores through the sharded root on every rank (score phase); the evaluation
+        # judges on rank 0 alone, which a sharded policy cannot serve
+        judge, name = (
+            (cfg.eval.judge, "eval.judge")
+            if cfg.eval.judge is not None
+            else (cfg.reward, "eval (its judge is the reward)")
+        )
+        if judge.implicit:
             raise ValueError(
-                f"{implicit[0]}: the implicit reward is not supported under torchrun (world size "
-                f"{ranks.world_size}); run it in one process or use a callable or reward_model"
+                f"{name}: an implicit-reward judge is not supported under torchrun (world size "
+                f"{ranks.world_size}); give eval a callable or reward_model judge"
             )
     return ranks
 

@@ -116,8 +116,10 @@ def sample_phase(st: LoopState, i: int) -> dict:
 def score_phase(st: LoopState, i: int) -> dict:
     """Score every sampled response with the run's reward (token ids for the implicit reward).
     Under torchrun rank 0 scores and writes; the other ranks return ``{}`` (the loop only records
-    rank 0's summary)."""
-    if not st.dist.is_main:
+    rank 0's summary). An implicit reward of an FSDP2-sharded policy is the exception: its
+    policy log-probs go through the sharded root, so every rank scores every response."""
+    through_root = hasattr(st.reward, "through_root") and getattr(st.policy, "sharded", False)
+    if not st.dist.is_main and not through_root:
         return {}
     prompts, groups = _samples_of(st.run, i)
     flat_p, flat_r, cut = [], [], []
@@ -131,6 +133,8 @@ def score_phase(st: LoopState, i: int) -> dict:
                 flat_r.append(s.text)
             cut.append(s.truncated)
     t0 = time.perf_counter()
+    if hasattr(st.reward, "through_root"):
+        st.reward.through_root(st.policy if through_root else None)
     # token-scoring rewards (the implicit one) score a truncated sample without an EOS, as training does
     scores = (
         st.reward(flat_p, flat_r, truncated=cut)
@@ -138,6 +142,8 @@ def score_phase(st: LoopState, i: int) -> dict:
         else st.reward(flat_p, flat_r)
     )
     dt = time.perf_counter() - t0
+    if not st.dist.is_main:
+        return {}
     fault_point("score")
     rows, k = [], 0
     for p, g in enumerate(groups):

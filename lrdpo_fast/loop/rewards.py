@@ -486,16 +486,30 @@ class ImplicitReward(Reward):
         self.backend = backend
         self.progress = progress
         self.name = "ImplicitReward"
+        self.policy_root = None  # see through_root
+
+    def through_root(self, root: torch.nn.Module | None) -> None:
+        """Score the policy through ``root`` (the Trainer's ``PolicyLoss``, FSDP2-sharded under
+        torchrun: only its ``sequence_logps`` gathers the full weights) instead of calling the
+        policy module directly; ``None`` goes back to the module. Under torchrun every rank must
+        then score the same responses in the same order (the loop's score phase does)."""
+        self.policy_root = root
 
     def tokenize(self, prompt, response, truncated: bool = False) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids incl. EOS) of one (prompt, response), as the Trainer sees it
         (no EOS appended when ``truncated``: the pair record's ``chosen_truncated``)."""
         from ..data.records import tokenize_record
 
+        cap = {"max_length": self.max_length, "max_prompt_length": self.max_prompt_length}
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if response == "" or (isinstance(response, list) and response in ([], [eos])):
+            # an empty answer (EOS at once): never a training pair (build_pairs drops it), but a
+            # sampler produces them and each still gets a score, that of its EOS alone (no EOS
+            # known: no token to score, 0); the prompt is tokenized as for any response
+            ex = tokenize_record({"prompt": prompt, "chosen": [0], "rejected": [0]}, self.tokenizer, **cap)
+            return ex.prompt_ids, [] if eos is None else [eos]
         record = {"prompt": prompt, "chosen": response, "rejected": response, "chosen_truncated": truncated}
-        ex = tokenize_record(
-            record, self.tokenizer, max_length=self.max_length, max_prompt_length=self.max_prompt_length
-        )
+        ex = tokenize_record(record, self.tokenizer, **cap)
         return ex.prompt_ids, ex.chosen_ids
 
     def _examples(self, seqs):
@@ -504,8 +518,9 @@ class ImplicitReward(Reward):
         from ..data.records import PairExample
 
         by_prompt: dict[tuple, list[int]] = {}
-        for i, (p, _) in enumerate(seqs):
-            by_prompt.setdefault(tuple(p), []).append(i)
+        for i, (p, r) in enumerate(seqs):
+            if r:  # an empty response without an EOS has no token to score (its score is 0)
+                by_prompt.setdefault(tuple(p), []).append(i)
         examples, slots = [], []
         budget = self.max_tokens_per_batch
 
@@ -559,7 +574,11 @@ class ImplicitReward(Reward):
             with torch.no_grad():
                 for idx in tqdm(batches, desc="implicit reward", unit="batch", disable=not self.progress):
                     batch = pack_pairs([examples[k] for k in idx])
-                    pol, _ = model_sequence_logprobs(self.policy, batch, backend=self.backend)
+                    if self.policy_root is not None:
+                        device = next(self.policy_root.parameters()).device
+                        pol = self.policy_root.sequence_logps(batch.to(device)).logps
+                    else:
+                        pol, _ = model_sequence_logprobs(self.policy, batch, backend=self.backend)
                     ref, _ = model_sequence_logprobs(self.ref_model, batch, backend=self.backend)
                     diff = (pol.detach().double().cpu() - ref.detach().double().cpu()).tolist()
                     for j, k in enumerate(idx):
@@ -569,4 +588,4 @@ class ImplicitReward(Reward):
         finally:
             for m, was_training in modes:
                 m.train(was_training)
-        return out
+        return [0.0 if v is None else v for v in out]  # None: an empty response with nothing to score
