@@ -31,3 +31,17 @@ def test_lines_come_back_when_the_block_raises(capfd):
             raise RuntimeError("engine failed")
     _, err = capfd.readouterr()
     assert err == "why it failed\n"
+
+
+def test_a_process_without_stderr_is_left_alone(monkeypatch):
+    real_dup = os.dup
+
+    def closed(fd):
+        if fd == 2:
+            raise OSError(9, "Bad file descriptor")
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", closed)
+    with dropped_stderr_lines(ENGINE_START_NOISE):
+        ran = True
+    assert ran

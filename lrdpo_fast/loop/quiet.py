@@ -23,8 +23,12 @@ def dropped_stderr_lines(patterns: Sequence[str]) -> Iterator[None]:
     file; on exit (also on an exception) every line that contains none of ``patterns`` (str) is
     written back to stderr, in order."""
     fd = 2  # native code writes here whatever sys.stderr is
-    sys.stderr.flush()
-    saved = os.dup(fd)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no usable stderr (closed, or sys.stderr is None)
+        yield
+        return
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:
