@@ -308,6 +308,28 @@ def test_implicit_reward_two_processes_match_one(tmp_path, tiny_model_dir):
         assert b["score"] == pytest.approx(a["score"], rel=1e-4, abs=1e-4)
     assert not (two / "iter_1/pairs.jsonl").exists()  # stopped after iteration 1's scores
 
+    # the score phase's own numbers (1 process, the unsharded start policy): every sample's
+    # float64 log-ratio, a truncated one on exactly its sampled tokens, a finished one with its EOS
+    # (the random tiny policy's finished answers are the empty ones: EOS alone)
+    policy, ref = tiny_model("llama", seed=0).double().eval(), tiny_model("llama", seed=1).double().eval()
+    samples, scores = _jsonl(one / "iter_0/samples.jsonl"), _jsonl(one / "iter_0/scores.jsonl")
+    cut = [x for x in samples if x["truncated"]]
+    done = [x for x in samples if not x["truncated"]]  # here: empty answers (EOS at once), scored on their EOS
+    assert cut and done
+    by_key = {(r["prompt_index"], r["sample_index"]): r["score"] for r in scores}
+    for x in cut[:3] + done[:3]:
+        ids = x["response_ids"] + ([] if x["truncated"] or x["response_ids"][-1] == 2 else [2])
+        want = _logp64(policy, x["prompt_ids"], ids) - _logp64(ref, x["prompt_ids"], ids)
+        assert by_key[(x["prompt_index"], x["sample_index"])] == pytest.approx(want, abs=2e-4), x["truncated"]
+
+
+def _logp64(model, prompt_ids, response_ids) -> float:
+    """Summed log-prob of ``response_ids`` after ``prompt_ids``, float64 model, materialized logits."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logp = model(ids).logits[0, :-1].log_softmax(-1)
+    return float(logp.gather(-1, ids[0, 1:, None])[len(prompt_ids) - 1 :].sum())
+
 
 def test_implicit_judge_is_refused_under_torchrun(tmp_path, tiny_model_dir, monkeypatch):
     from lrdpo_fast.loop import iterate as it
