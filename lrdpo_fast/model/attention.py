@@ -21,6 +21,7 @@ Without ``cu_seq_lens_*`` (e.g. ``generate``), the function derives sequences fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def _capped_per_sequence(q, k, v, bounds, scale, softcap, dropout, window):
     return out
 
 
+@functools.cache  # called per layer and forward: read the signature once
 def _flash_softcap_ok(fa) -> bool:
     try:
         return "softcap" in inspect.signature(fa).parameters
