@@ -390,6 +390,8 @@ def test_implicit_reward_bad_input_names_the_argument(models):
         reward([PROMPTS[0]], [RESPONSES[4]])
     with pytest.raises(ValueError, match=r"responses\[1\]"):
         reward(["a", "b"], ["x", {"text": "y"}])
+    with pytest.raises(ValueError, match="root must be None or a PolicyLoss-like module"):
+        reward.through_root(policy)  # the bare policy has no sequence_logps
     with pytest.raises(ValueError, match=r"ImplicitReward: prompts\[0\] must be"):
         reward([[]], [[5, 6]])  # (an empty response is scored: test_implicit_reward_scores_empty_responses)
 

@@ -493,6 +493,12 @@ class ImplicitReward(Reward):
         torchrun: only its ``sequence_logps`` gathers the full weights) instead of calling the
         policy module directly; ``None`` goes back to the module. Under torchrun every rank must
         then score the same responses in the same order (the loop's score phase does)."""
+        if root is not None and not (
+            isinstance(root, torch.nn.Module) and callable(getattr(root, "sequence_logps", None))
+        ):
+            raise ValueError(
+                f"root must be None or a PolicyLoss-like module with sequence_logps, got {type(root).__name__}"
+            )
         self.policy_root = root
 
     def tokenize(self, prompt, response, truncated: bool = False) -> tuple[list[int], list[int]]:
