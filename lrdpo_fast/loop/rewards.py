@@ -572,6 +572,7 @@ class ImplicitReward(Reward):
         batches = token_budget_batches(examples, self.max_tokens_per_batch)
         out: list[float | None] = [None] * len(seqs)
         modes = [(m, m.training) for m in (self.policy, self.ref_model)]
+        root_device = None if self.policy_root is None else next(self.policy_root.parameters()).device
         from tqdm.auto import tqdm
 
         try:
@@ -581,8 +582,7 @@ class ImplicitReward(Reward):
                 for idx in tqdm(batches, desc="implicit reward", unit="batch", disable=not self.progress):
                     batch = pack_pairs([examples[k] for k in idx])
                     if self.policy_root is not None:
-                        device = next(self.policy_root.parameters()).device
-                        pol = self.policy_root.sequence_logps(batch.to(device)).logps
+                        pol = self.policy_root.sequence_logps(batch.to(root_device)).logps
                     else:
                         pol, _ = model_sequence_logprobs(self.policy, batch, backend=self.backend)
                     ref, _ = model_sequence_logprobs(self.ref_model, batch, backend=self.backend)
