@@ -291,6 +291,30 @@ def check_weights(
     return keep
 
 
+def refresh_shared_weight_layers(model: torch.nn.Module) -> list[str]:
+    """Re-run the post-load processing of every layer whose ``weight`` Parameter another layer
+    also holds (a tied LM head and its embedding); returns their names. Runs inside a vLLM worker
+    (``LLM.apply_model``). Only vLLM's unquantized embedding/head method on the CPU derives state
+    from the weight there (a packed oneDNN copy): elsewhere this changes nothing."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return []
+    holders: dict[int, list[tuple[str, torch.nn.Module]]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            holders.setdefault(id(weight), []).append((name, module))
+    refreshed = []
+    for group in holders.values():
+        if len(group) > 1:
+            for name, module in group:
+                module.quant_method.process_weights_after_loading(module)
+                refreshed.append(name)
+    return refreshed
+
+
 class _ProcessState:
     """What an in-process vLLM engine changes globally and the sampler puts back: the RNGs,
     ``torch.set_num_threads`` (replaced by the CPU worker) and the torch thread count."""
@@ -458,6 +482,10 @@ class VLLMSampler:
         self.seed = _check_int("seed", seed, 0)
         _check_int("tensor_parallel_size", tensor_parallel_size, 1)
         self.cpu_threads = None if cpu_threads is None else _check_int("cpu_threads", cpu_threads, 1)
+        # oneDNN picks the packed weight layout by the thread count and caches its matmul
+        # primitives per shape across layers: weights must be prepacked (at start and on every
+        # reload) on one thread count, or a reload's layout meets primitives built for the other
+        self._prepack_threads = self.cpu_threads or torch.get_num_threads()
         if not isinstance(quiet, bool):
             raise ValueError(f"quiet must be a bool, got {quiet!r}")
         self.quiet = quiet
@@ -631,7 +659,12 @@ class VLLMSampler:
         else:
             # an engine of its own in a clean spawned process: an in-process one would take over
             # torchrun's process group (and a forked one would inherit it)
-            env_set.update(VLLM_ENABLE_V1_MULTIPROCESSING="1", VLLM_WORKER_MULTIPROC_METHOD="spawn")
+            # (pickled callables between our own two processes: the tied-head refresh after a reload)
+            env_set.update(
+                VLLM_ENABLE_V1_MULTIPROCESSING="1",
+                VLLM_WORKER_MULTIPROC_METHOD="spawn",
+                VLLM_ALLOW_INSECURE_SERIALIZATION="1",
+            )
             env_unset = [k for k in _TORCHRUN_ENV if k in os.environ]
         import torch.distributed as dist
 
@@ -641,7 +674,7 @@ class VLLMSampler:
 
         try:
             quiet = dropped_stderr_lines(ENGINE_START_NOISE) if self.quiet else contextlib.nullcontext()
-            with _Env(env_set, env_unset), quiet:
+            with _Env(env_set, env_unset), quiet, _Threads(self._prepack_threads):
                 import vllm.envs
                 from vllm import LLM
 
@@ -936,8 +969,8 @@ class VLLMSampler:
         """
         if self._closed:
             raise RuntimeError("VLLMSampler is closed")
-        # memory-bound passes over every tensor: one thread is as fast quietly, 10-40x faster under load
-        with _Threads(1):
+        # the thread count the engine prepacked its weights with at start (see __init__)
+        with _Threads(self._prepack_threads):
             return self._load_weights(weights)
 
     def _load_weights(self, weights) -> float:
@@ -973,12 +1006,23 @@ class VLLMSampler:
                     )
                 else:
                     self._reload_from_folder(stream())
+                self._refresh_tied_heads()
                 self._llm.reset_prefix_cache()
         except Exception as e:  # noqa: BLE001 - re-raised on every rank
             error = e
         self._agree(error)
         self._weights_discarded = False
         return time.perf_counter() - t0
+
+    def _refresh_tied_heads(self) -> None:
+        """Rebuild what vLLM derives from a tied weight on the layer that does not load it.
+
+        vLLM's in-place reload processes a layer (on the CPU: packs its weight for oneDNN) when the
+        checkpoint's tensors for it arrive. A tied ``lm_head`` loads nothing (the checkpoint stores
+        the embedding only), so its packed copy kept the old weights and the engine sampled from a
+        stale head (found on tied Qwen2/Llama). Runs on every worker; in-process it is a call."""
+        with _Env({"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}) if not self.in_process else contextlib.nullcontext():
+            self._llm.apply_model(refresh_shared_weight_layers)
 
     def _reload_from_folder(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         """The fallback for an engine in another process: write safetensors, reload from them."""
