@@ -54,7 +54,7 @@ _LAZY = {
     "train.config": ["TrainConfig"],
     "train.trainer": ["Trainer"],
     "loop.samples": ["Sample"],
-    "loop.sampler": ["VLLMSampler"],
+    "loop.sampler": ["VLLMSampler", "WeightSyncError"],
     "loop.rewards": ["RewardModel", "CallableReward", "ImplicitReward"],
     "loop.pairs": ["build_pairs", "ScoredGroup", "PairStats"],
     "loop.replay": ["mix_replay"],

@@ -73,3 +73,35 @@ def test_sync_serves_the_given_weights(shape, tmp_path):
             policy = perturbed(tiny_model(kind, seed=0, **spec), seed=round_)
             sampler.load_weights(policy.state_dict())
             assert_serves(sampler, policy, tok)
+
+
+def test_a_dropped_reload_raises_weight_sync_error(vllm_sampler, monkeypatch):
+    """The engine silently ignores the reload (as a stale path would): the probe sees it, the
+    error names the position and the difference, and the next real sync passes again."""
+    import lrdpo_fast as lf
+
+    llm = vllm_sampler.llm
+    real = llm.collective_rpc
+
+    def dropping(method, *args, **kwargs):
+        return [None] if method == "reload_weights" else real(method, *args, **kwargs)
+
+    monkeypatch.setattr(llm, "collective_rpc", dropping)
+    with pytest.raises(lf.WeightSyncError, match=r"first differ at position \d+, largest difference") as info:
+        vllm_sampler.load_weights(tiny_model("llama", seed=1).state_dict())
+    assert info.value.max_diff > info.value.tolerance and 1 <= info.value.position < 32
+    monkeypatch.undo()
+    start = tiny_model("llama", seed=0)
+    assert vllm_sampler.verify(start) < 1e-4  # the engine still serves the start weights
+    vllm_sampler.load_weights(start)  # a module: its own forward is the reference
+
+
+def test_verification_can_be_turned_off(vllm_sampler):
+    new, start = tiny_model("llama", seed=1).state_dict(), tiny_model("llama", seed=0).state_dict()
+    try:
+        vllm_sampler.verify_sync = False
+        vllm_sampler.load_weights(new)
+        assert vllm_sampler.verify(new) < 1e-4  # on demand
+    finally:
+        vllm_sampler.verify_sync = True
+        vllm_sampler.load_weights(start)

@@ -1,0 +1,190 @@
+"""Starting the vLLM engine: the model and tokenizer folders it reads, the environment each
+layout needs, and the start itself with the process state put back afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .layout import RankLayout
+from .process import Env, ProcessState, Threads
+from .specs import EngineSpec
+from .weights import save_module
+from .worker_ext import QUALNAME as WORKER_EXTENSION
+
+DEFAULT_CPU_KVCACHE_GIB = "1"
+TORCHRUN_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS",
+    "TORCHELASTIC_USE_AGENT_STORE",
+)
+
+
+@dataclass
+class Engine:
+    """A started engine: the ``vllm.LLM``, whether its model runs in this process, whether it
+    made the process group itself, its token budget and dtype, and the layout (updated with the
+    data-parallel group on CUDA)."""
+
+    llm: Any
+    in_process: bool
+    owns_dist: bool
+    max_model_len: int
+    dtype: torch.dtype
+    layout: RankLayout
+
+
+def model_folder(model, state, mkdtemp: Callable[[str], str]) -> str:
+    """The ``save_pretrained`` folder the engine starts from: ``model`` itself when it is a
+    folder, else a private one written from the module (``state``: its full weights).
+    Raises ValueError naming ``model``."""
+    if isinstance(model, torch.nn.Module):
+        if not hasattr(model, "save_pretrained"):
+            raise ValueError(
+                "model must be a save_pretrained folder or a transformers *ForCausalLM module, "
+                f"got {type(model).__name__}"
+            )
+        folder = mkdtemp("lrdpo-sampler-model-")
+        save_module(model, state, folder)
+        return folder
+    if isinstance(model, (str, os.PathLike)):
+        folder = os.fspath(model)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(f"model must be a local save_pretrained folder with a config.json, got {folder!r}")
+        return folder
+    raise ValueError(f"model must be a save_pretrained folder or a transformers module, got {type(model).__name__}")
+
+
+def tokenizer_folder(tokenizer, model, model_dir: str, mkdtemp: Callable[[str], str]) -> str:
+    """The folder vLLM reads the tokenizer from (a tokenizer object is saved, next to a copy of
+    the model's config, which vLLM also reads there). Raises ValueError naming ``tokenizer``."""
+    if tokenizer is None:
+        if isinstance(model, torch.nn.Module):
+            raise ValueError("tokenizer is required when model is a module (a folder or a tokenizer object)")
+        return model_dir
+    if isinstance(tokenizer, (str, os.PathLike)):
+        folder = os.fspath(tokenizer)
+        if not os.path.isdir(folder):
+            raise ValueError(f"tokenizer must be a tokenizer folder or object, got missing folder {folder!r}")
+        return folder
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(f"tokenizer must be a folder or a transformers tokenizer, got {type(tokenizer).__name__}")
+    if isinstance(model, torch.nn.Module):
+        folder = model_dir  # our own folder: the tokenizer goes beside the weights
+    else:
+        folder = mkdtemp("lrdpo-sampler-tokenizer-")
+        shutil.copy(os.path.join(model_dir, "config.json"), folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _environment(layout: RankLayout, spec: EngineSpec, kwargs: dict) -> tuple[dict[str, str], list[str]]:
+    """(variables to set, variables to unset) around the start; fills layout-specific kwargs."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+        # A prompt prefilled over several steps makes vLLM rewind the request's generator,
+        # which a CPU torch.Generator cannot do ("CPU Generator does not use offset"): every
+        # request is seeded here, so prompts are prefilled whole on the CPU.
+        kwargs.setdefault("enable_chunked_prefill", False)
+    if layout.mode == "single":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        return {}, []
+    if layout.mode == "replicate" and cuda:
+        # every rank an in-process engine; vLLM joins torchrun's process group
+        kwargs.setdefault("distributed_executor_backend", "external_launcher")
+        kwargs.setdefault("data_parallel_size", layout.world_size // spec.tensor_parallel_size)
+        return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, []
+    # an engine of its own in a clean spawned process: an in-process one would take over
+    # torchrun's process group (and a forked one would inherit it)
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    return env, [k for k in TORCHRUN_ENV if k in os.environ]
+
+
+def start_engine(
+    model_dir: str,
+    tokenizer_dir: str,
+    *,
+    seed: int,
+    spec: EngineSpec,
+    sleep_mode: bool,
+    prepack_threads: int,
+    layout: RankLayout,
+    engine_kwargs: dict[str, Any],
+) -> Engine:
+    """Start ``vllm.LLM`` on ``model_dir`` as the layout needs, on ``prepack_threads`` torch
+    threads (the count every later reload uses too), then put back what an in-process start
+    changes (RNGs, torch's thread hook and count)."""
+    import torch.distributed as dist
+
+    kwargs = dict(engine_kwargs)
+    if spec.enforce_eager:
+        kwargs.setdefault("enforce_eager", True)
+    if spec.quiet:
+        kwargs.setdefault("use_tqdm_on_load", False)
+    kwargs.setdefault("worker_extension_cls", WORKER_EXTENSION)
+    env_set, env_unset = _environment(layout, spec, kwargs)
+    owned = not (dist.is_available() and dist.is_initialized())
+    saved = ProcessState()
+    from ..quiet import ENGINE_START_NOISE, dropped_stderr_lines
+
+    try:
+        quiet = dropped_stderr_lines(ENGINE_START_NOISE) if spec.quiet else contextlib.nullcontext()
+        with Env(env_set, env_unset), quiet, Threads(prepack_threads):
+            import vllm.envs
+            from vllm import LLM
+
+            if hasattr(vllm.envs, "disable_envs_cache"):
+                vllm.envs.disable_envs_cache()  # our environment must reach this engine
+            llm = LLM(
+                model_dir,
+                tokenizer=tokenizer_dir,
+                seed=seed,
+                dtype=spec.dtype,
+                max_model_len=spec.max_model_len,
+                gpu_memory_utilization=spec.gpu_memory_utilization,
+                tensor_parallel_size=spec.tensor_parallel_size,
+                enable_sleep_mode=sleep_mode,
+                **kwargs,
+            )
+    finally:
+        saved.restore()
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    if layout.mode == "replicate" and torch.cuda.is_available():
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        pc = llm.llm_engine.vllm_config.parallel_config
+        layout = dataclasses.replace(
+            layout,
+            group=pc.data_parallel_rank,
+            groups=pc.data_parallel_size,
+            leader=get_tensor_model_parallel_rank() == 0,
+        )
+    model_config = llm.llm_engine.model_config
+    return Engine(
+        llm=llm,
+        in_process=isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor),
+        owns_dist=owned and dist.is_available() and dist.is_initialized(),
+        max_model_len=int(model_config.max_model_len),
+        dtype=model_config.dtype,
+        layout=layout,
+    )

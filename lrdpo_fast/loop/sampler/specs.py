@@ -1,0 +1,115 @@
+"""The sampler's own parameter objects, each validated once where it is built.
+
+``EngineSpec``: how the engine starts and syncs (``VLLMSampler(..., **fields)``).
+``GenerationSpec``: how ``generate`` samples. The iterate YAML's ``sampler:`` section is split
+into the two (``split_sampler_section``), so every sampler knob is checked here and nowhere else.
+Errors name the field with the owner's prefix (``where``), e.g. ``"IterateConfig: sampler.n"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ...ops.checks import check_bool, check_choice, check_int, check_number
+
+ENGINE_DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Engine options of ``VLLMSampler`` (see its docstring for each field's meaning)."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool | None = None
+    cpu_threads: int | None = None
+    enforce_eager: bool = False
+    verify_sync: bool = True
+    quiet: bool = False
+    where: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = self.where
+        if not isinstance(self.dtype, torch.dtype):
+            check_choice(f"{w}dtype", self.dtype, ENGINE_DTYPES)
+        if self.max_model_len is not None:
+            check_int(f"{w}max_model_len", self.max_model_len, 2)
+        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+        check_int(f"{w}tensor_parallel_size", self.tensor_parallel_size, 1)
+        if self.enable_sleep_mode is not None:
+            check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
+        if self.cpu_threads is not None:
+            check_int(f"{w}cpu_threads", self.cpu_threads, 1)
+        for name in ("enforce_eager", "verify_sync", "quiet"):
+            check_bool(f"{w}{name}", getattr(self, name))
+
+    def engine_args(self) -> dict[str, Any]:
+        """The fields that go to ``VLLMSampler`` as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Sampling arguments of ``VLLMSampler.generate``: ``n`` samples per prompt, ``temperature``
+    (0 = greedy), nucleus ``top_p``, ``max_new_tokens``, ``stop`` strings, ``logprobs``."""
+
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] | None = None
+    logprobs: bool = False
+    where: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w = self.where
+        check_int(f"{w}n", self.n, 1)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise ValueError(f"{w}temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"{w}temperature must be a finite number >= 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"{w}top_p must be in (0, 1], got {self.top_p!r}")
+        check_int(f"{w}max_new_tokens", self.max_new_tokens, 1)
+        check_bool(f"{w}logprobs", self.logprobs)
+        object.__setattr__(self, "stop", _stop_strings(self.stop, f"{w}stop"))
+
+    def sampling_args(self) -> dict[str, Any]:
+        """The fields that go to ``VLLMSampler.generate`` as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
+
+
+def _stop_strings(stop: Any, name: str) -> tuple[str, ...] | None:
+    if stop is None:
+        return None
+    items = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, Sequence) else None
+    if not items or not all(isinstance(s, str) and s for s in items):
+        raise ValueError(f"{name} must be a non-empty string or a list of them, got {stop!r}")
+    return tuple(items)
+
+
+ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec) if f.name not in ("where", "quiet", "enable_sleep_mode"))
+GENERATION_KEYS = ("n", "temperature", "top_p", "max_new_tokens")
+
+
+def split_sampler_section(values: Mapping[str, Any], where: str) -> tuple[EngineSpec, GenerationSpec]:
+    """The iterate YAML's ``sampler:`` mapping as (EngineSpec, GenerationSpec); an unknown key is
+    refused naming it and the valid ones. ``where`` prefixes every error (``"IterateConfig:
+    sampler."``)."""
+    unknown = sorted(set(values) - set(ENGINE_KEYS) - set(GENERATION_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where.rstrip('.')} has unknown key(s) {unknown}; valid keys are {sorted(ENGINE_KEYS + GENERATION_KEYS)}"
+        )
+    engine = EngineSpec(**{k: v for k, v in values.items() if k in ENGINE_KEYS}, where=where)
+    generation = GenerationSpec(
+        **{"max_new_tokens": 128, **{k: v for k, v in values.items() if k in GENERATION_KEYS}}, where=where
+    )
+    return engine, generation
