@@ -21,7 +21,8 @@ slows a run down). Generated tokens are counted as produced (a sample that hits 
   cold start); checked: greedy samples after the in-memory sync equal the restarted engine's.
 The engine: fp32, ``max_model_len`` 512, eager mode by default, in-process, and on the CPU the
 sampler's defaults (``VLLM_CPU_KVCACHE_SPACE=1``, whole-prompt prefill). Goals: the sampler within
-1.1x of raw vLLM's time; the weight sync at least 100x faster than the restart.
+1.1x of raw vLLM's time; the weight sync at least 100x faster than the restart; its check
+(``verify``, on by default) under 10% of a verified ``load_weights``.
 
 Writes ``sampler.json`` and ``sampler.md`` to ``bench/results/<device>/`` (``--out`` to change).
 Takes about 3 minutes on 2 CPU cores.
@@ -44,6 +45,7 @@ from pathlib import Path
 CONTENDERS = ("transformers", "vllm", "sync")
 GOAL_SAMPLER_VS_VLLM = 1.1
 GOAL_SYNC_SPEEDUP = 100.0
+GOAL_VERIFY_SHARE = 0.10
 
 
 def parse_args(argv=None):
@@ -190,9 +192,16 @@ def run_sync(args, prompts) -> dict:
     sampler = VLLMSampler(args.model_dir, seed=args.seed, **engine_kwargs(args))
     check = prompts[:4]
     greedy = dict(n=1, temperature=0.0, max_new_tokens=16)
-    times = []
-    for i in range(args.sync_repeats):
-        times.append(sampler.load_weights(new_sd if i % 2 == 0 else old_sd))
+    times, plain, checks = [], [], []
+    for i in range(args.sync_repeats):  # verified (the default), unverified, and the check alone
+        weights = new_sd if i % 2 == 0 else old_sd
+        times.append(sampler.load_weights(weights))
+        sampler.verify_sync = False
+        plain.append(sampler.load_weights(weights))
+        sampler.verify_sync = True
+        t0 = time.perf_counter()
+        sampler.verify(weights)
+        checks.append(time.perf_counter() - t0)
     sampler.load_weights(new_sd)
     synced = [g[0].response_ids for g in sampler.generate(check, **greedy)]
     params = sum(t.numel() for t in new_sd.values())
@@ -217,6 +226,9 @@ def run_sync(args, prompts) -> dict:
     return {
         "load_weights_s": sync_s,
         "load_weights_all_s": times,
+        "load_weights_unverified_s": statistics.median(plain),
+        "verify_s": statistics.median(checks),
+        "verify_share": statistics.median(checks) / statistics.median(times),
         "parameters": params,
         "restart_s": restart_s,
         "save_s": t_save,
@@ -324,6 +336,9 @@ def report(res: dict) -> str:
             "|---|---:|",
             f"| **`load_weights(state_dict)`** in memory (median of {len(s['load_weights_all_s'])}) | "
             f"**{s['load_weights_s']:.4f}** |",
+            f"| of which the sync check (`verify`, probe of 32 tokens; median) | {s['verify_s']:.4f} "
+            f"({100 * s['verify_share']:.1f}%) |",
+            f"| `load_weights` with `verify_sync=False` (median) | {s['load_weights_unverified_s']:.4f} |",
             f"| save_pretrained + shutdown + new engine, same process | {s['restart_s']:.2f} (save "
             f"{s['save_s']:.2f}, shutdown {s['close_s']:.2f}, start {s['engine_start_s']:.2f}) |",
         ]
@@ -369,6 +384,15 @@ def goals(rows: dict) -> list[dict]:
                 "value": f"{sp:.0f}x",
                 "goal": f">= {GOAL_SYNC_SPEEDUP:.0f}x",
                 "passed": sp >= GOAL_SYNC_SPEEDUP and rows["sync"]["greedy_after_sync_equals_restart"],
+            }
+        )
+        share = rows["sync"]["verify_share"]
+        out.append(
+            {
+                "name": "sync check / verified load_weights",
+                "value": f"{100 * share:.1f}%",
+                "goal": f"< {100 * GOAL_VERIFY_SHARE:.0f}%",
+                "passed": share < GOAL_VERIFY_SHARE,
             }
         )
     return out

@@ -150,5 +150,6 @@ def load_pairs(
             f"pairs must be a JSONL path, a datasets.Dataset, or a list of records / PairExample, got {type(pairs).__name__}"
         )
     if not out:
-        raise ValueError("pairs is empty: training needs at least one preference pair")
+        where = f" ({os.fspath(pairs)!r} holds no records)" if isinstance(pairs, (str, os.PathLike)) else ""
+        raise ValueError(f"pairs is empty{where}: training needs at least one preference pair")
     return out

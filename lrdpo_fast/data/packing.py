@@ -45,6 +45,27 @@ class PackedBatch:
     num_truncated_tokens: int = 0
     num_truncated_pairs: int = 0
 
+    def __post_init__(self) -> None:
+        """Shapes only (no value is read: no device sync): a hand-built batch whose per-token
+        fields disagree would otherwise score the wrong tokens silently."""
+        n = self.input_ids.numel()
+        for name in ("input_ids", "position_ids", "labels"):
+            t = getattr(self, name)
+            if t.dim() != 1 or t.numel() != n:
+                raise ValueError(
+                    f"PackedBatch: {name} has shape {tuple(t.shape)}; input_ids, position_ids and labels "
+                    f"must all be 1-D of one length (input_ids has {n})"
+                )
+        s = self.cu_seqlens.numel() - 1
+        if self.cu_seqlens.dim() != 1 or s < 1:
+            raise ValueError(
+                f"PackedBatch: cu_seqlens must be 1-D [S+1] with S >= 1, got {tuple(self.cu_seqlens.shape)}"
+            )
+        for name in ("response_lengths", "ref_logps"):
+            t = getattr(self, name)
+            if t is not None and t.numel() != s:
+                raise ValueError(f"PackedBatch: {name} has {t.numel()} values for {s} sequences (cu_seqlens)")
+
     @property
     def num_pairs(self) -> int:
         """Number of preference pairs (S // 2)."""

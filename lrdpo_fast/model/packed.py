@@ -50,6 +50,21 @@ def lm_head_params(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
     return head.weight, head.bias
 
 
+def _check_vocabulary(model: torch.nn.Module, batch: PackedBatch) -> None:
+    """ValueError naming ``batch.input_ids`` and the id when a token id lies outside the model's
+    embedding rows (the embedding would raise an IndexError, or a device-side assert on CUDA).
+    Checked where the batch is (on the CPU before it moves, as the loop and trainer build it)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    rows = getattr(getattr(embedding, "weight", None), "shape", (None,))[0]
+    if rows is None or batch.input_ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(batch.input_ids))
+    if low < 0 or high >= rows:
+        bad = low if low < 0 else high
+        raise ValueError(f"batch.input_ids holds token id {bad}, outside the model's vocabulary [0, {rows})")
+
+
 def _check_batch(batch) -> None:
     if not isinstance(batch, PackedBatch):
         raise ValueError(f"batch must be a PackedBatch, got {type(batch).__name__}")
@@ -69,6 +84,7 @@ def packed_hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Te
     """
     _check_batch(batch)
     body = decoder_body(model)
+    _check_vocabulary(model, batch)
     device = model.get_input_embeddings().weight.device if hasattr(model, "get_input_embeddings") else None
     if device is not None and batch.input_ids.device != device:
         batch = batch.to(device)

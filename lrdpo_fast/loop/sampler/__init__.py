@@ -90,6 +90,7 @@ Run it like any torchrun script (``torchrun --nproc_per_node K script.py``, with
 
 from .core import VLLMSampler
 from .layout import SHARDING_ENV, SHARDING_MODES
+from .process import Threads as _Threads  # noqa: F401 - the name tests and old callers import
 from .prompts import request_seed
 from .specs import EngineSpec, GenerationSpec, split_sampler_section
 from .verify import WeightSyncError, sync_tolerance

@@ -87,6 +87,7 @@ class VLLMSampler(WeightSync):
         self._engine: Engine | None = None
         self._tmpdirs: list[str] = []
         self._weights_dir: str | None = None
+        self._fallback_logged = False  # the cross-process reload's warning went out
         self._asleep = 0
         self._weights_discarded = False  # sleep(level=2) until the next load_weights
         self._closed = False

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ...ops.checks import check_bool, check_choice, check_int, check_number
+from ...ops.checks import check_int, check_number
 
 ENGINE_DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
 
@@ -37,18 +37,20 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         w = self.where
-        if not isinstance(self.dtype, torch.dtype):
-            check_choice(f"{w}dtype", self.dtype, ENGINE_DTYPES)
+        if not isinstance(self.dtype, torch.dtype) and (
+            isinstance(self.dtype, bool) or self.dtype not in ENGINE_DTYPES
+        ):
+            raise ValueError(f"{w}dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_model_len is not None:
             check_int(f"{w}max_model_len", self.max_model_len, 2)
-        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
         check_int(f"{w}tensor_parallel_size", self.tensor_parallel_size, 1)
         if self.enable_sleep_mode is not None:
-            check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
+            _check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
         if self.cpu_threads is not None:
             check_int(f"{w}cpu_threads", self.cpu_threads, 1)
         for name in ("enforce_eager", "verify_sync", "quiet"):
-            check_bool(f"{w}{name}", getattr(self, name))
+            _check_bool(f"{w}{name}", getattr(self, name))
 
     def engine_args(self) -> dict[str, Any]:
         """The fields that go to ``VLLMSampler`` as keyword arguments."""
@@ -71,19 +73,22 @@ class GenerationSpec:
     def __post_init__(self) -> None:
         w = self.where
         check_int(f"{w}n", self.n, 1)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
-            raise ValueError(f"{w}temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"{w}temperature must be a finite number >= 0, got {self.temperature!r}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"{w}top_p must be in (0, 1], got {self.top_p!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"{w}temperature must be a finite number >= 0, got {t!r}")
+        check_number(f"{w}top_p", self.top_p, 0, 1, low_open=True)
         check_int(f"{w}max_new_tokens", self.max_new_tokens, 1)
-        check_bool(f"{w}logprobs", self.logprobs)
+        _check_bool(f"{w}logprobs", self.logprobs)
         object.__setattr__(self, "stop", _stop_strings(self.stop, f"{w}stop"))
 
     def sampling_args(self) -> dict[str, Any]:
         """The fields that go to ``VLLMSampler.generate`` as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool (true or false), got {value!r}")
 
 
 def _stop_strings(stop: Any, name: str) -> tuple[str, ...] | None:

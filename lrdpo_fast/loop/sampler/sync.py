@@ -96,6 +96,7 @@ class WeightSync:
         """The fallback for an engine in another process: write safetensors, reload from them."""
         if self._weights_dir is None:
             self._weights_dir = self._mkdtemp("lrdpo-sampler-weights-")
+            self._fallback_logged = True
             logger.warning(
                 "VLLMSampler: the engine runs in another process; load_weights writes the weights to %s "
                 "and reloads them from there (VLLM_ENABLE_V1_MULTIPROCESSING=0 keeps a single-device "
