@@ -336,7 +336,7 @@ def report(res: dict) -> str:
             "|---|---:|",
             f"| **`load_weights(state_dict)`** in memory (median of {len(s['load_weights_all_s'])}) | "
             f"**{s['load_weights_s']:.4f}** |",
-            f"| of which the sync check (`verify`, probe of 32 tokens; median) | {s['verify_s']:.4f} "
+            f"| of which the sync check (`verify`, probe of 16 tokens; median) | {s['verify_s']:.4f} "
             f"({100 * s['verify_share']:.1f}%) |",
             f"| `load_weights` with `verify_sync=False` (median) | {s['load_weights_unverified_s']:.4f} |",
             f"| save_pretrained + shutdown + new engine, same process | {s['restart_s']:.2f} (save "

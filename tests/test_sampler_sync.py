@@ -89,7 +89,7 @@ def test_a_dropped_reload_raises_weight_sync_error(vllm_sampler, monkeypatch):
     monkeypatch.setattr(llm, "collective_rpc", dropping)
     with pytest.raises(lf.WeightSyncError, match=r"first differ at position \d+, largest difference") as info:
         vllm_sampler.load_weights(tiny_model("llama", seed=1).state_dict())
-    assert info.value.max_diff > info.value.tolerance and 1 <= info.value.position < 32
+    assert info.value.max_diff > info.value.tolerance and 1 <= info.value.position < 16
     monkeypatch.undo()
     start = tiny_model("llama", seed=0)
     assert vllm_sampler.verify(start) < 1e-4  # the engine still serves the start weights

@@ -50,7 +50,7 @@ its compiled matmuls between layers of one shape, so a reload on another count s
 for some shapes (seen with head_dim 64).
 
 Verified (``verify_sync=True``, the default): after the reload the engine's prompt log-probs of a
-fixed 32-token probe are compared with the same tokens' log-probs from the weights that were
+fixed 16-token probe are compared with the same tokens' log-probs from the weights that were
 handed over, computed on the training side through the fused kernel (``verify``). A difference
 above the engine dtype's tolerance raises ``WeightSyncError`` naming the first diverging
 position and the largest difference, on every rank, before anything samples from wrong weights;

@@ -57,7 +57,7 @@ class VLLMSampler(WeightSync):
         quiet: start the engine without vLLM's weight-loading bar and without the CPU backend's
             NUMA-binding warning line (everything else it prints still shows).
         verify_sync: after every ``load_weights``, check that the engine serves the given weights
-            (``verify``: a 32-token probe's log-probs against the training side's) and raise
+            (``verify``: a 16-token probe's log-probs against the training side's) and raise
             ``WeightSyncError`` when it does not.
         **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_num_seqs``).
 

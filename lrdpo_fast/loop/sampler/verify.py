@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-PROBE_TOKENS = 32
+PROBE_TOKENS = 16
 
 
 class WeightSyncError(RuntimeError):
@@ -68,8 +68,8 @@ def engine_probe_logprobs(llm, ids: Sequence[int]) -> list[float]:
 def _probe_pairs(ids: Sequence[int], prefix_per_position: bool):
     from ...data.records import PairExample
 
-    if not prefix_per_position:  # one pair: prompt = the first token, responses = the rest
-        return [PairExample([ids[0]], list(ids[1:]), list(ids[1:]))]
+    if not prefix_per_position:  # one pair: prompt = the first token, chosen = the rest
+        return [PairExample([ids[0]], list(ids[1:]), [ids[1]])]
     return [PairExample(list(ids[:t]), [ids[t]], [ids[t]]) for t in range(1, len(ids))]
 
 
