@@ -44,6 +44,7 @@ class PairLossParams:
 
     @property
     def n_pairs(self) -> int:
+        """P, the number of pairs (half the sequences)."""
         return self.lengths.numel() // 2
 
     def margin(self, seq_logps, p0=0, p1=None):
@@ -84,6 +85,7 @@ class _FusedTorch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
+        """(loss float32 scalar, seq_logps float32 [S]); dH, dW, db formed here, kept for backward."""
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
             hidden,
@@ -107,6 +109,7 @@ class _FusedTorch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logps):
+        """The gradients formed in forward, times the upstream gradient of the loss (0-d)."""
         if ctx.grads is None:
             raise RuntimeError("fused_lrdpo_loss (torch backend) supports one backward per forward")
         grads, ctx.grads = ctx.grads, None
@@ -120,6 +123,7 @@ class _FusedTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
+        """(loss float32 scalar, seq_logps float32 [S]); saves what the backward kernel needs."""
         from . import triton_backend
 
         logp, lse, rows = triton_backend.token_logprobs_forward(
@@ -144,6 +148,7 @@ class _FusedTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logps):
+        """dH, dW, db from the backward kernel, the pair-loss gradient scaled by ``grad_loss``."""
         from . import triton_backend
 
         hidden, weight, bias, labels, lse, rows, dseq, seq_ids = ctx.saved_tensors
@@ -342,7 +347,7 @@ def fused_pair_loss(
     b_ = None if bias is None else bias.detach()
     head = (int(ignore_index), float(temperature), None if softcap is None else float(softcap))
 
-    def run(b, h, w, grad):
+    def run(b, h, w, grad):  # one timed run of backend ``b`` for the dispatcher
         f = _FusedTriton if b == "triton" else _FusedTorch
         return f.apply(h.contiguous(), w.contiguous(), b_, lab, seq_ids, params, *head)[0]
 
@@ -395,6 +400,7 @@ class LRDPOLoss(nn.Module):
     def forward(
         self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None, bias=None
     ):
+        """(loss, metrics) of ``fused_lrdpo_loss`` with this module's hyper-parameters (see the class)."""
         return fused_lrdpo_loss(
             hidden,
             weight,
@@ -416,6 +422,7 @@ class LRDPOLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """The hyper-parameters, as ``print(module)`` shows them."""
         head = "" if self.temperature == 1.0 else f", temperature={self.temperature}"
         head += "" if self.softcap is None else f", softcap={self.softcap}"
         return f"loss_type={self.loss_type!r}, beta={self.beta}, alpha={self.alpha}, gamma={self.gamma}{head}"
