@@ -4,9 +4,9 @@
     lrdpo-fast train --example [--max-steps N] [--output-dir DIR]
     torchrun --nproc_per_node K -m lrdpo_fast.cli train CONFIG.yaml
 
-CONFIG.yaml holds ``TrainConfig`` fields plus three CLI-only keys:
+CONFIG.yaml holds ``TrainConfig`` fields plus five CLI-only keys (``model`` and ``data`` required):
 - ``model``: a local ``save_pretrained`` folder, or ``example`` (the embedded tiny Llama);
-- ``tokenizer``: a local tokenizer folder (default: the model folder), or ``example``;
+- ``tokenizer`` (optional): a local tokenizer folder (default: the model folder), or ``example``;
 - ``data``: a JSONL file / local dataset file or folder of preference pairs, or ``example``;
 - ``ref_model`` (optional): a local folder for the reference (default: the initial policy);
 - ``trust_remote_code`` (optional, default false): let transformers run the folders' own code.

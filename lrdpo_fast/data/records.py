@@ -209,6 +209,46 @@ def check_token_ids(example: PairExample, vocab_size: int | None, what: str = "t
             raise ValueError(f"{name} holds token id {hi} outside {what} [0, {vocab_size})")
 
 
+def _truncated_flags(record: Mapping[str, Any]) -> dict[str, bool]:
+    """{"chosen": bool, "rejected": bool}: the record's ``<side>_truncated`` flags (default False)."""
+    cut = {}
+    for name in ("chosen", "rejected"):
+        flag = record.get(f"{name}_truncated", False)
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}_truncated must be a bool, got {flag!r}")
+        cut[name] = flag
+    return cut
+
+
+def _truncate(
+    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int | None, max_prompt_length: int | None
+) -> tuple[list[int], list[int], list[int], int]:
+    """(prompt, chosen, rejected, tokens dropped) under the caps of ``tokenize_record``: the
+    prompt keeps its END, each response its START."""
+    dropped = 0
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        dropped += len(prompt) - max_prompt_length
+        prompt = prompt[-max_prompt_length:]
+    if max_length is not None:
+        if len(prompt) > max_length - 1:
+            dropped += len(prompt) - (max_length - 1)
+            prompt = prompt[-(max_length - 1) :]
+        room = max_length - len(prompt)
+        dropped += max(0, len(chosen) - room) + max(0, len(rejected) - room)
+        chosen, rejected = chosen[:room], rejected[:room]
+    return prompt, chosen, rejected, dropped
+
+
+def _record_ref_logps(record: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The record's (ref_chosen_logps, ref_rejected_logps), each a finite number or None."""
+    ref_c = record.get("ref_chosen_logps")
+    ref_r = record.get("ref_rejected_logps")
+    for name, v in (("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number or None, got {v!r}")
+    return ref_c, ref_r
+
+
 def tokenize_record(
     record: Mapping[str, Any],
     tokenizer=None,
@@ -264,35 +304,15 @@ def tokenize_record(
         content = ids[:-1] if (eos is not None and ids and ids[-1] == eos) else ids
         if len(content) == 0:
             raise ValueError(f"{name} is empty: the response has no tokens (besides EOS)")
-    cut = {}
-    for name in ("chosen", "rejected"):
-        flag = record.get(f"{name}_truncated", False)
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name}_truncated must be a bool, got {flag!r}")
-        cut[name] = flag
+    cut = _truncated_flags(record)
     if eos is not None:
         chosen = chosen if chosen[-1] == eos or cut["chosen"] else chosen + [eos]
         rejected = rejected if rejected[-1] == eos or cut["rejected"] else rejected + [eos]
     if len(prompt) == 0:
         raise ValueError("prompt is empty: at least one prompt token (e.g. BOS) is needed to score the response")
 
-    dropped = 0
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        dropped += len(prompt) - max_prompt_length
-        prompt = prompt[-max_prompt_length:]
-    if max_length is not None:
-        if len(prompt) > max_length - 1:
-            dropped += len(prompt) - (max_length - 1)
-            prompt = prompt[-(max_length - 1) :]
-        room = max_length - len(prompt)
-        dropped += max(0, len(chosen) - room) + max(0, len(rejected) - room)
-        chosen, rejected = chosen[:room], rejected[:room]
-
-    ref_c = record.get("ref_chosen_logps")
-    ref_r = record.get("ref_rejected_logps")
-    for name, v in (("ref_chosen_logps", ref_c), ("ref_rejected_logps", ref_r)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite number or None, got {v!r}")
+    prompt, chosen, rejected, dropped = _truncate(prompt, chosen, rejected, max_length, max_prompt_length)
+    ref_c, ref_r = _record_ref_logps(record)
     example = PairExample(
         prompt_ids=prompt,
         chosen_ids=chosen,

@@ -20,6 +20,7 @@ from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids
 from .losses import (
     LENGTH_NORMALIZED,
     LOSS_TYPE_IDS,
+    LossArgs,
     check_loss_args,
     pair_losses,
     pair_margin,
@@ -34,25 +35,22 @@ class PairLossParams:
     """The per-call constants of the objective, kept out of autograd's argument list.
 
     ref: float32 [2P] reference log-probs (chosen, rejected interleaved; zeros for SimPO);
-    lengths: int64 [2P] response lengths; beta, alpha, loss_type, gamma, label_smoothing: as in
-    ``fused_lrdpo_loss``.
+    lengths: int64 [2P] response lengths; args: the validated scalar hyper-parameters.
     """
 
     ref: torch.Tensor
     lengths: torch.Tensor
-    beta: float
-    alpha: float
-    loss_type: str
-    gamma: float
-    label_smoothing: float
+    args: LossArgs
 
     @property
     def n_pairs(self) -> int:
+        """P, the number of pairs (half the sequences)."""
         return self.lengths.numel() // 2
 
     def margin(self, seq_logps, p0=0, p1=None):
+        """``pair_margin`` float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
         p1 = self.n_pairs if p1 is None else p1
-        ref, lens = self.ref[2 * p0 : 2 * p1], self.lengths[2 * p0 : 2 * p1]
+        ref, lens, a = self.ref[2 * p0 : 2 * p1], self.lengths[2 * p0 : 2 * p1], self.args
         return pair_margin(
             seq_logps[0::2],
             seq_logps[1::2],
@@ -60,19 +58,17 @@ class PairLossParams:
             ref[1::2],
             lens[0::2],
             lens[1::2],
-            beta=self.beta,
-            alpha=self.alpha,
-            loss_type=self.loss_type,
-            gamma=self.gamma,
+            beta=a.beta,
+            alpha=a.alpha,
+            loss_type=a.loss_type,
+            gamma=a.gamma,
         )
 
     def losses(self, seq_logps, p0=0, p1=None):
         """Per-pair losses float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
+        a = self.args
         return pair_losses(
-            self.margin(seq_logps, p0, p1),
-            beta=self.beta,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
+            self.margin(seq_logps, p0, p1), beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing
         )
 
     def grad(self, p0, p1, seq_logps):
@@ -89,6 +85,7 @@ class _FusedTorch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
+        """(loss float32 scalar, seq_logps float32 [S]); dH, dW, db formed here, kept for backward."""
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
             hidden,
@@ -112,6 +109,7 @@ class _FusedTorch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logps):
+        """The gradients formed in forward, times the upstream gradient of the loss (0-d)."""
         if ctx.grads is None:
             raise RuntimeError("fused_lrdpo_loss (torch backend) supports one backward per forward")
         grads, ctx.grads = ctx.grads, None
@@ -125,21 +123,23 @@ class _FusedTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
+        """(loss float32 scalar, seq_logps float32 [S]); saves what the backward kernel needs."""
         from . import triton_backend
 
         logp, lse, rows = triton_backend.token_logprobs_forward(
             hidden, weight, bias, labels, ignore_index, temperature, softcap=softcap
         )
         seq_logps = segment_sum(logp, seq_ids, params.lengths.numel())
+        a = params.args
         losses, dseq = triton_backend.pair_loss(
             seq_logps,
             params.ref,
             params.lengths,
-            beta=params.beta,
-            alpha=params.alpha,
-            gamma=params.gamma,
-            label_smoothing=params.label_smoothing,
-            loss_type_id=LOSS_TYPE_IDS[params.loss_type],
+            beta=a.beta,
+            alpha=a.alpha,
+            gamma=a.gamma,
+            label_smoothing=a.label_smoothing,
+            loss_type_id=LOSS_TYPE_IDS[a.loss_type],
         )
         ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids)
         ctx.temperature, ctx.softcap = temperature, softcap
@@ -148,6 +148,7 @@ class _FusedTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logps):
+        """dH, dW, db from the backward kernel, the pair-loss gradient scaled by ``grad_loss``."""
         from . import triton_backend
 
         hidden, weight, bias, labels, lse, rows, dseq, seq_ids = ctx.saved_tensors
@@ -258,17 +259,28 @@ def fused_lrdpo_loss(
         bias; metrics as in ``lrdpo_loss`` (detached 0-d tensors) plus "logps/sequences", the
         detached float32 [S] policy log-probs (DICE's implicit reward reuses them).
     """
-    check_loss_args(loss_type, beta, alpha, gamma, label_smoothing)
-    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
-    check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
-    n_seqs = cu_seqlens.numel() - 1
-    if n_seqs % 2:
-        raise ValueError(
-            f"cu_seqlens describes {n_seqs} sequences; a pair loss needs an even number in pair order [c0, r0, ...]"
-        )
-    resolve_backend(backend, hidden.device, hidden.dtype)  # validates before the other checks
-    seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
-    lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
+    args = LossArgs(loss_type, beta, alpha, gamma, label_smoothing)  # checked before the tensors
+    return fused_pair_loss(
+        hidden,
+        weight,
+        labels,
+        cu_seqlens,
+        args,
+        ref_logps=ref_logps,
+        ref_hidden=ref_hidden,
+        ref_weight=ref_weight,
+        ignore_index=ignore_index,
+        backend=backend,
+        bias=bias,
+        temperature=temperature,
+        softcap=softcap,
+    )
+
+
+def _sequence_lengths(labels, seq_ids, n_seqs: int, ignore_index: int, loss_type: str) -> torch.Tensor:
+    """int64 [S] scored tokens per sequence; ValueError naming the pair when a length-normalized
+    loss meets an empty response."""
+    lengths = torch.zeros(n_seqs, dtype=torch.int64, device=labels.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()
     )
     if loss_type in LENGTH_NORMALIZED and bool((lengths == 0).any()):
@@ -278,6 +290,43 @@ def fused_lrdpo_loss(
             f"labels: pair {empty // 2} has no {side} response tokens (all ignore_index); "
             f"the length-normalized loss {loss_type!r} cannot score it"
         )
+    return lengths
+
+
+def fused_pair_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    args: LossArgs,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    ref_hidden: torch.Tensor | None = None,
+    ref_weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    backend: str = "auto",
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``fused_lrdpo_loss`` with the scalar hyper-parameters as one ``LossArgs``, validated when
+    it was built (the trainer builds it once per run, not per micro-batch); the tensors are
+    checked here on every call. Arguments, shapes, dtypes and the result: as in
+    ``fused_lrdpo_loss`` (hidden [N, d] float32/bf16/fp16, weight [V, d], labels int [N],
+    cu_seqlens int [S+1]; returns a float32 scalar loss and detached 0-d metrics plus
+    "logps/sequences" float32 [S])."""
+    if not isinstance(args, LossArgs):
+        raise ValueError(f"args must be a LossArgs, got {type(args).__name__}")
+    check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
+    check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    n_seqs = cu_seqlens.numel() - 1
+    if n_seqs % 2:
+        raise ValueError(
+            f"cu_seqlens describes {n_seqs} sequences; a pair loss needs an even number in pair order [c0, r0, ...]"
+        )
+    resolve_backend(backend, hidden.device, hidden.dtype)  # validates before the other checks
+    seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
+    lengths = _sequence_lengths(labels, seq_ids, n_seqs, ignore_index, args.loss_type)
     ref = _reference_logps(
         ref_logps,
         ref_hidden,
@@ -286,27 +335,19 @@ def fused_lrdpo_loss(
         labels,
         cu_seqlens,
         n_seqs,
-        loss_type,
+        args.loss_type,
         ignore_index,
         backend,
         hidden.device,
         temperature,
         softcap,
     )
-    params = PairLossParams(
-        ref=ref,
-        lengths=lengths,
-        beta=beta,
-        alpha=alpha,
-        loss_type=loss_type,
-        gamma=gamma,
-        label_smoothing=label_smoothing,
-    )
+    params = PairLossParams(ref=ref, lengths=lengths, args=args)
     lab = labels.contiguous()
     b_ = None if bias is None else bias.detach()
     head = (int(ignore_index), float(temperature), None if softcap is None else float(softcap))
 
-    def run(b, h, w, grad):
+    def run(b, h, w, grad):  # one timed run of backend ``b`` for the dispatcher
         f = _FusedTriton if b == "triton" else _FusedTorch
         return f.apply(h.contiguous(), w.contiguous(), b_, lab, seq_ids, params, *head)[0]
 
@@ -320,8 +361,8 @@ def fused_lrdpo_loss(
         ref[1::2],
         lengths[0::2],
         lengths[1::2],
-        beta=beta,
-        loss_type=loss_type,
+        beta=args.beta,
+        loss_type=args.loss_type,
     )
     metrics["logps/sequences"] = seq_logps.detach()
     return loss, metrics
@@ -359,6 +400,7 @@ class LRDPOLoss(nn.Module):
     def forward(
         self, hidden, weight, labels, cu_seqlens, *, ref_logps=None, ref_hidden=None, ref_weight=None, bias=None
     ):
+        """(loss, metrics) of ``fused_lrdpo_loss`` with this module's hyper-parameters (see the class)."""
         return fused_lrdpo_loss(
             hidden,
             weight,
@@ -380,6 +422,7 @@ class LRDPOLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """The hyper-parameters, as ``print(module)`` shows them."""
         head = "" if self.temperature == 1.0 else f", temperature={self.temperature}"
         head += "" if self.softcap is None else f", softcap={self.softcap}"
         return f"loss_type={self.loss_type!r}, beta={self.beta}, alpha={self.alpha}, gamma={self.gamma}{head}"

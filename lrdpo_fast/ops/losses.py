@@ -25,6 +25,7 @@ At the LR-DPO optimum β·log(π/ref) tracks r(x, y) - α|y|: longer answers mus
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,22 @@ def check_loss_args(loss_type: str, beta: float, alpha: float, gamma: float, lab
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
     if label_smoothing and loss_type not in SIGMOID_FAMILY:
         raise ValueError(f"label_smoothing applies to the sigmoid losses, not loss_type={loss_type!r}")
+
+
+@dataclass(frozen=True)
+class LossArgs:
+    """The objective's scalar hyper-parameters (see the module table), checked once on
+    construction by ``check_loss_args`` (ValueError naming the field): holding one means they are
+    valid, so the per-batch paths (``ops.fused.fused_pair_loss``) take it without checking again."""
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    alpha: float = 0.0
+    gamma: float = 0.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_loss_args(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,16 @@ never silently falls back to a default).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ops.checks import check_choice, check_int, check_number
+from ..ops.losses import LossArgs
+
 LR_SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -99,60 +102,24 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
 
     def __post_init__(self) -> None:
-        from ..ops.losses import check_loss_args
-
         _check_types(self)
-        try:
-            check_loss_args(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)
-        except ValueError as e:  # already names the field
-            raise ValueError(f"TrainConfig: {e}") from None
-        _positive("learning_rate", self.learning_rate, allow_zero=True)
-        if self.lr_scheduler not in LR_SCHEDULES:
-            raise ValueError(f"TrainConfig: lr_scheduler must be one of {LR_SCHEDULES}, got {self.lr_scheduler!r}")
-        _int_at_least("warmup_steps", self.warmup_steps, 0)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"TrainConfig: warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.warmup_steps and self.warmup_ratio:
-            raise ValueError("TrainConfig: set warmup_steps or warmup_ratio, not both")
-        _positive("weight_decay", self.weight_decay, allow_zero=True)
-        for name in ("adam_beta1", "adam_beta2"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"TrainConfig: {name} must be in [0, 1), got {v!r}")
-        _positive("adam_eps", self.adam_eps)
-        if self.max_grad_norm is not None:
-            _positive("max_grad_norm", self.max_grad_norm, allow_zero=True)
-        _int_at_least("num_epochs", self.num_epochs, 1)
-        if self.max_steps is not None:
-            _int_at_least("max_steps", self.max_steps, 1)
-        _int_at_least("pairs_per_step", self.pairs_per_step, 1)
-        _int_at_least("max_tokens_per_batch", self.max_tokens_per_batch, 2)
-        for name in ("max_length", "max_prompt_length", "save_steps"):
-            if getattr(self, name) is not None:
-                _int_at_least(name, getattr(self, name), 1)
-        if (
-            self.max_length is not None
-            and self.max_prompt_length is not None
-            and self.max_prompt_length >= self.max_length
-        ):
-            raise ValueError(
-                f"TrainConfig: max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})"
-            )
-        _int_at_least("logging_steps", self.logging_steps, 1)
-        _int_at_least("max_bad_steps", self.max_bad_steps, 1)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"TrainConfig: seed must be an int, got {self.seed!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TrainConfig: dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"TrainConfig: backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
-        if self.loss_type == "simpo" and self.live_reference:
-            raise ValueError("TrainConfig: live_reference is meaningless with loss_type='simpo' (no reference)")
-        if not isinstance(self.output_dir, (str, Path)) or not str(self.output_dir):
+        self.loss_args()
+        _check_numbers(self)
+        _check_ints(self)
+        _check_choices(self)
+        _check_combinations(self)
+        if not str(self.output_dir):
             raise ValueError(f"TrainConfig: output_dir must be a non-empty path, got {self.output_dir!r}")
         self.output_dir = str(self.output_dir)
-        if not isinstance(self.extra, dict):
-            raise ValueError(f"TrainConfig: extra must be a mapping, got {type(self.extra).__name__}")
+
+    def loss_args(self) -> LossArgs:
+        """The objective's fields (loss_type, beta, alpha, gamma, label_smoothing) as one
+        validated ``LossArgs``: the trainer builds it once per run and hands it to every
+        micro-batch's fused loss, which then does not check them again."""
+        try:
+            return LossArgs(self.loss_type, self.beta, self.alpha, self.gamma, self.label_smoothing)
+        except ValueError as e:  # already names the field
+            raise ValueError(f"TrainConfig: {e}") from None
 
     # ---- (de)serialisation -------------------------------------------------------------------
     @classmethod
@@ -229,22 +196,62 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     return values
 
 
-def _positive(name: str, v: Any, allow_zero: bool = False) -> None:
-    ok = (
-        isinstance(v, (int, float))
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and (v >= 0 if allow_zero else v > 0)
-    )
-    if not ok:
+# (field, lowest value, lowest value excluded): finite numbers, None allowed where the field is optional
+_NUMBER_FIELDS = (
+    ("learning_rate", 0.0, False),
+    ("weight_decay", 0.0, False),
+    ("adam_eps", 0.0, True),
+    ("max_grad_norm", 0.0, False),
+)
+# fields in [0, 1)
+_FRACTION_FIELDS = ("warmup_ratio", "adam_beta1", "adam_beta2")
+# (field, minimum): ints, None allowed where the field is optional
+_INT_FIELDS = (
+    ("warmup_steps", 0),
+    ("num_epochs", 1),
+    ("max_steps", 1),
+    ("pairs_per_step", 1),
+    ("max_tokens_per_batch", 2),
+    ("max_length", 1),
+    ("max_prompt_length", 1),
+    ("save_steps", 1),
+    ("logging_steps", 1),
+    ("max_bad_steps", 1),
+)
+_CHOICE_FIELDS = (("lr_scheduler", LR_SCHEDULES), ("dtype", DTYPES), ("backend", BACKENDS))
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    for name, low, low_open in _NUMBER_FIELDS:
+        if getattr(cfg, name) is not None:
+            check_number(f"TrainConfig: {name}", getattr(cfg, name), low, low_open=low_open)
+    for name in _FRACTION_FIELDS:
+        v = getattr(cfg, name)
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"TrainConfig: {name} must be in [0, 1), got {v!r}")
+
+
+def _check_ints(cfg: TrainConfig) -> None:
+    for name, minimum in _INT_FIELDS:
+        if getattr(cfg, name) is not None:
+            check_int(f"TrainConfig: {name}", getattr(cfg, name), minimum)
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for name, choices in _CHOICE_FIELDS:
+        check_choice(f"TrainConfig: {name}", getattr(cfg, name), choices)
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Rules between fields."""
+    if cfg.warmup_steps and cfg.warmup_ratio:
+        raise ValueError("TrainConfig: set warmup_steps or warmup_ratio, not both")
+    if cfg.max_length is not None and cfg.max_prompt_length is not None and cfg.max_prompt_length >= cfg.max_length:
         raise ValueError(
-            f"TrainConfig: {name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {v!r}"
+            f"TrainConfig: max_prompt_length ({cfg.max_prompt_length}) must be < max_length ({cfg.max_length})"
         )
-
-
-def _int_at_least(name: str, v: Any, lo: int) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"TrainConfig: {name} must be an int >= {lo}, got {v!r}")
+    if cfg.loss_type == "simpo" and cfg.live_reference:
+        raise ValueError("TrainConfig: live_reference is meaningless with loss_type='simpo' (no reference)")
 
 
 _TYPE_NAMES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str, Path), "dict[str, Any]": (dict,)}

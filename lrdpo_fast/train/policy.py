@@ -12,7 +12,7 @@ from torch import nn
 from ..data.packing import PackedBatch
 from ..model.head import lm_head
 from ..model.packed import model_sequence_logprobs, packed_hidden_states
-from ..ops.fused import fused_lrdpo_loss
+from ..ops.fused import fused_pair_loss
 from .config import TrainConfig
 
 
@@ -42,7 +42,8 @@ class PolicyLoss(nn.Module):
     A module of its own so FSDP2 can shard it as the root (it owns the embeddings, final norm
     and LM head, whose weight the fused kernel reads directly). ``sequence_logps(batch)`` runs the
     same sharded policy without the loss (registered as an FSDP forward method when sharded).
-    ``cfg`` and ``compute_dtype`` are set by each Trainer that trains it.
+    ``cfg`` and ``compute_dtype`` are set by each Trainer that trains it; setting ``cfg`` builds
+    its validated ``loss_args`` once, which every micro-batch's fused loss then takes as they are.
     """
 
     def __init__(self, policy: nn.Module, cfg: TrainConfig, compute_dtype: torch.dtype | None):
@@ -51,6 +52,16 @@ class PolicyLoss(nn.Module):
         self.cfg = cfg
         self.compute_dtype = compute_dtype
         self.sharded = False
+
+    @property
+    def cfg(self) -> TrainConfig:
+        """The TrainConfig of the Trainer training this root (its objective: ``loss_args``)."""
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: TrainConfig) -> None:
+        self._cfg = cfg
+        self.loss_args = cfg.loss_args()
 
     def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None):
         """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo).
@@ -61,18 +72,14 @@ class PolicyLoss(nn.Module):
         dt = self.compute_dtype or head.weight.dtype
         hidden, weight = hidden.to(dt), head.weight.to(dt)
         bias = None if head.bias is None else head.bias.to(dt)
-        return fused_lrdpo_loss(
+        return fused_pair_loss(
             hidden,
             weight,
             batch.labels,
             batch.cu_seqlens,
+            self.loss_args,
             ref_logps=ref_logps,
             bias=bias,
-            beta=cfg.beta,
-            alpha=cfg.alpha,
-            loss_type=cfg.loss_type,
-            gamma=cfg.gamma,
-            label_smoothing=cfg.label_smoothing,
             backend=cfg.backend,
             **head.kernel_args(),
         )

@@ -27,6 +27,7 @@ class StepTotals:
 
     ``loss`` and ``metrics[k]`` are sums of (value x pairs of the micro-batch): divide by ``pairs``
     for the step's mean over pairs (``means()``). ``micro_batches`` is this rank's count.
+    ``nonfinite``: why the step's forward stopped (non-finite inputs met, single process), else None.
     """
 
     loss: float = 0.0
@@ -35,6 +36,7 @@ class StepTotals:
     tokens: float = 0.0
     truncated_tokens: float = 0.0
     micro_batches: int = 0
+    nonfinite: str | None = None
 
     def add(
         self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], *, pairs: int, tokens: int, truncated_tokens: int
@@ -69,3 +71,42 @@ class StepTotals:
         if self.pairs <= 0:
             raise ValueError("StepTotals has no pairs: nothing to average")
         return {"loss": self.loss / self.pairs, **{k: v / self.pairs for k, v in self.metrics.items()}}
+
+
+def step_row(
+    totals: StepTotals,
+    *,
+    step: int,
+    epoch: float,
+    skipped: bool,
+    learning_rate: float,
+    grad_norm: float,
+    step_time_s: float,
+    peak_memory_mb: float,
+) -> dict:
+    """The metrics row of one step (the keys of ``metrics.jsonl``): the step's pair means (NaN
+    when its first micro-batch already failed), the guard's ``skipped``, the optimizer's numbers,
+    counts and throughput, and ``nonfinite`` when the forward stopped on non-finite inputs."""
+    row = {"step": step, "epoch": epoch}
+    if totals.pairs > 0:
+        row.update(totals.means())
+    else:
+        row.update({"loss": float("nan"), **dict.fromkeys(PAIR_METRICS, float("nan"))})
+    row.update(
+        {
+            "skipped": skipped,
+            "learning_rate": learning_rate,
+            "grad_norm": grad_norm,
+            "pairs": int(totals.pairs),
+            "tokens": int(totals.tokens),
+            "truncated_tokens": int(totals.truncated_tokens),
+            "micro_batches": totals.micro_batches,
+            "step_time_s": step_time_s,
+            "tokens_per_s": totals.tokens / step_time_s,
+            "pairs_per_s": totals.pairs / step_time_s,
+            "peak_memory_mb": peak_memory_mb,
+        }
+    )
+    if totals.nonfinite:
+        row["nonfinite"] = totals.nonfinite
+    return row

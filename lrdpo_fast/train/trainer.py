@@ -20,8 +20,9 @@ step) is left intact.
 
 Read as a recipe: ``__init__`` reads the config and the data; ``setup()`` (run once, lazily, by
 ``train``/``train_step``/checkpointing) builds the reference, the model root, the optimizer and
-the LR schedule, each in its own ``_setup_*`` method that returns its object; ``train()`` is the
-loop. The reference log-probs come from one of the sources of ``reference.py`` (default: the
+the LR schedule, each in its own ``_setup_*`` method that returns its object; ``train_step()`` is
+one step (its micro-batch mechanics live in ``micro_batches.py``, its metrics row in ``steps.py``);
+``train()`` is the loop; checkpoints are read and written by ``trainer_state.py``. The reference log-probs come from one of the sources of ``reference.py`` (default: the
 policy itself before its first step, precomputed once). ``trainer.model`` is the live policy,
 ``trainer.policy_loss`` the root that owns it (sharded under FSDP2): the iterative loop passes it
 to the next iteration's Trainer as ``model``; ``trainer.export_state_dict()`` gives full weights
@@ -39,20 +40,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.atomic import begin_dir, commit_dir, fault_point
+from ..data.atomic import fault_point
 from ..data.files import load_pairs
-from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
-from ..model.packed import model_sequence_logprobs, precompute_reference_logps
-from ..ops.validation import NonFiniteInputError
+from ..model.packed import precompute_reference_logps
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
+from . import micro_batches, trainer_state
 from .config import TrainConfig
-from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, read_metrics, summary_line
+from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
 from .optim import build_optimizer, build_scheduler
 from .policy import PolicyLoss, disable_dropout
 from .reference import precompute_through_root, reference_source
-from .steps import PAIR_METRICS, StepTotals
+from .steps import PAIR_METRICS, StepTotals, step_row
 
 __all__ = [
     "PAIR_METRICS",
@@ -139,10 +139,14 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._is_set_up = False
-        self._order_cache: tuple[int, list[int]] | None = None
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.dist.is_main)
 
     # ---- set-up: each part in its own method, returning what it builds -----------------------
+    @property
+    def is_set_up(self) -> bool:
+        """True once ``setup()`` has run (reference, model root, optimizer, LR schedule built)."""
+        return self._is_set_up
+
     def setup(self) -> None:
         """Reference, model root (checkpointing, sharding), optimizer, LR schedule: once."""
         if self._is_set_up:
@@ -237,132 +241,73 @@ class Trainer:
     def _setup_lr_scheduler(self, optimizer: torch.optim.Optimizer):
         return build_scheduler(optimizer, self.cfg, self.total_steps)
 
-    # ---- data order --------------------------------------------------------------------------
-    def _epoch_order(self, epoch: int) -> list[int]:
-        if self._order_cache is not None and self._order_cache[0] == epoch:
-            return self._order_cache[1]
-        n = len(self.examples)
-        if self.cfg.shuffle:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        self._order_cache = (epoch, order)
-        return order
-
+    # ---- one step (mechanics in micro_batches.py) ---------------------------------------------
     def _next_step_indices(self) -> list[int]:
         if self.position >= len(self.examples):
             self.epoch += 1
             self.position = 0
-        order = self._epoch_order(self.epoch)
-        idx = order[self.position : self.position + self.cfg.pairs_per_step]
+        order = micro_batches.epoch_order(len(self.examples), self.cfg.shuffle, self.cfg.seed, self.epoch)
+        idx = list(order[self.position : self.position + self.cfg.pairs_per_step])
         self.position += len(idx)
         return idx
-
-    # ---- one step ----------------------------------------------------------------------------
-    def _micro_batches(self, mine: list[int], filler: int) -> list[tuple[list[int], float]]:
-        """(example indices, weight) per micro-batch of this rank, padded with zero-weight
-        repeats (of ``filler``, an example of the step) so every rank runs the same number (FSDP
-        collectives must line up)."""
-        exs = [self.examples[i] for i in mine]
-        groups = (
-            [[mine[j] for j in b] for b in token_budget_batches(exs, self.cfg.max_tokens_per_batch)] if mine else []
-        )
-        out = [(g, 1.0) for g in groups]
-        want = dist_utils.max_int(len(out), self.dist, self.device)
-        while len(out) < want:
-            out.append((groups[0] if groups else [filler], 0.0))
-        return out
-
-    def _ref_logps(self, batch: PackedBatch) -> torch.Tensor | None:
-        if self.cfg.loss_type == "simpo":
-            return None
-        if self.cfg.live_reference:
-            with torch.no_grad(), self._autocast():
-                logps, _ = model_sequence_logprobs(self.ref_model, batch, backend=self.cfg.backend)
-            return logps.float()
-        return batch.ref_logps
 
     def accumulate_gradients(self, step_idx: list[int]) -> StepTotals:
         """Forward + backward of the step made of examples ``step_idx`` (global indices, same on
         every rank); gradients ADD into ``.grad``. Returns the step's ``StepTotals`` summed over
         ranks (pair-weighted loss and metric sums, pairs, tokens, truncated tokens)."""
         self.setup()
-        info = self.dist
-        if not step_idx:
-            raise ValueError("step_idx is empty: a step needs at least one pair")
-        global_pairs = len(step_idx)
-        micro = self._micro_batches(dist_utils.shard_indices(step_idx, info), filler=step_idx[0])
-        totals = StepTotals(micro_batches=len(micro))
-        for j, (idx, w) in enumerate(micro):
-            batch = pack_pairs([self.examples[i] for i in idx]).to(self.device)
-            if info.enabled:
-                dist_utils.set_gradient_sync(self.policy_loss, j == len(micro) - 1)
-            try:
-                ref = self._ref_logps(batch)
-                with self._autocast():
-                    loss, m = self.policy_loss(batch, ref)
-            except NonFiniteInputError as e:
-                if info.enabled:  # the other ranks are inside collectives: no skipping here
-                    raise
-                totals.loss, totals.nonfinite = float("nan"), str(e)  # a bad step: train_step skips it
-                break
-            # weighted BY PAIRS over the GLOBAL step; x world size undoes FSDP's gradient averaging
-            scale = w * batch.num_pairs / global_pairs * info.world_size
-            (loss * scale).backward()
-            if w:
-                totals.add(
-                    loss, m, pairs=batch.num_pairs, tokens=batch.num_tokens, truncated_tokens=batch.num_truncated_tokens
-                )
-        return totals.all_reduce(info, self.device)
+        return micro_batches.accumulate_gradients(
+            self.policy_loss,
+            self.examples,
+            step_idx,
+            cfg=self.cfg,
+            info=self.dist,
+            device=self.device,
+            ref_model=self.ref_model,
+            autocast=self._autocast,
+        )
 
-    def train_step(self) -> dict:
-        """One optimizer step on the next ``pairs_per_step`` pairs; returns its metrics row."""
-        self.setup()
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        totals = self.accumulate_gradients(self._next_step_indices())
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+    def _clip_gradients(self) -> float:
+        """Clip the gradient norm at ``max_grad_norm`` (none when unset); returns the norm before."""
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
-        grad_norm = float(grad_norm)
-        skipped = not (math.isfinite(totals.loss) and math.isfinite(grad_norm))
-        if skipped:  # the guard (module docstring): drop the gradients, keep weights and schedule
+        return float(grad_norm)
+
+    def _optimizer_step(self, skipped: bool) -> None:
+        """AdamW + schedule step, or (the guard, module docstring) drop the gradients and keep
+        weights and schedule as they are."""
+        if skipped:
             self.bad_steps += 1
         else:
             self.bad_steps = 0
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self) -> dict:
+        """One optimizer step on the next ``pairs_per_step`` pairs; returns its metrics row."""
+        self.setup()
+        t0 = time.perf_counter()
+        totals = self.accumulate_gradients(self._next_step_indices())
+        grad_norm = self._clip_gradients()
+        lr = self.scheduler.get_last_lr()[0]
+        skipped = not (math.isfinite(totals.loss) and math.isfinite(grad_norm))
+        self._optimizer_step(skipped)
         self.global_step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        dt = time.perf_counter() - t0
-        row = {"step": self.global_step, "epoch": round(self.epoch + self.position / len(self.examples), 4)}
-        if totals.pairs > 0:
-            row.update(totals.means())
-        else:  # the first micro-batch already failed
-            row.update({"loss": float("nan"), **dict.fromkeys(PAIR_METRICS, float("nan"))})
-        row.update(
-            {
-                "skipped": skipped,
-                "learning_rate": lr,
-                "grad_norm": grad_norm,
-                "pairs": int(totals.pairs),
-                "tokens": int(totals.tokens),
-                "truncated_tokens": int(totals.truncated_tokens),
-                "micro_batches": totals.micro_batches,
-                "step_time_s": dt,
-                "tokens_per_s": totals.tokens / dt,
-                "pairs_per_s": totals.pairs / dt,
-                "peak_memory_mb": peak_memory_mb(self.device),
-            }
+        return step_row(
+            totals,
+            step=self.global_step,
+            epoch=round(self.epoch + self.position / len(self.examples), 4),
+            skipped=skipped,
+            learning_rate=lr,
+            grad_norm=grad_norm,
+            step_time_s=time.perf_counter() - t0,
+            peak_memory_mb=peak_memory_mb(self.device),
         )
-        if getattr(totals, "nonfinite", None):
-            row["nonfinite"] = totals.nonfinite
-        return row
 
     def _check_bad_steps(self, row: dict) -> None:
         """Stop the run after ``max_bad_steps`` consecutive skipped steps (see the guard)."""
@@ -452,86 +397,16 @@ class Trainer:
         dist_utils.barrier(self.dist)
         return str(path)
 
-    def _reference_table(self) -> torch.Tensor | None:
-        if not all(ex.has_ref for ex in self.examples):
-            return None
-        return torch.tensor([[ex.ref_chosen_logps, ex.ref_rejected_logps] for ex in self.examples], dtype=torch.float64)
-
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
         """Weights + tokenizer + trainer state to ``path`` (default output_dir/checkpoint-<step>).
 
         Written into ``<path>.partial`` and renamed into place once complete, so a run killed
         mid-save never leaves a folder that ``latest_checkpoint`` would take as a checkpoint."""
         self.setup()
-        path = (
-            Path(path)
-            if path is not None
-            else Path(self.cfg.output_dir) / f"{ckpt.CHECKPOINT_PREFIX}{self.global_step}"
-        )
-        if self.dist.enabled:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            opt_state = get_optimizer_state_dict(
-                self.policy_loss, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
-        else:
-            opt_state = self.optimizer.state_dict()
-        staging = begin_dir(path) if self.dist.is_main else path.with_name(path.name + ".partial")
-        dist_utils.barrier(self.dist)
-        self.save_model(staging)
-        if self.dist.is_main:
-            ckpt.save_trainer_state(
-                staging,
-                {
-                    "optimizer": opt_state,
-                    "scheduler": self.scheduler.state_dict(),
-                    "global_step": self.global_step,
-                    "epoch": self.epoch,
-                    "position": self.position,
-                    "num_examples": len(self.examples),
-                    "rng": ckpt.rng_state(),
-                    "reference_logps": self._reference_table(),
-                    "config": self.cfg.to_dict(),
-                },
-            )
-            self.cfg.to_yaml(staging / "train_config.yaml")
-            commit_dir(staging, path)
-        dist_utils.barrier(self.dist)
-        self.last_checkpoint = str(path)
-        return str(path)
+        self.last_checkpoint = trainer_state.save_checkpoint(self, path)
+        return self.last_checkpoint
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore weights, optimizer, schedule, data position, RNG and reference log-probs."""
-        state = ckpt.load_trainer_state(path)
-        if state["num_examples"] != len(self.examples):
-            raise ValueError(
-                f"checkpoint {str(path)!r} was trained on {state['num_examples']} pairs, this trainer has "
-                f"{len(self.examples)}: resume needs the same pairs"
-            )
-        ref = state.get("reference_logps")
-        if ref is not None:
-            self.examples = [ex.with_ref(float(r[0]), float(r[1])) for ex, r in zip(self.examples, ref.tolist())]
-            self.ref_model = None
-        weights = ckpt.load_model_weights(path)
-        if self._is_set_up and self.dist.enabled:
-            raise ValueError("load_checkpoint must run before training starts when distributed")
-        ckpt.apply_model_weights(self.model, {k: v.to(self.device) for k, v in weights.items()})
-        self.setup()
-        if self.dist.enabled:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(
-                self.policy_loss, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
-            )
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.global_step = state["global_step"]
-        self.epoch = state["epoch"]
-        self.position = state["position"]
-        ckpt.set_rng_state(state["rng"])
+        trainer_state.load_checkpoint(self, path)
         self.last_checkpoint = str(path)
-        self.writer.reset(keep_until_step=self.global_step)
-
-        if self.writer.enabled and self.writer.path.exists():
-            self.history = read_metrics(self.writer.path)
