@@ -148,6 +148,28 @@ def short_table(results: dict, probe: dict, tests: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_tests(py: str, out: Path, clock, env: dict) -> dict[str, dict]:
+    """The GPU-marked tests, then the kernel test files untuned; {name: {rc, tail}}."""
+    tests: dict[str, dict] = {}
+    tests["gpu-marker"] = _run(
+        [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider", "-x", "--timeout=240"]
+        if _has_timeout_plugin()
+        else [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"],
+        out / "tests.log",
+        min(300, clock.left() * 0.3),
+        env,
+    )
+    # one untuned tile here: compiling every config for every small test shape would take
+    # minutes; the probe checks the tuned kernels against the torch path at the goal shape
+    tests["kernel-files"] = _run(
+        [py, "-m", "pytest", "-q", *TEST_FILES, "-p", "no:cacheprovider"],
+        out / "tests.log",
+        min(240, clock.left() * 0.3),
+        {**env, "LRDPO_AUTOTUNE": "0"},
+    )
+    return tests
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check")
     ap.add_argument(
@@ -192,24 +214,7 @@ def main(argv=None) -> int:
     )
     py = sys.executable
     env = {"LRDPO_CACHE_DIR": str(out / "dispatch_cache"), "PYTHONUNBUFFERED": "1"}
-    tests: dict[str, dict] = {}
-    if "tests" not in skip:
-        tests["gpu-marker"] = _run(
-            [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider", "-x", "--timeout=240"]
-            if _has_timeout_plugin()
-            else [py, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"],
-            out / "tests.log",
-            min(300, clock.left() * 0.3),
-            env,
-        )
-        # one untuned tile here: compiling every config for every small test shape would take
-        # minutes; the probe checks the tuned kernels against the torch path at the goal shape
-        tests["kernel-files"] = _run(
-            [py, "-m", "pytest", "-q", *TEST_FILES, "-p", "no:cacheprovider"],
-            out / "tests.log",
-            min(240, clock.left() * 0.3),
-            {**env, "LRDPO_AUTOTUNE": "0"},
-        )
+    tests = _run_tests(py, out, clock, env) if "tests" not in skip else {}
     probe = {}
     if "probe" not in skip and clock.left() > 240:
         r = _run(
