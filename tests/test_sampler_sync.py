@@ -105,3 +105,12 @@ def test_verification_can_be_turned_off(vllm_sampler):
     finally:
         vllm_sampler.verify_sync = True
         vllm_sampler.load_weights(start)
+
+
+def test_closing_a_second_engine_leaves_the_first_serving(vllm_sampler, tiny_model_dir):
+    """vLLM's in-process shutdown tears down the process's model-parallel groups, which every
+    in-process engine shares: a second sampler closed while the session's lives must not break it."""
+    before = vllm_sampler.generate(["Hello"], n=1, temperature=0.0, max_new_tokens=4)
+    with VLLMSampler(str(tiny_model_dir), seed=0, dtype="float32", max_model_len=128, enforce_eager=True) as other:
+        assert other.generate(["Hello"], n=1, temperature=0.0, max_new_tokens=4) == before
+    assert vllm_sampler.generate(["Hello"], n=1, temperature=0.0, max_new_tokens=4) == before

@@ -15,7 +15,7 @@ import torch
 
 from ...ops.checks import check_int
 from ..samples import Sample
-from .engine import Engine, model_folder, start_engine, tokenizer_folder
+from .engine import Engine, model_folder, shutdown_engine, start_engine, tokenizer_folder
 from .layout import agree, all_gather, resolve_layout
 from .process import Threads
 from .prompts import prompt_ids
@@ -343,15 +343,10 @@ class VLLMSampler(WeightSync):
         engine, self._engine = self._engine, None
         if engine is not None:
             try:
-                engine.llm.llm_engine.engine_core.shutdown()
+                shutdown_engine(engine)
             except Exception as e:  # noqa: BLE001 - closing must not fail
                 logger.warning("VLLMSampler.close: engine shutdown raised %r", e)
-            if engine.owns_dist:
-                # the in-process engine made a one-process group of its own: take it down
-                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-                del engine
-                cleanup_dist_env_and_memory()
+            del engine
         import gc
 
         gc.collect()

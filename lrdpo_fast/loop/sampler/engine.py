@@ -38,6 +38,9 @@ TORCHRUN_ENV = (
 )
 
 
+_live_in_process = 0  # in-process engines started and not yet shut down in this process
+
+
 @dataclass
 class Engine:
     """A started engine: the ``vllm.LLM``, whether its model runs in this process, whether it
@@ -180,11 +183,39 @@ def start_engine(
             leader=get_tensor_model_parallel_rank() == 0,
         )
     model_config = llm.llm_engine.model_config
+    in_process = isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor)
+    if in_process:
+        global _live_in_process
+        _live_in_process += 1
     return Engine(
         llm=llm,
-        in_process=isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor),
+        in_process=in_process,
         owns_dist=owned and dist.is_available() and dist.is_initialized(),
         max_model_len=int(model_config.max_model_len),
         dtype=model_config.dtype,
         layout=layout,
     )
+
+
+def shutdown_engine(engine: Engine) -> None:
+    """Shut ``engine`` down. vLLM's in-process shutdown tears down the process's distributed
+    state (its model-parallel groups), which every in-process engine of the process shares: with
+    another one still alive that teardown is skipped (it would break the other engine's next
+    step), and the last one to go takes the state down (with the process group when an engine
+    made it)."""
+    global _live_in_process
+    import vllm.v1.engine.core as engine_core_module
+
+    others = engine.in_process and _live_in_process > 1
+    teardown = engine_core_module.cleanup_dist_env_and_memory
+    if others:
+        engine_core_module.cleanup_dist_env_and_memory = lambda *a, **k: None
+    try:
+        engine.llm.llm_engine.engine_core.shutdown()
+    finally:
+        engine_core_module.cleanup_dist_env_and_memory = teardown
+        if engine.in_process:
+            _live_in_process -= 1
+    if engine.owns_dist and not others:
+        # the in-process engine made a one-process group of its own: take it down
+        teardown()
