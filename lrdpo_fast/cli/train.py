@@ -48,17 +48,11 @@ def add_parser(sub) -> None:
     t.set_defaults(run=run)
 
 
-def _resolve(value, base: Path):
-    if value is None or value == "example":
-        return value
-    p = Path(value)
-    return str(p if p.is_absolute() else (base / p))
-
-
 def load_run_spec(path: str | Path, **overrides):
     """Split a CLI YAML into (TrainConfig, {model, tokenizer, data, ref_model}); paths resolved
     against the YAML's folder. Unknown keys -> ValueError naming them."""
-    from ..train.config import TrainConfig, read_yaml_mapping
+    from ..data.files import read_yaml_mapping, resolve_path
+    from ..train.config import TrainConfig
 
     p = Path(path)
     values = read_yaml_mapping(p)
@@ -69,7 +63,7 @@ def load_run_spec(path: str | Path, **overrides):
         v = values.get(k)
         if v is not None and not isinstance(v, str):
             raise ValueError(f"config {str(p)!r}: {k} must be a path string or 'example', got {type(v).__name__} {v!r}")
-    spec = {k: _resolve(values.pop(k, None), p.parent) for k in CLI_KEYS}
+    spec = {k: resolve_path(values.pop(k, None), p.parent) for k in CLI_KEYS}
     spec["trust_remote_code"] = trust
     if spec["model"] is None:
         raise ValueError(f"config {str(p)!r} needs a 'model' key (a local model folder or 'example')")

@@ -153,3 +153,44 @@ def load_pairs(
         where = f" ({os.fspath(pairs)!r} holds no records)" if isinstance(pairs, (str, os.PathLike)) else ""
         raise ValueError(f"pairs is empty{where}: training needs at least one preference pair")
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The mapping in a YAML file (an empty file is ``{}``). ValueError naming the file (and the
+    line for a syntax error) when it is missing, a folder, unreadable, not UTF-8, not YAML, or
+    holds something other than a mapping."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{what} path {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"{what} path {str(p)!r} is not a file")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ValueError(f"{what} {str(p)!r} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{what} {str(p)!r}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} {str(p)!r} must hold a mapping of keys, got {type(values).__name__}")
+    return values
+
+
+def resolve_path(value: str | None, base: str | os.PathLike, keep: Sequence[str] = ("example",)) -> str | None:
+    """``value`` as an absolute path string, a relative one taken against ``base`` (a config
+    file's folder); None and the names in ``keep`` (``example``) are returned as they are."""
+    if value is None or value in keep:
+        return value
+    p = Path(value)
+    return str(p if p.is_absolute() else (Path(base) / p).resolve())

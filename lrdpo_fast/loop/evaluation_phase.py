@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..data.atomic import atomic_write_json, atomic_write_jsonl
+from ..data.seeds import EVAL_STREAM, stream_seed
 from .config import EvalSpec
 
 
@@ -31,7 +32,7 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
         temperature=sc.temperature if ev.temperature is None else ev.temperature,
         top_p=sc.top_p,
         max_new_tokens=ev.max_new_tokens or sc.max_new_tokens,
-        seed=st.cfg.seed * 1_000_003 + 999_983,
+        seed=stream_seed(st.cfg.seed, EVAL_STREAM),
         progress=st.progress and st.dist.is_main,
     )
     if not st.dist.is_main:

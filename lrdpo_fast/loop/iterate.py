@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..data.atomic import atomic_write_jsonl
-from ..train.distributed import DistInfo, barrier, init_distributed
+from ..train.distributed import DistInfo, barrier, init_distributed, on_main_agreed
 from .config import EXAMPLE, IterateConfig, RewardSpec
 from .phases import LoopState, pairs_phase, sample_phase, score_phase, train_phase
 from .report import format_table, plot_summary
@@ -133,26 +133,6 @@ def _start_distributed(cfg: IterateConfig) -> DistInfo:
     return ranks
 
 
-def _on_main(ranks: DistInfo, fn: Callable[[], None]) -> None:
-    """Run ``fn`` on rank 0 only; a ValueError it raises is raised on every rank (no rank is
-    left waiting in a collective). Every rank returns after rank 0 is done."""
-    error = None
-    if ranks.is_main:
-        try:
-            fn()
-        except ValueError as e:
-            error = e
-    if ranks.enabled:
-        import torch.distributed as dist
-
-        box = [None if error is None else str(error)]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None and error is None:
-            raise ValueError(box[0])
-    if error is not None:
-        raise error
-
-
 def _summary_row(st: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]:
     run = st.run
     row: dict[str, Any] = {"iteration": r}
@@ -225,7 +205,7 @@ def iterate(
         if cfg.eval.num_prompts is not None:
             eval_prompts = eval_prompts[: cfg.eval.num_prompts]
     policy_path, model, tokenizer = _load_policy(cfg)
-    _on_main(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__))
+    on_main_agreed(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__))
 
     # where to start: after the last iteration whose policy was saved
     first = 0

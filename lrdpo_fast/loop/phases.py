@@ -26,6 +26,7 @@ import torch
 from ..data.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, fault_point
 from ..data.files import read_jsonl
 from ..data.records import tokenize_pairs
+from ..data.seeds import stream_seed
 from ..model.packed import precompute_reference_logps
 from ..train.checkpoint import latest_checkpoint
 from ..train.distributed import DistInfo
@@ -63,7 +64,7 @@ class LoopState:
 
 def draw_prompts(pool_size: int, k: int, seed: int, iteration: int) -> list[int]:
     """Indices of the ``k`` prompts of ``iteration`` (without replacement; all when k >= pool)."""
-    rng = random.Random(seed * 1_000_003 + iteration)
+    rng = random.Random(stream_seed(seed, iteration))
     return sorted(rng.sample(range(pool_size), min(k, pool_size)))
 
 
@@ -90,7 +91,7 @@ def sample_phase(st: LoopState, i: int) -> dict:
         temperature=sc.temperature,
         top_p=sc.top_p,
         max_new_tokens=sc.max_new_tokens,
-        seed=cfg.seed * 1_000_003 + i,
+        seed=stream_seed(cfg.seed, i),
         progress=st.progress and st.dist.is_main,
     )
     dt = time.perf_counter() - t0
@@ -176,7 +177,7 @@ def pairs_phase(st: LoopState, i: int) -> dict:
         length_alpha=cfg.pairs.length_alpha,
         drop_truncated=cfg.pairs.drop_truncated,
         min_score_gap=cfg.pairs.min_score_gap,
-        seed=cfg.seed * 1_000_003 + i,
+        seed=stream_seed(cfg.seed, i),
     )
     if not pairs:
         raise ValueError(

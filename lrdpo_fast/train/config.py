@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.files import read_yaml_mapping
 from ..ops.checks import check_choice, check_int, check_number
 from ..ops.losses import LossArgs
 
@@ -162,38 +163,6 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed (unknown names -> ValueError)."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
-
-
-def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """The mapping in a YAML file (an empty file is ``{}``). ValueError naming the file (and the
-    line for a syntax error) when it is missing, a folder, unreadable, not UTF-8, not YAML, or
-    holds something other than a mapping."""
-    import yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{what} path {str(p)!r} does not exist")
-    if not p.is_file():
-        raise ValueError(f"{what} path {str(p)!r} is not a file")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise ValueError(f"{what} {str(p)!r} cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
-        ) from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{what} {str(p)!r}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{what} {str(p)!r} must hold a mapping of keys, got {type(values).__name__}")
-    return values
 
 
 # (field, lowest value, lowest value excluded): finite numbers, None allowed where the field is optional

@@ -141,3 +141,50 @@ def full_state_dict(model: torch.nn.Module, info: DistInfo) -> dict[str, torch.T
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return sd if info.is_main else {}
+
+
+def all_gather_objects(obj, world_size: int) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if world_size == 1:
+        return [obj]
+    out: list = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_gather_agreed(obj, error: Exception | None, world_size: int, rebuild=None) -> list:
+    """The one rank-agreed gather: every rank's ``obj`` in rank order, or, when any rank failed
+    (``error`` not None there), an error raised on every rank, so no rank goes on into a
+    collective alone. This rank's own error is raised as it is; another rank's as a ValueError
+    (when it was one) or a RuntimeError, naming the rank. ``rebuild(name, message, payload, rank)``
+    may return another exception for a class it knows (``payload``: the error's picklable
+    ``args_for_ranks`` attribute), e.g. the sampler's ``WeightSyncError``."""
+    mine = None if error is None else (type(error).__name__, str(error), getattr(error, "args_for_ranks", None))
+    gathered = all_gather_objects((mine, obj), world_size)
+    if error is not None:
+        raise error
+    for r, (m, _) in enumerate(gathered):
+        if m is None:
+            continue
+        rebuilt = rebuild(m[0], m[1], m[2], r) if rebuild is not None else None
+        if rebuilt is not None:
+            raise rebuilt
+        raise (ValueError if m[0] == "ValueError" else RuntimeError)(f"{m[1]} (on rank {r})")
+    return [o for _, o in gathered]
+
+
+def agree_on_error(error: Exception | None, world_size: int, rebuild=None) -> None:
+    """Raise on every rank when any rank failed (``all_gather_agreed`` with nothing to gather)."""
+    all_gather_agreed(None, error, world_size, rebuild)
+
+
+def on_main_agreed(info: DistInfo, fn) -> None:
+    """Run ``fn()`` on rank 0 only; a ValueError it raises is raised on every rank (the others
+    as a ValueError naming rank 0), and every rank returns after rank 0 is done."""
+    error = None
+    if info.is_main:
+        try:
+            fn()
+        except ValueError as e:
+            error = e
+    agree_on_error(error, info.world_size)

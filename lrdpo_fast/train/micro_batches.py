@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
+from ..data.seeds import stream_seed
 from ..model.packed import model_sequence_logprobs
 from ..ops.validation import NonFiniteInputError
 from . import distributed as dist_utils
@@ -27,7 +28,7 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> tuple[int, ...]
     (seed, epoch) when ``shuffle``, else 0..n-1 (cached: one step after another reads it)."""
     if not shuffle:
         return tuple(range(n))
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(stream_seed(seed, epoch))
     return tuple(torch.randperm(n, generator=g).tolist())
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from ...ops.checks import check_int
+from ...train.distributed import all_gather_agreed
 from ..samples import Sample
 from .engine import Engine, model_folder, shutdown_engine, start_engine, tokenizer_folder
-from .layout import agree, all_gather, resolve_layout
+from .layout import agree, resolve_layout
 from .process import Threads
 from .prompts import prompt_ids
-from .sampling import merge_gathered, sampling_requests, to_sample
+from .sampling import sampling_requests, to_sample
 from .specs import EngineSpec, GenerationSpec
 from .sync import WeightSync
 from .weights import (
@@ -170,14 +171,12 @@ class VLLMSampler(WeightSync):
         """Every rank learns whether every engine started; ranks without one get rank 0's info."""
         if self.world_size == 1:
             return info
-        gathered = all_gather((None if error is None else f"{type(error).__name__}: {error}", info), self.world_size)
-        failed = [(r, msg) for r, (msg, _) in enumerate(gathered) if msg]
-        if failed:
+        try:
+            gathered = all_gather_agreed(info, error, self.world_size)
+        except Exception:
             self.close()
-            if error is not None:
-                raise error
-            raise RuntimeError(f"VLLMSampler: the engine failed to start on rank {failed[0][0]}: {failed[0][1]}")
-        return info if self.layout.hosts_engine else gathered[0][1]
+            raise
+        return info if self.layout.hosts_engine else gathered[0]
 
     def _mkdtemp(self, prefix: str) -> str:
         d = tempfile.mkdtemp(prefix=prefix)
@@ -283,11 +282,8 @@ class VLLMSampler(WeightSync):
         return [local[i] for i in range(len(prompts))]
 
     def _gathered_samples(self, error: Exception | None, local: dict) -> dict:
-        mine = (None if error is None else f"{type(error).__name__}: {error}", local if self.layout.leader else {})
-        gathered = all_gather(mine, self.world_size)
-        if error is not None:
-            raise error
-        return merge_gathered(gathered)
+        parts = all_gather_agreed(local if self.layout.leader else {}, error, self.world_size)
+        return {i: samples for part in parts for i, samples in part.items()}
 
     def _sample(
         self, indices: list[int], ids: list[list[int]], spec: GenerationSpec, seed: int, progress: bool

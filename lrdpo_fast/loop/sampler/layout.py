@@ -73,34 +73,17 @@ def resolve_layout(tensor_parallel_size: int) -> RankLayout:
     return RankLayout(rank, world, mode, leader=rank == 0)
 
 
-def all_gather(obj: Any, world_size: int) -> list[Any]:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
-    if world_size == 1:
-        return [obj]
-    import torch.distributed as dist
+def _rebuild_sync_error(name: str, message: str, payload: Any, rank: int) -> Exception | None:
+    if name == "WeightSyncError" and payload is not None:
+        from .verify import WeightSyncError
 
-    out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, obj)
-    return out
+        return WeightSyncError(*payload, detail=f" (on rank {rank})")
+    return None
 
 
 def agree(error: Exception | None, world_size: int) -> None:
-    """Raise on every rank when any rank failed, so no rank goes on into a collective alone: this
-    rank's own error as it is, another rank's as the same class (ValueError, WeightSyncError)
-    or a RuntimeError, naming the rank."""
-    if world_size == 1:
-        if error is not None:
-            raise error
-        return
-    mine = None if error is None else (type(error).__name__, str(error), getattr(error, "args_for_ranks", None))
-    msgs = all_gather(mine, world_size)
-    if error is not None:
-        raise error
-    for r, m in enumerate(msgs):
-        if m is None:
-            continue
-        if m[0] == "WeightSyncError" and m[2] is not None:
-            from .verify import WeightSyncError
+    """Raise on every rank when any rank failed (``train.distributed.agree_on_error``); another
+    rank's ``WeightSyncError`` is raised as one."""
+    from ...train.distributed import agree_on_error
 
-            raise WeightSyncError(*m[2], detail=f" (on rank {r})")
-        raise (ValueError if m[0] == "ValueError" else RuntimeError)(f"{m[1]} (on rank {r})")
+    agree_on_error(error, world_size, _rebuild_sync_error)

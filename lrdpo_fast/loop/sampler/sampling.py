@@ -39,17 +39,6 @@ def sampling_requests(
     return requests, params, keys
 
 
-def merge_gathered(gathered: list[tuple[str | None, dict[int, list[Sample]]]]) -> dict[int, list[Sample]]:
-    """Every rank's (error message, samples by prompt) merged; RuntimeError naming the first
-    rank that failed."""
-    merged: dict[int, list[Sample]] = {}
-    for r, (msg, part) in enumerate(gathered):
-        if msg:
-            raise RuntimeError(f"VLLMSampler.generate failed on rank {r}: {msg}")
-        merged.update(part)
-    return merged
-
-
 def to_sample(prompt: list[int], o, i: int, j: int, logprobs: bool) -> Sample:
     """One vLLM completion as a ``Sample``; RuntimeError on a non-finite log-prob or an
     unexpected finish reason."""
