@@ -513,7 +513,11 @@ ITERATE_CASES = [
     ("train_wrong_type", {"train": {"beta": "abc"}}, ["IterateConfig: train: TrainConfig: beta must be a number"]),
     ("train_unknown_key", {"train": {"betta": 0.1}}, ["train: TrainConfig: unknown key(s) ['betta']"]),
     ("pairs_strategy", {"pairs": {"strategy": "best"}}, ["pairs.strategy must be one of"]),
-    ("pairs_length_alpha", {"pairs": {"length_alpha": -1}}, ["pairs.length_alpha must be in [0.0, inf]"]),
+    (
+        "pairs_length_alpha",
+        {"pairs": {"length_alpha": -1}},
+        ["pairs.length_alpha must be a float >= 0 or 'auto', got -1"],
+    ),
     ("iterations_zero", {"iterations": 0}, ["iterations must be an int >= 1, got 0"]),
     ("seed_bool", {"seed": True}, ["seed must be an int >= 0, got True"]),
     ("eval_without_prompts", {"eval": {"n": 2}}, ["eval is incomplete"]),

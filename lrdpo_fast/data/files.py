@@ -172,7 +172,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ValueError(f"{what} {str(p)!r} cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+            f"{what} {str(p)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}), "
+            "so not valid YAML (a YAML file must be utf-8)"
         ) from None
     try:
         values = yaml.safe_load(text)

@@ -13,24 +13,31 @@
     train: {beta: 0.1, alpha: 0.02, learning_rate: 5.0e-7, pairs_per_step: 32, num_epochs: 1}
     eval: {prompts: heldout.jsonl, n: 1, judge: {callable: ...}, metrics: {true_accuracy: "pkg.mod:fn"}}
 
-Every key is checked at construction: an unknown key or a value of the wrong type or range raises
-``ValueError`` naming it (``sampler.n``, ``train.beta``, ...). Relative paths resolve against the
-YAML file's folder. ``train`` takes any ``TrainConfig`` field except ``output_dir`` (the loop
-puts it under ``run_dir``). ``describe_keys()`` documents every key (the CLI's ``--help``).
+Each section becomes its callee's own parameter object, built and checked once where the callee
+lives: ``sampler:`` the sampler's ``SamplerSection`` (an ``EngineSpec`` and a ``GenerationSpec``),
+``reward:`` a ``RewardSpec``, ``pairs:`` ``build_pairs``' ``PairsSpec``, ``train:`` a
+``TrainConfig`` (any field except ``output_dir``, which the loop puts under ``run_dir``),
+``eval:`` an ``EvalSpec``. ``IterateConfig`` checks only what is its own (paths, iterations,
+seeds, prompt counts). An unknown key or a value of the wrong type or range raises ``ValueError``
+naming it (``sampler.n``, ``train.beta``, ...). Relative paths resolve against the YAML file's
+folder. ``describe_keys()`` documents every key (the CLI's ``--help``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.files import read_yaml_mapping, resolve_path
+from ..ops.checks import check_bool, check_int, check_number, check_str
 from ..train.config import TrainConfig
+from .pairs import PairsSpec
+from .sampler.specs import SamplerSection
 
 EXAMPLE = "example"
-STRATEGIES = ("best_worst", "best_random")
 
 KEY_DOCS = {
     "policy": "start policy: a local save_pretrained folder, or 'example' (the embedded demo policy)",
@@ -50,6 +57,7 @@ KEY_DOCS = {
     "sampler.tensor_parallel_size": "GPUs per engine",
     "sampler.enforce_eager": "true: no graph capture / compilation (faster start, slower steps on big models)",
     "sampler.cpu_threads": "CPU backend: torch threads while sampling (default: the process's; 1 suits small models)",
+    "sampler.verify_sync": "after every weight sync, check the engine serves the new weights (raises WeightSyncError)",
     "reward.callable": "'package.module:function' taking (prompts, responses) -> list of floats",
     "reward.reward_model": "local sequence-classification folder (one output)",
     "reward.implicit": "true: DICE's implicit reward logp_policy - logp_ref",
@@ -74,36 +82,10 @@ def _fail(key: str, msg: str):
     raise ValueError(f"IterateConfig: {key} {msg}")
 
 
-def _int(key: str, v: Any, lo: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        _fail(key, f"must be an int >= {lo}, got {v!r}")
-    return v
-
-
-def _num(key: str, v: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        _fail(key, f"must be a finite number, got {v!r}")
-    if v < lo or v > hi or (lo_open and v == lo):
-        _fail(key, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
-    return float(v)
-
-
-def _bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        _fail(key, f"must be true or false, got {v!r}")
-    return v
-
-
-def _str(key: str, v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        _fail(key, f"must be a non-empty string, got {v!r}")
-    return v
-
-
 def _mapping(key: str, v: Any) -> dict:
     if v is None:
         return {}
-    if not isinstance(v, dict):
+    if not isinstance(v, Mapping):
         _fail(key, f"must be a mapping, got {type(v).__name__}")
     return dict(v)
 
@@ -112,39 +94,6 @@ def _strict(key: str, values: dict, allowed) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         _fail(key, f"has unknown key(s) {unknown}; valid keys are {sorted(allowed)}")
-
-
-@dataclass
-class SamplerSpec:
-    """The ``sampler`` section: generation settings and engine options."""
-
-    n: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    gpu_memory_utilization: float = 0.5
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = False
-    cpu_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        _int("sampler.n", self.n, 2)
-        _bool("sampler.enforce_eager", self.enforce_eager)
-        if self.cpu_threads is not None:
-            _int("sampler.cpu_threads", self.cpu_threads, 1)
-        self.temperature = _num("sampler.temperature", self.temperature, 0.0)
-        self.top_p = _num("sampler.top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        _int("sampler.max_new_tokens", self.max_new_tokens, 1)
-        if self.max_model_len is not None:
-            _int("sampler.max_model_len", self.max_model_len, 2)
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            _fail("sampler.dtype", f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        self.gpu_memory_utilization = _num(
-            "sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, lo_open=True
-        )
-        _int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1)
 
 
 @dataclass
@@ -159,37 +108,19 @@ class RewardSpec:
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("callable", "reward_model") if getattr(self, k) is not None]
-        if _bool("reward.implicit", self.implicit):
+        if check_bool("IterateConfig: reward.implicit", self.implicit):
             chosen.append("implicit")
         if len(chosen) != 1:
             _fail("reward", f"needs exactly one of callable, reward_model, implicit; got {chosen or 'none'}")
         if self.callable is not None:
-            _str("reward.callable", self.callable)
+            check_str("IterateConfig: reward.callable", self.callable)
             if ":" not in self.callable:
                 _fail("reward.callable", f"must look like 'package.module:function', got {self.callable!r}")
         if self.reward_model is not None:
-            _str("reward.reward_model", self.reward_model)
+            check_str("IterateConfig: reward.reward_model", self.reward_model)
         if self.implicit and self.reference is None:
             _fail("reward.reference", "is needed with implicit: true (the start policy's own reference folder)")
-        _int("reward.batch_size", self.batch_size, 1)
-
-
-@dataclass
-class PairsSpec:
-    """The ``pairs`` section: how ``build_pairs`` picks chosen/rejected."""
-
-    strategy: str = "best_worst"
-    length_alpha: float | str = 0.0
-    drop_truncated: bool = True
-    min_score_gap: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            _fail("pairs.strategy", f"must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.length_alpha != "auto":
-            self.length_alpha = _num("pairs.length_alpha", self.length_alpha, 0.0)
-        _bool("pairs.drop_truncated", self.drop_truncated)
-        self.min_score_gap = _num("pairs.min_score_gap", self.min_score_gap, 0.0)
+        check_int("IterateConfig: reward.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -205,16 +136,16 @@ class EvalSpec:
     metrics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _str("eval.prompts", self.prompts)
+        check_str("IterateConfig: eval.prompts", self.prompts)
         if self.num_prompts is not None:
-            _int("eval.num_prompts", self.num_prompts, 1)
-        _int("eval.n", self.n, 1)
+            check_int("IterateConfig: eval.num_prompts", self.num_prompts, 1)
+        check_int("IterateConfig: eval.n", self.n, 1)
         if self.temperature is not None:
-            self.temperature = _num("eval.temperature", self.temperature, 0.0)
+            self.temperature = check_number("IterateConfig: eval.temperature", self.temperature, 0.0)
         if self.max_new_tokens is not None:
-            _int("eval.max_new_tokens", self.max_new_tokens, 1)
+            check_int("IterateConfig: eval.max_new_tokens", self.max_new_tokens, 1)
         for name, spec in self.metrics.items():
-            _str(f"eval.metrics.{name}", spec)
+            check_str(f"IterateConfig: eval.metrics.{name}", spec)
 
 
 def _section(cls, key: str, values: Any):
@@ -226,9 +157,81 @@ def _section(cls, key: str, values: Any):
         _fail(key, f"is incomplete: {e}")
 
 
+def _eval_section(values: Any) -> EvalSpec:
+    ev = _mapping("eval", values)
+    if ev.get("judge") is not None:
+        ev["judge"] = _reward_section(ev["judge"], "eval.judge")
+    ev["metrics"] = _mapping("eval.metrics", ev.get("metrics"))
+    return _section(EvalSpec, "eval", ev)
+
+
+def _reward_section(values: Any, key: str = "reward") -> RewardSpec:
+    return values if isinstance(values, RewardSpec) else _section(RewardSpec, key, values)
+
+
+def _train_section(values: Any, seed: int) -> TrainConfig:
+    """The ``train:`` mapping as the one ``TrainConfig`` of the run (seed: the run's unless set;
+    ``output_dir`` is the loop's, per iteration)."""
+    if isinstance(values, TrainConfig):
+        return values
+    values = _mapping("train", values)
+    if "output_dir" in values:
+        _fail("train.output_dir", "is set by the loop (run_dir/iter_<i>/train); remove it")
+    try:
+        return TrainConfig.from_dict({"seed": seed, "progress": True, **values})
+    except ValueError as e:
+        raise ValueError(f"IterateConfig: train: {e}") from None
+
+
+# (key path, ...) of the values that are file or folder paths: resolved against the YAML's folder
+PATH_KEYS = (
+    ("policy",),
+    ("prompts",),
+    ("tokenizer",),
+    ("run_dir",),
+    ("reward", "reward_model"),
+    ("reward", "reference"),
+    ("eval", "prompts"),
+    ("eval", "judge", "reward_model"),
+    ("eval", "judge", "reference"),
+)
+
+
+def _resolve_paths(values: dict, base: Path) -> None:
+    """Make the relative paths of a raw config mapping absolute against ``base`` (in place);
+    'example' and values that are not strings (refused later, by name) stay as they are."""
+    for keys in PATH_KEYS:
+        holder = values
+        for k in keys[:-1]:
+            holder = holder.get(k) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str) and holder[keys[-1]]:
+            holder[keys[-1]] = resolve_path(holder[keys[-1]], base, keep=(EXAMPLE,))
+
+
+def _with_overrides(values: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of ``values`` (sections copied too) with ``key`` / ``section.key`` overrides set."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for key, v in overrides.items():
+        if v is None:
+            continue
+        head, _, rest = key.partition(".")
+        if not rest:
+            out[key] = v
+            continue
+        section = out.setdefault(head, {})
+        if section is None:
+            section = out[head] = {}
+        if not isinstance(section, dict):
+            _fail(head, f"must be a mapping to set {key}")
+        section[rest] = v
+    return out
+
+
 @dataclass
 class IterateConfig:
-    """A whole iterative LR-DPO run (see the module docstring for the YAML form)."""
+    """A whole iterative LR-DPO run (see the module docstring for the YAML form). Sections given
+    as mappings are built into their objects here; ``from_dict`` / ``from_yaml`` are the usual
+    way in."""
 
     policy: str = EXAMPLE
     prompts: str = EXAMPLE
@@ -237,36 +240,31 @@ class IterateConfig:
     prompts_per_iteration: int = 64
     run_dir: str = "runs/iterate"
     seed: int = 0
-    sampler: SamplerSpec = field(default_factory=SamplerSpec)
-    reward: RewardSpec | None = None
-    pairs: PairsSpec = field(default_factory=PairsSpec)
-    train: dict[str, Any] = field(default_factory=dict)
-    eval: EvalSpec | None = None
+    sampler: SamplerSection | dict = field(default_factory=dict)
+    reward: RewardSpec | dict | None = None
+    pairs: PairsSpec | dict = field(default_factory=dict)
+    train: TrainConfig | dict = field(default_factory=dict)
+    eval: EvalSpec | dict | None = None
 
     def __post_init__(self) -> None:
-        _str("policy", self.policy)
-        _str("prompts", self.prompts)
+        for key in ("policy", "prompts"):
+            check_str(f"IterateConfig: {key}", getattr(self, key))
         if self.tokenizer is not None:
-            _str("tokenizer", self.tokenizer)
-        _int("iterations", self.iterations, 1)
-        _int("prompts_per_iteration", self.prompts_per_iteration, 1)
-        _str("run_dir", str(self.run_dir))
-        self.run_dir = str(self.run_dir)
-        _int("seed", self.seed, 0)
+            check_str("IterateConfig: tokenizer", self.tokenizer)
+        check_int("IterateConfig: iterations", self.iterations, 1)
+        check_int("IterateConfig: prompts_per_iteration", self.prompts_per_iteration, 1)
+        self.run_dir = check_str("IterateConfig: run_dir", str(self.run_dir))
+        check_int("IterateConfig: seed", self.seed, 0)
+        if not isinstance(self.sampler, SamplerSection):  # a pair needs two samples of a prompt
+            self.sampler = SamplerSection.from_mapping(_mapping("sampler", self.sampler), "IterateConfig: sampler.", 2)
         if self.reward is None:
             _fail("reward", "is missing: give {callable: ...}, {reward_model: PATH} or {implicit: true}")
-        self.train = _mapping("train", self.train)
-        if "output_dir" in self.train:
-            _fail("train.output_dir", "is set by the loop (run_dir/iter_<i>/train); remove it")
-        try:
-            self.train_config()
-        except ValueError as e:
-            raise ValueError(f"IterateConfig: train: {e}") from None
-
-    def train_config(self, **overrides: Any) -> TrainConfig:
-        """The ``TrainConfig`` of one iteration (``overrides``, e.g. output_dir, win)."""
-        values = {"seed": self.seed, "progress": True, **self.train, **overrides}
-        return TrainConfig.from_dict(values)
+        self.reward = _reward_section(self.reward)
+        if not isinstance(self.pairs, PairsSpec):
+            self.pairs = PairsSpec(**_section_values("pairs", self.pairs, PairsSpec), where="IterateConfig: pairs.")
+        self.train = _train_section(self.train, self.seed)
+        if self.eval is not None and not isinstance(self.eval, EvalSpec):
+            self.eval = _eval_section(self.eval)
 
     @classmethod
     def from_dict(
@@ -276,89 +274,52 @@ class IterateConfig:
         (``**{"sampler.n": 8}``); ``base_dir`` resolves relative paths."""
         if not isinstance(values, dict):
             raise ValueError(f"IterateConfig: expected a mapping, got {type(values).__name__}")
-        values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
-        for key, v in overrides.items():
-            if v is None:
-                continue
-            head, _, rest = key.partition(".")
-            if rest:
-                sec = values.get(head)
-                if sec is None:
-                    sec = values[head] = {}
-                if not isinstance(sec, dict):
-                    _fail(head, f"must be a mapping to set {key}")
-                sec[rest] = v
-            else:
-                values[key] = v
-        top = [f.name for f in dataclasses.fields(cls)]
-        _strict("config", values, top)
-        kw = dict(values)
-        if "sampler" in kw:
-            kw["sampler"] = _section(SamplerSpec, "sampler", kw["sampler"])
-        if "reward" in kw:
-            kw["reward"] = _section(RewardSpec, "reward", kw["reward"])
-        if "pairs" in kw:
-            kw["pairs"] = _section(PairsSpec, "pairs", kw["pairs"])
-        if kw.get("eval") is not None:
-            ev = _mapping("eval", kw["eval"])
-            if ev.get("judge") is not None:
-                ev["judge"] = _section(RewardSpec, "eval.judge", ev["judge"])
-            ev["metrics"] = _mapping("eval.metrics", ev.get("metrics"))
-            kw["eval"] = _section(EvalSpec, "eval", ev)
-        cfg = cls(**kw)
+        values = _with_overrides(values, overrides)
+        _strict("config", values, [f.name for f in dataclasses.fields(cls)])
         if base_dir is not None:
-            cfg.resolve_paths(Path(base_dir))
-        return cfg
+            _resolve_paths(values, Path(base_dir))
+        if "reward" in values and values["reward"] is None:  # written but empty: say what it needs
+            values["reward"] = {}
+        return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> IterateConfig:
         """Load ``path`` (strict keys); relative paths resolve against its folder. ValueError
         naming the file on a missing, unreadable or non-mapping YAML."""
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config path {str(p)!r} does not exist")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"config {str(p)!r}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config {str(p)!r} must hold a mapping of keys, got {type(values).__name__}")
-        return cls.from_dict(values, base_dir=p.resolve().parent, **overrides)
-
-    def resolve_paths(self, base: Path) -> None:
-        """Make relative paths absolute against ``base`` (the YAML's folder); 'example' stays."""
-
-        def fix(v):
-            if v is None or v == EXAMPLE or ":" in str(v) and not Path(str(v)).exists() and "/" not in str(v):
-                return v
-            p = Path(v)
-            return str(p if p.is_absolute() else (base / p).resolve())
-
-        self.policy, self.prompts, self.tokenizer, self.run_dir = (
-            fix(self.policy),
-            fix(self.prompts),
-            fix(self.tokenizer),
-            fix(self.run_dir),
-        )
-        for spec in (self.reward, self.eval.judge if self.eval else None):
-            if spec is not None:
-                spec.reward_model, spec.reference = fix(spec.reward_model), fix(spec.reference)
-        if self.eval is not None:
-            self.eval.prompts = fix(self.eval.prompts)
+        values = read_yaml_mapping(path)
+        return cls.from_dict(values, base_dir=Path(path).resolve().parent, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML/JSON serialisable); ``from_dict`` reads it back equal."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (YAML/JSON serialisable, every default filled in); ``from_dict`` reads
+        it back equal."""
+        train = self.train.to_dict()
+        train.pop("output_dir")
+        return {
+            "policy": self.policy,
+            "prompts": self.prompts,
+            "tokenizer": self.tokenizer,
+            "iterations": self.iterations,
+            "prompts_per_iteration": self.prompts_per_iteration,
+            "run_dir": self.run_dir,
+            "seed": self.seed,
+            "sampler": self.sampler.to_dict(),
+            "reward": dataclasses.asdict(self.reward),
+            "pairs": self.pairs.to_dict(),
+            "train": train,
+            "eval": None if self.eval is None else dataclasses.asdict(self.eval),
+        }
 
     def to_yaml(self) -> str:
         """The resolved config as YAML text."""
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _section_values(key: str, values: Any, cls) -> dict:
+    values = _mapping(key, values)
+    _strict(key, values, [f.name for f in dataclasses.fields(cls) if f.name != "where"])
+    return values
 
 
 def describe_keys() -> str:

@@ -24,7 +24,7 @@ def evaluate_row(st, r: int, prompts: list, judge, metrics: dict[str, Any]) -> d
 
         return json.loads(path.read_text(encoding="utf-8"))
     ev: EvalSpec = st.cfg.eval
-    sc = st.cfg.sampler
+    sc = st.cfg.sampler.generation
     t0 = time.perf_counter()
     groups = st.sampler.generate(
         prompts,

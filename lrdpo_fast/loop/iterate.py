@@ -22,15 +22,17 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.atomic import atomic_write_jsonl
+from ..data.files import read_jsonl
 from ..train.distributed import DistInfo, barrier, init_distributed, on_main_agreed
 from .config import EXAMPLE, IterateConfig, RewardSpec
-from .phases import LoopState, pairs_phase, sample_phase, score_phase, train_phase
+from .phases import PHASE_FUNCS, LoopState
 from .report import format_table, plot_summary
 from .run_dir import PHASES, RunDir
 
@@ -48,16 +50,45 @@ SUMMARY_TABLE = (
     "loss",
     "reward_accuracy",
 )
-PHASE_FUNCS = {"sample": sample_phase, "score": score_phase, "pairs": pairs_phase, "train": train_phase}
 
 
-def _load_prompts(spec: str, split: str) -> list:
+@dataclass
+class StartPolicy:
+    """The start policy as loaded: its folder, the causal LM (fp32) and the tokenizer."""
+
+    path: str
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+@dataclass
+class Evaluation:
+    """What the per-row held-out evaluation needs: the prompts, the judge (a reward) and the
+    extra metrics (name -> fn(prompts, responses) -> float). ``prompts`` is None without an
+    ``eval`` section (no evaluation)."""
+
+    prompts: list | None = None
+    judge: Any = None
+    metrics: dict[str, Callable] = field(default_factory=dict)
+
+
+@dataclass
+class Reporting:
+    """Where the loop reports: progress bars and the table (``progress``), ``on_row`` callbacks
+    with each new summary row (rank 0), and where to stop early (``stop_after``)."""
+
+    progress: bool = True
+    on_row: Callable[[dict], None] | None = None
+    stop_after: tuple[int, str] | None = None
+
+
+def load_prompts(spec: str, split: str) -> list:
+    """The prompts of a ``prompts`` value: 'example' (the demo task's ``split``) or a JSONL file
+    of ``{"prompt": str | chat messages}``; ValueError naming the file and record."""
     if spec == EXAMPLE:
         from ..demo.task import make_prompts, pool_size
 
         return make_prompts(pool_size(split), seed=0, split=split)
-    from ..data.files import read_jsonl
-
     prompts = []
     for k, rec in enumerate(read_jsonl(spec), 1):
         if "prompt" not in rec:
@@ -71,7 +102,9 @@ def _load_prompts(spec: str, split: str) -> list:
     return prompts
 
 
-def _load_policy(cfg: IterateConfig):
+def load_start_policy(cfg: IterateConfig) -> StartPolicy:
+    """The ``policy`` folder (or the embedded demo policy) and its tokenizer (``tokenizer``, else
+    the policy's): safetensors only, no remote code; ValueError naming a missing folder."""
     if cfg.policy == EXAMPLE:
         from ..demo.policy import start_policy_path
 
@@ -87,10 +120,10 @@ def _load_policy(cfg: IterateConfig):
         raise ValueError(f"tokenizer {tok_path!r} is not a folder")
     model = load_causal_lm(path, "policy", dtype="float32")  # safetensors only, no remote code
     model.config._attn_implementation = "sdpa"
-    return path, model, load_tokenizer(tok_path, "tokenizer")
+    return StartPolicy(path, model, load_tokenizer(tok_path, "tokenizer"))
 
 
-def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None, train: dict | None = None):
+def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None, train=None):
     """The reward object of a ``reward`` section (implicit: policy vs ``spec.reference``, with the
     ``train`` section's max_length / max_prompt_length truncation, as training sees the pairs)."""
     from .rewards import CallableReward, ImplicitReward, RewardModel
@@ -102,20 +135,42 @@ def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None, train: dict |
     from ..model.loading import load_causal_lm
 
     ref = load_causal_lm(spec.reference, "reward.reference", dtype="float32")
-    train = train or {}
     return ImplicitReward(
         st_policy,
         ref,
         tokenizer,
-        max_length=train.get("max_length"),
-        max_prompt_length=train.get("max_prompt_length"),
+        max_length=getattr(train, "max_length", None),
+        max_prompt_length=getattr(train, "max_prompt_length", None),
     )
+
+
+def build_evaluation(cfg: IterateConfig, reward, start: StartPolicy) -> Evaluation:
+    """The held-out evaluation of ``cfg.eval`` (its judge: ``eval.judge``, else the run's reward)."""
+    if cfg.eval is None:
+        return Evaluation()
+    from .rewards import load_callable
+
+    prompts = load_prompts(cfg.eval.prompts, "eval")
+    if cfg.eval.num_prompts is not None:
+        prompts = prompts[: cfg.eval.num_prompts]
+    judge = reward if cfg.eval.judge is None else build_reward(cfg.eval.judge, start.model, start.tokenizer, cfg.train)
+    metrics = {name: load_callable(spec) for name, spec in cfg.eval.metrics.items()}
+    return Evaluation(prompts, judge, metrics)
+
+
+def start_sampler(cfg: IterateConfig, start: StartPolicy, progress: bool):
+    """The run's one ``VLLMSampler``, serving the start policy's folder (``sampler:`` engine options)."""
+    from .sampler import VLLMSampler
+
+    engine = cfg.sampler.engine.engine_args()
+    engine["quiet"] = not progress  # no weight-loading bar or NUMA warning line in quiet runs
+    return VLLMSampler(start.path, tokenizer=cfg.tokenizer or start.path, seed=cfg.seed, **engine)
 
 
 def _start_distributed(cfg: IterateConfig) -> DistInfo:
     """torchrun's process group (the backend the Trainer would pick), or one process; refuses
     what the loop cannot run on several ranks."""
-    device = cfg.train_config().device
+    device = cfg.train.device
     ranks = init_distributed(torch.device(device).type if device else None)
     if ranks.enabled and cfg.eval is not None:
         # the reward scores through the sharded root on every rank (score phase); the evaluation
@@ -133,35 +188,20 @@ def _start_distributed(cfg: IterateConfig) -> DistInfo:
     return ranks
 
 
-def _summary_row(st: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]:
-    run = st.run
-    row: dict[str, Any] = {"iteration": r}
-    if eval_row:
-        row.update(eval_row)
-    if r < st.cfg.iterations and run.is_done(r, "sample"):
-        info = run.done_info(r, "sample")
-        row.setdefault("mean_response_length", info["response_length_mean"])
-        row["sample_length_mean"] = info["response_length_mean"]
-        row["time_sample_s"] = info["time_sample_s"]
-        row["sample_tokens_per_s"] = info["sample_tokens_per_s"]
-        if run.is_done(r, "score"):
-            s = run.done_info(r, "score")
-            row.update(reward_mean=s["reward_mean"], time_score_s=s["time_score_s"])
-    if r > 0:
-        p = run.done_info(r - 1, "pairs")
-        t = run.done_info(r - 1, "train")
-        row.update(
-            pairs_kept=p.get("kept"),
-            chosen_length=p.get("mean_chosen_length"),
-            rejected_length=p.get("mean_rejected_length"),
-            length_alpha=p.get("length_alpha"),
-            time_pairs_s=p.get("time_pairs_s"),
-            loss=t.get("loss"),
-            reward_accuracy=t.get("reward_accuracy"),
-            time_train_s=t.get("time_train_s"),
-            train_tokens_per_s=t.get("train_tokens_per_s"),
-        )
-    return row
+def _check_call(cfg: Any, stop_after: tuple[int, str] | None) -> None:
+    if not isinstance(cfg, IterateConfig):
+        raise ValueError(f"cfg must be an IterateConfig, got {type(cfg).__name__}")
+    if stop_after is not None:
+        it, ph = stop_after
+        if not isinstance(it, int) or isinstance(it, bool) or not 0 <= it < cfg.iterations:
+            raise ValueError(f"iteration must be an int in [0, {cfg.iterations - 1}], got {it!r}")
+        if ph not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {ph!r}")
+
+
+def _stored_config(stored: dict) -> dict:
+    """A config.yaml written by an earlier version, in today's form (defaults filled in)."""
+    return IterateConfig.from_dict(stored).to_dict()
 
 
 def iterate(
@@ -185,120 +225,140 @@ def iterate(
     Raises ValueError (naming the key, file or line) for bad input, and before anything is
     written when ``run_dir`` belongs to another config.
     """
-    if not isinstance(cfg, IterateConfig):
-        raise ValueError(f"cfg must be an IterateConfig, got {type(cfg).__name__}")
-    if stop_after is not None:
-        it, ph = stop_after
-        if not isinstance(it, int) or isinstance(it, bool) or not 0 <= it < cfg.iterations:
-            raise ValueError(f"iteration must be an int in [0, {cfg.iterations - 1}], got {it!r}")
-        if ph not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {ph!r}")
+    _check_call(cfg, stop_after)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import lrdpo_fast
 
     ranks = _start_distributed(cfg)
     run = RunDir(Path(cfg.run_dir))
-    prompt_pool = _load_prompts(cfg.prompts, "train")
-    eval_prompts = None
-    if cfg.eval is not None:
-        eval_prompts = _load_prompts(cfg.eval.prompts, "eval")
-        if cfg.eval.num_prompts is not None:
-            eval_prompts = eval_prompts[: cfg.eval.num_prompts]
-    policy_path, model, tokenizer = _load_policy(cfg)
-    on_main_agreed(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__))
-
-    # where to start: after the last iteration whose policy was saved
-    first = 0
-    while first < cfg.iterations and run.is_done(first, "train"):
-        first += 1
-    if first > 0:
+    prompt_pool = load_prompts(cfg.prompts, "train")
+    start = load_start_policy(cfg)
+    on_main_agreed(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__, _stored_config))
+    first = run.first_unfinished(cfg.iterations)
+    if first > 0:  # resume from the last saved policy
         from ..train.checkpoint import apply_model_weights, load_model_weights
 
-        apply_model_weights(model, load_model_weights(run.path(first - 1, "policy")))
-    reward = build_reward(cfg.reward, model, tokenizer, cfg.train)
-    judge = (
-        reward
-        if cfg.eval is None or cfg.eval.judge is None
-        else build_reward(cfg.eval.judge, model, tokenizer, cfg.train)
+        apply_model_weights(start.model, load_model_weights(run.path(first - 1, "policy")))
+    reward = build_reward(cfg.reward, start.model, start.tokenizer, cfg.train)
+    evaluation = build_evaluation(cfg, reward, start)
+    sampler = start_sampler(cfg, start, progress)
+    state = LoopState(
+        cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )
-    metrics = {}
-    if cfg.eval is not None:
-        from .rewards import load_callable
-
-        metrics = {name: load_callable(spec) for name, spec in cfg.eval.metrics.items()}
-
-    from .sampler import VLLMSampler
-
-    sc = cfg.sampler
-    sampler = VLLMSampler(
-        policy_path,
-        tokenizer=cfg.tokenizer or policy_path,
-        seed=cfg.seed,
-        dtype=sc.dtype,
-        max_model_len=sc.max_model_len,
-        gpu_memory_utilization=sc.gpu_memory_utilization,
-        tensor_parallel_size=sc.tensor_parallel_size,
-        cpu_threads=sc.cpu_threads,
-        **({"enforce_eager": True} if sc.enforce_eager else {}),
-        quiet=not progress,  # no weight-loading bar or NUMA warning line in quiet runs
-    )
-    st = LoopState(cfg, run, tokenizer, model, sampler, reward, prompt_pool, dist=ranks, progress=progress)
     try:
-        if first > 0:
-            sampler.load_weights(model)
-        _eval(st, first, eval_prompts, judge, metrics)  # the start policy (row 0), or a resumed one
-        if on_row is not None and first == 0 and stop_after is None and ranks.is_main:
-            on_row(summary_rows(st, 0)[0])
-        for i in range(first, cfg.iterations):
-            for phase in PHASES:
-                if run.is_done(i, phase):
-                    continue
-                if phase == "train" and sampler.sleep_mode:
-                    sampler.sleep()
-                t0 = time.perf_counter()
-                info = PHASE_FUNCS[phase](st, i)
-                info["wall_s"] = time.perf_counter() - t0
-                if ranks.is_main:
-                    run.mark_done(i, phase, info)
-                barrier(ranks)  # every rank sees the outputs and the marker before going on
-                if phase == "train" and sampler.sleep_mode:
-                    sampler.wake_up()
-                if stop_after == (i, phase):
-                    return summary_rows(st, i)
-            if stop_after is not None and stop_after[0] == i:
-                return summary_rows(st, i)
-            if i + 1 < cfg.iterations or cfg.eval is not None:
-                sampler.load_weights(st.model)
-            _eval(st, i + 1, eval_prompts, judge, metrics)
-            rows = summary_rows(st, i + 1)
-            if ranks.is_main:
-                atomic_write_jsonl(run.summary_path, rows)
-                if progress:
-                    print(format_table(rows, SUMMARY_TABLE), flush=True)
-                if on_row is not None:
-                    on_row(rows[-1])
-        rows = summary_rows(st, cfg.iterations)
-        if ranks.is_main:
-            atomic_write_jsonl(run.summary_path, rows)
-            plot_summary(rows, run.root / "report.png")
-        barrier(ranks)
-        return rows
+        return _run(state, first, evaluation, Reporting(progress, on_row, stop_after))
     finally:
         sampler.close()
 
 
-def summary_rows(st: LoopState, last: int) -> list[dict]:
+def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting) -> list[dict]:
+    """The iterations from ``first`` on: the phases, then the sync, evaluation and summary row."""
+    if first > 0:
+        _sync(state)
+    _evaluate(state, first, evaluation)  # the start policy (row 0), or a resumed one
+    if report.on_row is not None and first == 0 and report.stop_after is None and state.dist.is_main:
+        report.on_row(summary_rows(state, 0)[0])
+    for i in range(first, state.cfg.iterations):
+        if _run_phases(state, i, report.stop_after) or (report.stop_after and report.stop_after[0] == i):
+            return summary_rows(state, i)
+        if i + 1 < state.cfg.iterations or evaluation.prompts is not None:
+            _sync(state)
+        _evaluate(state, i + 1, evaluation)
+        _write_summary(state, i + 1, report)
+    rows = summary_rows(state, state.cfg.iterations)
+    if state.dist.is_main:
+        atomic_write_jsonl(state.run.summary_path, rows)
+        plot_summary(rows, state.run.root / "report.png")
+    barrier(state.dist)
+    return rows
+
+
+def _run_phases(state: LoopState, i: int, stop_after: tuple[int, str] | None) -> bool:
+    """The missing phases of iteration ``i`` in order; True when ``stop_after`` ended the run."""
+    sampler = state.sampler
+    for phase in PHASES:
+        if state.run.is_done(i, phase):
+            continue
+        sleeps = phase == "train" and sampler.sleep_mode  # free the engine's memory for training
+        if sleeps:
+            sampler.sleep()
+        t0 = time.perf_counter()
+        info = PHASE_FUNCS[phase](state, i)
+        info["wall_s"] = time.perf_counter() - t0
+        if state.dist.is_main:
+            state.run.mark_done(i, phase, info)
+        barrier(state.dist)  # every rank sees the outputs and the marker before going on
+        if sleeps:
+            sampler.wake_up()
+        if stop_after == (i, phase):
+            return True
+    return False
+
+
+def _sync(state: LoopState) -> None:
+    """The live policy into the sampler, verified; a sharded policy is checked through its root."""
+    state.sampler.load_weights(state.model, verify_with=state.policy if state.sharded else None)
+
+
+def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
+    rows = summary_rows(state, r)
+    if not state.dist.is_main:
+        return
+    atomic_write_jsonl(state.run.summary_path, rows)
+    if report.progress:
+        print(format_table(rows, SUMMARY_TABLE), flush=True)
+    if report.on_row is not None:
+        report.on_row(rows[-1])
+
+
+def _summary_row(state: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]:
+    run = state.run
+    row: dict[str, Any] = {"iteration": r}
+    if eval_row:
+        row.update(eval_row)
+    if r < state.cfg.iterations and run.is_done(r, "sample"):
+        info = run.done_info(r, "sample")
+        row.setdefault("mean_response_length", info["response_length_mean"])
+        row["sample_length_mean"] = info["response_length_mean"]
+        row["time_sample_s"] = info["time_sample_s"]
+        row["sample_tokens_per_s"] = info["sample_tokens_per_s"]
+        if run.is_done(r, "score"):
+            s = run.done_info(r, "score")
+            row.update(reward_mean=s["reward_mean"], time_score_s=s["time_score_s"])
+    if r > 0:
+        row.update(_trained_fields(run, r - 1))
+    return row
+
+
+def _trained_fields(run: RunDir, i: int) -> dict[str, Any]:
+    """The summary fields of the pairs and train phases of iteration ``i`` (row i + 1)."""
+    p = run.done_info(i, "pairs")
+    t = run.done_info(i, "train")
+    return {
+        "pairs_kept": p.get("kept"),
+        "chosen_length": p.get("mean_chosen_length"),
+        "rejected_length": p.get("mean_rejected_length"),
+        "length_alpha": p.get("length_alpha"),
+        "time_pairs_s": p.get("time_pairs_s"),
+        "loss": t.get("loss"),
+        "reward_accuracy": t.get("reward_accuracy"),
+        "time_train_s": t.get("time_train_s"),
+        "train_tokens_per_s": t.get("train_tokens_per_s"),
+    }
+
+
+def summary_rows(state: LoopState, last: int) -> list[dict]:
     """Rows 0..last (row r = policy_r) rebuilt from the phase markers and evaluation caches."""
-    return [_summary_row(st, r, _eval_cached(st.run, r)) for r in range(last + 1)]
+    return [_summary_row(state, r, _eval_cached(state.run, r)) for r in range(last + 1)]
 
 
-def _eval(st: LoopState, r: int, prompts, judge, metrics) -> dict | None:
-    if st.cfg.eval is None:
+def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:
+    if evaluation.prompts is None:
         return None
     from .evaluation_phase import evaluate_row
 
-    row = evaluate_row(st, r, prompts, judge, metrics)
-    barrier(st.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
+    row = evaluate_row(state, r, evaluation.prompts, evaluation.judge, evaluation.metrics)
+    barrier(state.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
     return row
 
 

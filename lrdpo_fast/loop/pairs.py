@@ -40,19 +40,25 @@ from __future__ import annotations
 
 import math
 import numbers
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
+from ..ops.checks import check_choice
+from .pair_selection import AUTO_ALPHA_MAX_POINTS, SelectionTable
 from .samples import Sample
 
-__all__ = ["AUTO_ALPHA_MAX_POINTS", "STRATEGIES", "PairStats", "ScoredGroup", "build_pairs"]
+__all__ = [
+    "AUTO_ALPHA_MAX_POINTS",
+    "STRATEGIES",
+    "PairStats",
+    "PairsSpec",
+    "ScoredGroup",
+    "build_pairs",
+    "pairs_from_spec",
+]
 
 STRATEGIES = ("best_worst", "best_random")
-AUTO_ALPHA_MAX_POINTS = 512
 
 
 def _check_prompt(prompt: Any, where: str) -> None:
@@ -186,68 +192,42 @@ def _as_group(g: Any, i: int) -> ScoredGroup:
     raise ValueError(f"{where} must be a ScoredGroup or a (prompt, samples, scores) tuple, got {type(g).__name__}")
 
 
-class _Table:
-    """The valid samples of the candidate prompts as padded [G, K] arrays (K = most valid)."""
+@dataclass(frozen=True)
+class PairsSpec:
+    """How ``build_pairs`` picks chosen/rejected: the iterate YAML's ``pairs:`` section, checked
+    here and nowhere else. ``where`` prefixes every error (``"IterateConfig: pairs."``).
 
-    def __init__(self, cands: list[tuple[int, list[int]]], groups: list[ScoredGroup], seed: int):
-        G = len(cands)
-        K = max((len(v) for _, v in cands), default=0)
-        self.index = np.zeros((G, K), dtype=np.int64)  # original sample index
-        self.score = np.zeros((G, K), dtype=np.float64)
-        self.length = np.zeros((G, K), dtype=np.float64)
-        self.valid = np.zeros((G, K), dtype=bool)
-        self.key = np.full((G, K), np.inf)  # random priority (best_random)
-        for r, (gi, valid) in enumerate(cands):
-            n = len(valid)
-            g = groups[gi]
-            self.index[r, :n] = valid
-            self.score[r, :n] = [g.scores[j] for j in valid]
-            self.length[r, :n] = [g.samples[j].num_tokens for j in valid]
-            self.valid[r, :n] = True
-            perm = list(range(n))
-            random.Random(f"build_pairs:{seed}:{gi}").shuffle(perm)
-            self.key[r, :n] = perm
+    Attributes:
+        strategy: "best_worst" or "best_random".
+        length_alpha: float >= 0 (score per response token) or "auto" (DICE).
+        drop_truncated: drop samples with ``finish_reason == "length"``.
+        min_score_gap: float >= 0; a pair needs a shaped-score gap strictly above it.
+    """
 
-    def select(self, alpha: float, strategy: str, gap: float):
-        """(chosen col [G], rejected col [G], kept mask [G]) at one alpha."""
-        G = self.score.shape[0]
-        rows = np.arange(G)
-        shaped = self.score - alpha * self.length
-        best = np.argmax(np.where(self.valid, shaped, -np.inf), axis=1)
-        below = self.valid & (shaped[rows, best][:, None] - shaped > gap)
-        if strategy == "best_worst":
-            worst = np.argmin(np.where(self.valid, shaped, np.inf), axis=1)
-            kept = below[rows, worst]
-        else:
-            worst = np.argmin(np.where(below, self.key, np.inf), axis=1)
-            kept = below.any(axis=1)
-        return best, worst, kept
+    strategy: str = "best_worst"
+    length_alpha: float | str = 0.0
+    drop_truncated: bool = True
+    min_score_gap: float = 0.0
+    where: str = field(default="", compare=False, repr=False)
 
-    def length_gap(self, alpha: float, strategy: str, gap: float) -> float:
-        """|mean(len_chosen - len_rejected)| at one alpha (inf when nothing is kept)."""
-        best, worst, kept = self.select(alpha, strategy, gap)
-        if not kept.any():
-            return math.inf
-        rows = np.arange(len(kept))[kept]
-        return abs(float(np.mean(self.length[rows, best[kept]] - self.length[rows, worst[kept]])))
+    def __post_init__(self) -> None:
+        w = self.where
+        check_choice(f"{w}strategy", self.strategy, STRATEGIES)
+        if self.length_alpha != "auto":
+            v = self.length_alpha
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{w}length_alpha must be a float >= 0 or 'auto', got {v!r}")
+            object.__setattr__(self, "length_alpha", float(v))
+        if not isinstance(self.drop_truncated, bool):
+            raise ValueError(f"{w}drop_truncated must be a bool (true or false), got {self.drop_truncated!r}")
+        v = self.min_score_gap
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{w}min_score_gap must be a finite float >= 0, got {v!r}")
+        object.__setattr__(self, "min_score_gap", float(v))
 
-    def alpha_grid(self, gap: float) -> np.ndarray:
-        """0, midpoints of consecutive positive breakpoints, 2x the largest (module docstring)."""
-        if self.score.size == 0:
-            return np.zeros(1)
-        ds = self.score[:, :, None] - self.score[:, None, :]  # s_i - s_j
-        dl = self.length[:, :, None] - self.length[:, None, :]  # len_i - len_j
-        both = self.valid[:, :, None] & self.valid[:, None, :] & (dl > 0)
-        ds, dl = ds[both], dl[both]
-        shifts = (0.0,) if gap == 0 else (0.0, gap, -gap)
-        points = np.concatenate([(ds - c) / dl for c in shifts]) if ds.size else np.zeros(0)
-        points = np.unique(points[points > 0])
-        if points.size > AUTO_ALPHA_MAX_POINTS:
-            points = np.unique(np.quantile(points, np.linspace(0.0, 1.0, AUTO_ALPHA_MAX_POINTS)))
-        if points.size == 0:
-            return np.zeros(1)
-        mids = (points[:-1] + points[1:]) / 2
-        return np.concatenate([[0.0], mids, [2 * points[-1]]])
+    def to_dict(self) -> dict[str, Any]:
+        """The section as the YAML has it."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
 
 
 def build_pairs(
@@ -264,10 +244,7 @@ def build_pairs(
     Args:
         groups: sequence of ``ScoredGroup`` or ``(prompt, list[Sample], list[float])`` tuples,
             one per prompt.
-        strategy: "best_worst" or "best_random".
-        length_alpha: float >= 0 (score per response token) or "auto" (DICE).
-        drop_truncated: drop samples with ``finish_reason == "length"``.
-        min_score_gap: float >= 0; a pair needs a shaped-score gap strictly above it.
+        strategy, length_alpha, drop_truncated, min_score_gap: the ``PairsSpec`` fields.
         seed: int; "best_random" draws per prompt from (seed, prompt index): deterministic.
 
     Returns:
@@ -277,27 +254,14 @@ def build_pairs(
     Raises:
         ValueError naming the argument (``groups[i].scores[j]`` etc.) on bad input.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    auto = isinstance(length_alpha, str)
-    if auto and length_alpha != "auto":
-        raise ValueError(f"length_alpha must be a float >= 0 or 'auto', got {length_alpha!r}")
-    if not auto and (
-        isinstance(length_alpha, bool)
-        or not isinstance(length_alpha, numbers.Real)
-        or not math.isfinite(length_alpha)
-        or length_alpha < 0
-    ):
-        raise ValueError(f"length_alpha must be a float >= 0 or 'auto', got {length_alpha!r}")
-    if not isinstance(drop_truncated, bool):
-        raise ValueError(f"drop_truncated must be a bool, got {drop_truncated!r}")
-    if (
-        isinstance(min_score_gap, bool)
-        or not isinstance(min_score_gap, numbers.Real)
-        or not math.isfinite(min_score_gap)
-        or min_score_gap < 0
-    ):
-        raise ValueError(f"min_score_gap must be a finite float >= 0, got {min_score_gap!r}")
+    spec = PairsSpec(strategy, length_alpha, drop_truncated, min_score_gap)
+    return pairs_from_spec(groups, spec, seed)
+
+
+def pairs_from_spec(
+    groups: Sequence[ScoredGroup | tuple], spec: PairsSpec, seed: int
+) -> tuple[list[dict[str, Any]], PairStats]:
+    """``build_pairs`` with its options already checked (the loop's pairs phase)."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Sequence):
@@ -305,87 +269,85 @@ def build_pairs(
             f"groups must be a list of ScoredGroup or (prompt, samples, scores), got {type(groups).__name__}"
         )
     groups = [_as_group(g, i) for i, g in enumerate(groups)]
-    gap = float(min_score_gap)
+    cands, dropped = _candidates(groups, spec.drop_truncated)
+    table = SelectionTable(cands, groups, seed)
+    alpha, n_grid = table.choose_alpha(spec.length_alpha, spec.strategy, spec.min_score_gap)
+    pairs: list[dict[str, Any]] = []
+    if cands:
+        best, worst, kept = table.select(alpha, spec.strategy, spec.min_score_gap)
+        for r, (gi, _) in enumerate(cands):
+            if kept[r]:
+                wi, li = int(table.index[r, best[r]]), int(table.index[r, worst[r]])
+                pairs.append(_pair_record(groups[gi], gi, wi, li))
+    stats = _pair_stats(groups, pairs, dropped, len(cands), spec, seed, alpha=alpha, n_grid=n_grid)
+    return pairs, stats
 
-    n_trunc = n_empty = n_few = 0
+
+def _candidates(groups: list[ScoredGroup], drop_truncated: bool) -> tuple[list[tuple[int, list[int]]], dict]:
+    """(group index, valid sample indices) of the prompts with >= 2 valid samples, and the drop
+    counts (truncated and empty samples, prompts with too few)."""
+    dropped = {"truncated": 0, "empty": 0, "too_few": 0}
     cands: list[tuple[int, list[int]]] = []
     for gi, g in enumerate(groups):
         valid = []
         for j, s in enumerate(g.samples):
             if drop_truncated and s.truncated:
-                n_trunc += 1
+                dropped["truncated"] += 1
             elif _is_empty(s):
-                n_empty += 1
+                dropped["empty"] += 1
             else:
                 valid.append(j)
         if len(valid) < 2:
-            n_few += 1
+            dropped["too_few"] += 1
         else:
             cands.append((gi, valid))
+    return cands, dropped
 
-    table = _Table(cands, groups, seed)
-    if auto and not cands:
-        alpha, n_grid = 0.0, 1
-    elif auto:
-        grid = table.alpha_grid(gap)
-        objective = [table.length_gap(float(a), strategy, gap) for a in grid]
-        k = int(np.argmin(objective))  # first minimum = the smallest alpha
-        alpha, n_grid = float(grid[k]), int(grid.size)
-    else:
-        alpha, n_grid = float(length_alpha), 1
 
-    pairs: list[dict[str, Any]] = []
-    if cands:
-        best, worst, kept = table.select(alpha, strategy, gap)
-        for r, (gi, _) in enumerate(cands):
-            if not kept[r]:
-                continue
-            g = groups[gi]
-            wi, li = int(table.index[r, best[r]]), int(table.index[r, worst[r]])
-            sw, sl = g.samples[wi], g.samples[li]
-            pairs.append(
-                {
-                    "prompt": g.prompt
-                    if isinstance(g.prompt, str)
-                    else [dict(m) if isinstance(m, Mapping) else m for m in g.prompt],
-                    "chosen": sw.text,
-                    "rejected": sl.text,
-                    "prompt_input_ids": list(sw.prompt_ids),
-                    "chosen_input_ids": list(sw.response_ids),
-                    "rejected_input_ids": list(sl.response_ids),
-                    "chosen_length": sw.num_tokens,
-                    "rejected_length": sl.num_tokens,
-                    # a truncated sample never produced an EOS: training must not score one
-                    "chosen_truncated": sw.truncated,
-                    "rejected_truncated": sl.truncated,
-                    "chosen_score": g.scores[wi],
-                    "rejected_score": g.scores[li],
-                    "prompt_index": gi,
-                }
-            )
+def _pair_record(g: ScoredGroup, gi: int, wi: int, li: int) -> dict[str, Any]:
+    sw, sl = g.samples[wi], g.samples[li]
+    prompt = g.prompt if isinstance(g.prompt, str) else [dict(m) if isinstance(m, Mapping) else m for m in g.prompt]
+    return {
+        "prompt": prompt,
+        "chosen": sw.text,
+        "rejected": sl.text,
+        "prompt_input_ids": list(sw.prompt_ids),
+        "chosen_input_ids": list(sw.response_ids),
+        "rejected_input_ids": list(sl.response_ids),
+        "chosen_length": sw.num_tokens,
+        "rejected_length": sl.num_tokens,
+        # a truncated sample never produced an EOS: training must not score one
+        "chosen_truncated": sw.truncated,
+        "rejected_truncated": sl.truncated,
+        "chosen_score": g.scores[wi],
+        "rejected_score": g.scores[li],
+        "prompt_index": gi,
+    }
 
+
+def _pair_stats(groups, pairs, dropped: dict, n_cands: int, spec: PairsSpec, seed: int, *, alpha, n_grid) -> PairStats:
     def mean(key: str) -> float | None:
         return sum(p[key] for p in pairs) / len(pairs) if pairs else None
 
-    stats = PairStats(
+    gaps = [p["chosen_length"] - p["rejected_length"] for p in pairs]
+    return PairStats(
         groups=len(groups),
         samples=sum(len(g.samples) for g in groups),
         kept=len(pairs),
-        dropped_truncated=n_trunc,
-        dropped_empty=n_empty,
-        dropped_too_few=n_few,
-        dropped_ties=len(cands) - len(pairs),
+        dropped_truncated=dropped["truncated"],
+        dropped_empty=dropped["empty"],
+        dropped_too_few=dropped["too_few"],
+        dropped_ties=n_cands - len(pairs),
         mean_chosen_length=mean("chosen_length"),
         mean_rejected_length=mean("rejected_length"),
-        mean_length_gap=(sum(p["chosen_length"] - p["rejected_length"] for p in pairs) / len(pairs)) if pairs else None,
+        mean_length_gap=sum(gaps) / len(gaps) if gaps else None,
         mean_chosen_score=mean("chosen_score"),
         mean_rejected_score=mean("rejected_score"),
         length_alpha=alpha,
-        length_alpha_auto=auto,
+        length_alpha_auto=spec.length_alpha == "auto",
         length_alpha_grid=n_grid,
-        strategy=strategy,
-        min_score_gap=gap,
-        drop_truncated=drop_truncated,
+        strategy=spec.strategy,
+        min_score_gap=spec.min_score_gap,
+        drop_truncated=spec.drop_truncated,
         seed=seed,
     )
-    return pairs, stats

@@ -17,6 +17,7 @@ phase it was in.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,21 @@ class RunDir:
     def config_path(self) -> Path:
         return self.root / "config.yaml"
 
-    def check_or_write_config(self, resolved: dict[str, Any], version: str) -> None:
+    def first_unfinished(self, iterations: int) -> int:
+        """The first iteration whose policy was not saved yet (its train phase is not done)."""
+        first = 0
+        while first < iterations and self.is_done(first, "train"):
+            first += 1
+        return first
+
+    def check_or_write_config(
+        self, resolved: dict[str, Any], version: str, normalize: Callable[[dict], dict] | None = None
+    ) -> None:
         """First start: write ``config.yaml`` (the resolved config, the run format, the version).
         Resume: refuse (ValueError saying what differs) a run directory made by another config
-        or an incompatible run format; only ``iterations`` may change."""
+        or an incompatible run format; only ``iterations`` may change. ``normalize`` rewrites the
+        stored config in today's form first (defaults an older version did not write, e.g. a key
+        added since), so only real differences count."""
         import yaml
 
         record = {"run_format": RUN_FORMAT, "lrdpo_fast_version": version, "config": resolved}
@@ -97,7 +109,7 @@ class RunDir:
                 f"(run_format {old.get('run_format') if isinstance(old, dict) else None!r}, "
                 f"this version writes {RUN_FORMAT}); choose another run_dir"
             )
-        diffs = _differences(old.get("config") or {}, resolved)
+        diffs = _differences(_normalized(old.get("config") or {}, normalize), resolved)
         diffs = [d for d in diffs if d.split(":")[0] not in RESUMABLE_CHANGES]
         if diffs:
             raise ValueError(
@@ -107,6 +119,17 @@ class RunDir:
             )
         if old["config"] != resolved:  # an allowed change (iterations): record it
             atomic_write_text(self.config_path, yaml.safe_dump(record, sort_keys=False))
+
+
+def _normalized(stored: dict, normalize: Callable[[dict], dict] | None) -> dict:
+    """The stored config in today's form; as stored when it no longer reads (its differences
+    then name the keys)."""
+    if normalize is None:
+        return stored
+    try:
+        return normalize(stored)
+    except ValueError:
+        return stored
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

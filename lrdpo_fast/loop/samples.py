@@ -4,10 +4,11 @@ A ``Sample`` is one sampled response to one prompt (token ids, decoded text, why
 optionally the policy's log-prob of every generated token). ``to_record``/``from_record`` turn it
 into a JSON-able dict and back, and ``write_samples``/``read_samples`` store the per-prompt lists
 ``VLLMSampler.generate`` returns as ``samples.jsonl``: one line per sample, prompt-major, with its
-``prompt_index`` and ``sample_index``. Writing what was read gives the same bytes (floats are
-written with Python's shortest round-trip repr, keys in a fixed order).
+``prompt_index`` and ``sample_index`` (the loop's sample phase adds each prompt and where it was
+drawn from). Writing what was read gives the same bytes (floats are written with Python's
+shortest round-trip repr, keys in a fixed order).
 
-This module imports neither vllm nor torch.
+This module does not import vllm.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..data.atomic import atomic_write_jsonl
 
 FINISH_REASONS = ("stop", "length")
 RECORD_KEYS = ("prompt_ids", "response_ids", "text", "finish_reason", "truncated", "logprobs")
@@ -114,38 +117,47 @@ class Sample:
         return cls(**{k: record[k] for k in RECORD_KEYS})
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=True, allow_nan=False, separators=(", ", ": "))
+def write_samples(
+    path: str | os.PathLike,
+    samples: Sequence[Sequence[Sample]],
+    *,
+    prompts: Sequence[Any] | None = None,
+    pool_indices: Sequence[int] | None = None,
+) -> Path:
+    """Write per-prompt sample lists (what ``VLLMSampler.generate`` returns) to a JSONL file (the
+    loop's ``samples.jsonl``).
 
-
-def write_samples(path: str | os.PathLike, samples: Sequence[Sequence[Sample]]) -> Path:
-    """Write per-prompt sample lists (what ``VLLMSampler.generate`` returns) to a JSONL file.
-
-    One line per sample, prompt-major: ``{"prompt_index", "sample_index", <to_record fields>}``.
-    The file is written next to ``path`` and renamed into place, so a reader never sees half of
-    it. Returns the path.
+    One line per sample, prompt-major: ``{"prompt_index", "sample_index", ["pool_index",]
+    ["prompt",] <to_record fields>}`` (``pool_indices[i]``: where prompt ``i`` was drawn from;
+    ``prompts[i]``: the prompt as given). Written atomically (temp file, fsync, rename), so a
+    reader never sees half of it. Returns the path.
     """
-    path = Path(path)
-    lines = []
+    for name, extra in (("prompts", prompts), ("pool_indices", pool_indices)):
+        if extra is not None and len(extra) != len(samples):
+            raise ValueError(f"{name} has {len(extra)} entries for {len(samples)} prompts")
+    rows = []
     for i, group in enumerate(samples):
         if isinstance(group, Sample) or not isinstance(group, Sequence):
             raise ValueError(f"samples[{i}] must be a list of Sample (one list per prompt)")
+        head: dict[str, Any] = {}
+        if pool_indices is not None:
+            head["pool_index"] = pool_indices[i]
+        if prompts is not None:
+            head["prompt"] = prompts[i]
         for j, s in enumerate(group):
             if not isinstance(s, Sample):
                 raise ValueError(f"samples[{i}][{j}] must be a Sample, got {type(s).__name__}")
-            lines.append(_dumps({"prompt_index": i, "sample_index": j, **s.to_record()}) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+            rows.append({"prompt_index": i, "sample_index": j, **head, **s.to_record()})
+    return atomic_write_jsonl(path, rows)
 
 
-def read_samples(path: str | os.PathLike) -> list[list[Sample]]:
-    """Read a ``write_samples`` file back: list (per prompt, in order) of list of ``Sample``.
+def read_prompted_samples(path: str | os.PathLike) -> tuple[list[Any], list[list[Sample]]]:
+    """Read a ``write_samples`` file back: (the prompts, None each when they were not written;
+    per prompt, in order, its list of ``Sample``).
 
-    Raises ValueError naming the line when a record is malformed or its prompt_index /
-    sample_index are out of order (prompts 0..P-1, samples 0..n-1 within each).
-    """
+    Raises ValueError naming the file and line when a record is malformed or its prompt_index /
+    sample_index are out of order (prompts 0..P-1, samples 0..n-1 within each)."""
+    prompts: list[Any] = []
     out: list[list[Sample]] = []
     for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -155,9 +167,16 @@ def read_samples(path: str | os.PathLike) -> list[list[Sample]]:
             i, j = rec.get("prompt_index"), rec.get("sample_index")
             if i == len(out):
                 out.append([])
+                prompts.append(rec.get("prompt"))
             if i != len(out) - 1 or j != len(out[-1]):
                 raise ValueError(f"prompt_index/sample_index {i}/{j} out of order")
             out[-1].append(Sample.from_record(rec))
         except (ValueError, AttributeError) as e:
             raise ValueError(f"{path}:{lineno}: {e}") from e
-    return out
+    return prompts, out
+
+
+def read_samples(path: str | os.PathLike) -> list[list[Sample]]:
+    """Read a ``write_samples`` file back: list (per prompt, in order) of list of ``Sample``
+    (``read_prompted_samples`` without the prompts)."""
+    return read_prompted_samples(path)[1]

@@ -92,7 +92,7 @@ from .core import VLLMSampler
 from .layout import SHARDING_ENV, SHARDING_MODES
 from .process import Threads as _Threads  # noqa: F401 - the name tests and old callers import
 from .prompts import request_seed
-from .specs import EngineSpec, GenerationSpec, split_sampler_section
+from .specs import EngineSpec, GenerationSpec, SamplerSection
 from .verify import WeightSyncError, sync_tolerance
 from .weights import TensorSpec, check_weights, checkpoint_specs, refresh_shared_weight_layers
 
@@ -108,6 +108,6 @@ __all__ = [
     "checkpoint_specs",
     "refresh_shared_weight_layers",
     "request_seed",
-    "split_sampler_section",
+    "SamplerSection",
     "sync_tolerance",
 ]

@@ -2,7 +2,7 @@
 
 ``EngineSpec``: how the engine starts and syncs (``VLLMSampler(..., **fields)``).
 ``GenerationSpec``: how ``generate`` samples. The iterate YAML's ``sampler:`` section is split
-into the two (``split_sampler_section``), so every sampler knob is checked here and nowhere else.
+into the two (``SamplerSection``), so every sampler knob is checked here and nowhere else.
 Errors name the field with the owner's prefix (``where``), e.g. ``"IterateConfig: sampler.n"``.
 """
 
@@ -43,7 +43,7 @@ class EngineSpec:
             raise ValueError(f"{w}dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_model_len is not None:
             check_int(f"{w}max_model_len", self.max_model_len, 2)
-        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
+        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
         check_int(f"{w}tensor_parallel_size", self.tensor_parallel_size, 1)
         if self.enable_sleep_mode is not None:
             _check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
@@ -69,21 +69,22 @@ class GenerationSpec:
     stop: tuple[str, ...] | None = None
     logprobs: bool = False
     where: str = field(default="", compare=False, repr=False)
+    min_n: int = field(default=1, compare=False, repr=False)  # the owner's floor (the loop: 2)
 
     def __post_init__(self) -> None:
         w = self.where
-        check_int(f"{w}n", self.n, 1)
+        check_int(f"{w}n", self.n, self.min_n)
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ValueError(f"{w}temperature must be a finite number >= 0, got {t!r}")
-        check_number(f"{w}top_p", self.top_p, 0, 1, low_open=True)
+        check_number(f"{w}top_p", self.top_p, 0.0, 1.0, low_open=True)
         check_int(f"{w}max_new_tokens", self.max_new_tokens, 1)
         _check_bool(f"{w}logprobs", self.logprobs)
         object.__setattr__(self, "stop", _stop_strings(self.stop, f"{w}stop"))
 
     def sampling_args(self) -> dict[str, Any]:
         """The fields that go to ``VLLMSampler.generate`` as keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("where", "min_n")}
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -102,19 +103,32 @@ def _stop_strings(stop: Any, name: str) -> tuple[str, ...] | None:
 
 ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec) if f.name not in ("where", "quiet", "enable_sleep_mode"))
 GENERATION_KEYS = ("n", "temperature", "top_p", "max_new_tokens")
+SECTION_DEFAULTS = {"max_new_tokens": 128}  # the loop's response budget (generate's own is 256)
 
 
-def split_sampler_section(values: Mapping[str, Any], where: str) -> tuple[EngineSpec, GenerationSpec]:
-    """The iterate YAML's ``sampler:`` mapping as (EngineSpec, GenerationSpec); an unknown key is
-    refused naming it and the valid ones. ``where`` prefixes every error (``"IterateConfig:
-    sampler."``)."""
-    unknown = sorted(set(values) - set(ENGINE_KEYS) - set(GENERATION_KEYS))
-    if unknown:
-        raise ValueError(
-            f"{where.rstrip('.')} has unknown key(s) {unknown}; valid keys are {sorted(ENGINE_KEYS + GENERATION_KEYS)}"
-        )
-    engine = EngineSpec(**{k: v for k, v in values.items() if k in ENGINE_KEYS}, where=where)
-    generation = GenerationSpec(
-        **{"max_new_tokens": 128, **{k: v for k, v in values.items() if k in GENERATION_KEYS}}, where=where
-    )
-    return engine, generation
+@dataclass(frozen=True)
+class SamplerSection:
+    """The iterate YAML's ``sampler:`` section as the sampler's own two objects: ``engine`` (how
+    the engine starts and syncs) and ``generation`` (how each phase samples)."""
+
+    engine: EngineSpec
+    generation: GenerationSpec
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str, min_n: int = 1) -> SamplerSection:
+        """Split and check the mapping (every sampler knob is checked here and nowhere else); an
+        unknown key is refused naming it and the valid ones. ``where`` prefixes every error
+        (``"IterateConfig: sampler."``); ``min_n``: the owner's floor for ``n`` (a pair needs 2)."""
+        unknown = sorted(set(values) - set(ENGINE_KEYS) - set(GENERATION_KEYS))
+        if unknown:
+            valid = sorted(ENGINE_KEYS + GENERATION_KEYS)
+            raise ValueError(f"{where.rstrip('.')} has unknown key(s) {unknown}; valid keys are {valid}")
+        engine = EngineSpec(**{k: v for k, v in values.items() if k in ENGINE_KEYS}, where=where)
+        chosen = {**SECTION_DEFAULTS, **{k: v for k, v in values.items() if k in GENERATION_KEYS}}
+        return cls(engine, GenerationSpec(**chosen, where=where, min_n=min_n))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as the YAML has it (every key, defaults filled in)."""
+        gen = self.generation.sampling_args()
+        eng = self.engine.engine_args()
+        return {**{k: gen[k] for k in GENERATION_KEYS}, **{k: eng[k] for k in ENGINE_KEYS}}
