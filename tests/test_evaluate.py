@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrdpo_fast.loop.evaluate import (
-    INTERCEPT_L2,
-    LENGTH_L2,
-    Baseline,
-    EvalResult,
-    evaluate,
-    fit_logistic,
-    lc_win_rate,
-    make_baseline,
-)
+from lrdpo_fast.loop.evaluation import Baseline, EvalResult, evaluate, make_baseline
 from lrdpo_fast.loop.samples import Sample
+from lrdpo_fast.loop.win_rates import INTERCEPT_L2, LENGTH_L2, fit_logistic, lc_win_rate
 
 
 def _sig(z):

@@ -295,7 +295,7 @@ def summary_rows(st: LoopState, last: int) -> list[dict]:
 def _eval(st: LoopState, r: int, prompts, judge, metrics) -> dict | None:
     if st.cfg.eval is None:
         return None
-    from .evaluation_phase import evaluate_row
+    from .evaluation import evaluate_row
 
     row = evaluate_row(st, r, prompts, judge, metrics)
     barrier(st.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
