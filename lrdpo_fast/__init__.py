@@ -60,7 +60,8 @@ _LAZY = {
     "loop.replay": ["mix_replay"],
     "loop.config": ["IterateConfig"],
     "loop.iterate": ["iterate"],
-    "loop.evaluate": ["evaluate", "lc_win_rate"],
+    "loop.evaluation": ["evaluate"],
+    "loop.win_rates": ["lc_win_rate"],
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -5,23 +5,18 @@ handling) with a scripted sampler and with the session's vLLM engine against its
 
 from __future__ import annotations
 
+import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from lrdpo_fast.loop.evaluate import (
-    INTERCEPT_L2,
-    LENGTH_L2,
-    Baseline,
-    EvalResult,
-    evaluate,
-    fit_logistic,
-    lc_win_rate,
-    make_baseline,
-)
+from lrdpo_fast.data.seeds import EVAL_STREAM, stream_seed
+from lrdpo_fast.loop.evaluation import Baseline, EvalResult, EvalSpec, evaluate, evaluate_row, make_baseline
 from lrdpo_fast.loop.samples import Sample
+from lrdpo_fast.loop.win_rates import INTERCEPT_L2, LENGTH_L2, fit_logistic, lc_win_rate
 
 
 def _sig(z):
@@ -445,6 +440,110 @@ def test_baseline_refuses_bad_fields():
         Baseline(["a", 3], [1, 1])
     with pytest.raises(ValueError, match="prompts"):
         Baseline(["a"], [1], prompts=["p", "q"])
+
+
+# ---- the loop's per-row evaluation: the same path as evaluate -----------------------------------
+class LoopSampler(ScriptedSampler):
+    """``generate`` as the loop calls it (no stop or logprobs, a progress flag)."""
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, progress):
+        return super().generate(
+            prompts,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            stop=None,
+            seed=seed,
+            logprobs=False,
+        )
+
+
+def _loop_state(tmp_path, sampler, *, n=1, is_main=True):
+    cfg = SimpleNamespace(
+        eval=EvalSpec(prompts="heldout.jsonl", n=n),
+        sampler=SimpleNamespace(temperature=0.8, top_p=0.9, max_new_tokens=12),
+        seed=3,
+    )
+    return SimpleNamespace(
+        run=SimpleNamespace(eval_dir=tmp_path),
+        cfg=cfg,
+        sampler=sampler,
+        progress=False,
+        dist=SimpleNamespace(is_main=is_main),
+    )
+
+
+def _start(i, j, seed):
+    return (3 * i + seed) % 9 + 1
+
+
+def _trained(i, j, seed):
+    return (7 * i + 2 * j + seed) % 11 + 1
+
+
+def _judge_of(prompt, response):
+    return -abs(len(response) - 6) + 0.25 * (int(prompt[1:]) % 3 == 0)
+
+
+def test_loop_row_and_evaluate_agree_on_the_same_samples(tmp_path):
+    state = _loop_state(tmp_path, LoopSampler(_start))
+    row0 = evaluate_row(state, 0, PROMPTS, CountingJudge(_judge_of), {})
+    assert "win_rate" not in row0
+    state.sampler = LoopSampler(_trained)
+    row1 = evaluate_row(state, 1, PROMPTS, CountingJudge(_judge_of), {})
+    seed = stream_seed(3, EVAL_STREAM)
+    assert state.sampler.calls == [
+        dict(n=1, temperature=0.8, top_p=0.9, max_new_tokens=12, stop=None, seed=seed, logprobs=False)
+    ]
+    # evaluate() on the same draws: the start policy's as the baseline, the trained policy's against it
+    base = make_baseline(ScriptedSampler(_start), PROMPTS, temperature=0.8, top_p=0.9, max_new_tokens=12, seed=seed)
+    res = evaluate(
+        ScriptedSampler(_trained),
+        base,
+        PROMPTS,
+        CountingJudge(_judge_of),
+        temperature=0.8,
+        top_p=0.9,
+        max_new_tokens=12,
+        seed=seed,
+    )
+    assert 0.0 < res.win_rate < 1.0 and res.stats["ties"] < len(PROMPTS)
+    assert row1["win_rate"] == res.win_rate and row1["lc_win_rate"] == res.lc_win_rate
+    assert row1["baseline_length"] == res.baseline_mean_response_length
+    assert row1["mean_response_length"] == res.mean_response_length
+    assert row1["judge_reward"] == pytest.approx(res.mean_score)
+    lines = [json.loads(x) for x in (tmp_path / "row_1.jsonl").read_text().splitlines()]
+    assert [x["score"] for x in lines] == [r["score"] for r in res.records]
+    assert [x["length"] for x in lines] == [r["response_length"] for r in res.records]
+    assert json.loads((tmp_path / "row_1.json").read_text()) == row1
+    assert evaluate_row(state, 1, PROMPTS, None, {}) == row1  # cached: neither sampled nor judged again
+    assert len(state.sampler.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "judge, match",
+    [
+        (lambda p, r: [0.0] * (len(r) - 1), "judge returned 39 scores for 40 responses"),
+        (lambda p, r: [float("inf")] * len(r), "judge returned a non-finite or non-numeric score at index 0"),
+        (lambda p, r: ["high"] * len(r), "judge returned a non-finite or non-numeric score at index 0"),
+        (lambda p, r: None, "judge must return a list of floats"),
+    ],
+)
+def test_loop_row_refuses_bad_judge_scores(tmp_path, judge, match):
+    state = _loop_state(tmp_path, LoopSampler(_start))
+    with pytest.raises(ValueError, match=match):
+        evaluate_row(state, 0, PROMPTS, judge, {})
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_loop_row_samples_on_every_rank_and_judges_on_rank_0_only(tmp_path):
+    def judge(p, r):
+        raise AssertionError("judged off rank 0")
+
+    state = _loop_state(tmp_path, LoopSampler(_start), n=2, is_main=False)
+    assert evaluate_row(state, 0, PROMPTS, judge, {}) == {}
+    assert len(state.sampler.calls) == 1 and not list(tmp_path.iterdir())
 
 
 # ---- a real engine against itself --------------------------------------------------------------

@@ -397,11 +397,10 @@ def test_implicit_reward_bad_input_names_the_argument(models):
 
 
 def test_the_loop_s_implicit_reward_takes_the_train_section_s_truncation(models, tiny_model_dir):
-    from lrdpo_fast.loop.config import RewardSpec
-    from lrdpo_fast.loop.iterate import build_reward
+    from lrdpo_fast.loop.rewards import RewardSpec, build_reward
 
     policy, _, tok = models
     spec = RewardSpec(implicit=True, reference=str(tiny_model_dir))
-    reward = build_reward(spec, policy, tok, {"max_length": 12, "max_prompt_length": 5, "beta": 0.1})
+    reward = build_reward(spec, policy, tok, max_length=12, max_prompt_length=5)
     assert isinstance(reward, ImplicitReward) and (reward.max_length, reward.max_prompt_length) == (12, 5)
     assert build_reward(spec, policy, tok).max_length is None

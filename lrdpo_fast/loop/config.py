@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data.files import read_yaml_mapping, resolve_path
-from ..ops.checks import check_bool, check_int, check_number, check_str
+from ..ops.checks import check_int, check_str
 from ..train.config import TrainConfig
+from .evaluation import EvalSpec
 from .pairs import PairsSpec
+from .rewards.spec import RewardSpec
 from .sampler.specs import SamplerSection
 
 EXAMPLE = "example"
@@ -94,58 +96,6 @@ def _strict(key: str, values: dict, allowed) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         _fail(key, f"has unknown key(s) {unknown}; valid keys are {sorted(allowed)}")
-
-
-@dataclass
-class RewardSpec:
-    """The ``reward`` section: exactly one of ``callable``, ``reward_model``, ``implicit``."""
-
-    callable: str | None = None
-    reward_model: str | None = None
-    implicit: bool = False
-    reference: str | None = None
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        chosen = [k for k in ("callable", "reward_model") if getattr(self, k) is not None]
-        if check_bool("IterateConfig: reward.implicit", self.implicit):
-            chosen.append("implicit")
-        if len(chosen) != 1:
-            _fail("reward", f"needs exactly one of callable, reward_model, implicit; got {chosen or 'none'}")
-        if self.callable is not None:
-            check_str("IterateConfig: reward.callable", self.callable)
-            if ":" not in self.callable:
-                _fail("reward.callable", f"must look like 'package.module:function', got {self.callable!r}")
-        if self.reward_model is not None:
-            check_str("IterateConfig: reward.reward_model", self.reward_model)
-        if self.implicit and self.reference is None:
-            _fail("reward.reference", "is needed with implicit: true (the start policy's own reference folder)")
-        check_int("IterateConfig: reward.batch_size", self.batch_size, 1)
-
-
-@dataclass
-class EvalSpec:
-    """The ``eval`` section: held-out prompts, judged after every iteration (row 0 = the start)."""
-
-    prompts: str
-    num_prompts: int | None = None
-    n: int = 1
-    temperature: float | None = None
-    max_new_tokens: int | None = None
-    judge: RewardSpec | None = None
-    metrics: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_str("IterateConfig: eval.prompts", self.prompts)
-        if self.num_prompts is not None:
-            check_int("IterateConfig: eval.num_prompts", self.num_prompts, 1)
-        check_int("IterateConfig: eval.n", self.n, 1)
-        if self.temperature is not None:
-            self.temperature = check_number("IterateConfig: eval.temperature", self.temperature, 0.0)
-        if self.max_new_tokens is not None:
-            check_int("IterateConfig: eval.max_new_tokens", self.max_new_tokens, 1)
-        for name, spec in self.metrics.items():
-            check_str(f"IterateConfig: eval.metrics.{name}", spec)
 
 
 def _section(cls, key: str, values: Any):

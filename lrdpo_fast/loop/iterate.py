@@ -31,9 +31,10 @@ import torch
 from ..data.atomic import atomic_write_jsonl
 from ..data.files import read_jsonl
 from ..train.distributed import DistInfo, barrier, init_distributed, on_main_agreed
-from .config import EXAMPLE, IterateConfig, RewardSpec
+from .config import EXAMPLE, IterateConfig
 from .phases import PHASE_FUNCS, LoopState
 from .report import format_table, plot_summary
+from .rewards import build_reward
 from .run_dir import PHASES, RunDir
 
 SUMMARY_TABLE = (
@@ -123,24 +124,11 @@ def load_start_policy(cfg: IterateConfig) -> StartPolicy:
     return StartPolicy(path, model, load_tokenizer(tok_path, "tokenizer"))
 
 
-def build_reward(spec: RewardSpec, st_policy=None, tokenizer=None, train=None):
-    """The reward object of a ``reward`` section (implicit: policy vs ``spec.reference``, with the
-    ``train`` section's max_length / max_prompt_length truncation, as training sees the pairs)."""
-    from .rewards import CallableReward, ImplicitReward, RewardModel
-
-    if spec.callable is not None:
-        return CallableReward(spec.callable)
-    if spec.reward_model is not None:
-        return RewardModel(spec.reward_model, batch_size=spec.batch_size)
-    from ..model.loading import load_causal_lm
-
-    ref = load_causal_lm(spec.reference, "reward.reference", dtype="float32")
-    return ImplicitReward(
-        st_policy,
-        ref,
-        tokenizer,
-        max_length=getattr(train, "max_length", None),
-        max_prompt_length=getattr(train, "max_prompt_length", None),
+def _build_reward(spec, cfg: IterateConfig, start: StartPolicy):
+    """A reward of the run (implicit: scored on the tokens as training truncates them)."""
+    train = cfg.train
+    return build_reward(
+        spec, start.model, start.tokenizer, max_length=train.max_length, max_prompt_length=train.max_prompt_length
     )
 
 
@@ -153,7 +141,7 @@ def build_evaluation(cfg: IterateConfig, reward, start: StartPolicy) -> Evaluati
     prompts = load_prompts(cfg.eval.prompts, "eval")
     if cfg.eval.num_prompts is not None:
         prompts = prompts[: cfg.eval.num_prompts]
-    judge = reward if cfg.eval.judge is None else build_reward(cfg.eval.judge, start.model, start.tokenizer, cfg.train)
+    judge = reward if cfg.eval.judge is None else _build_reward(cfg.eval.judge, cfg, start)
     metrics = {name: load_callable(spec) for name, spec in cfg.eval.metrics.items()}
     return Evaluation(prompts, judge, metrics)
 
@@ -239,7 +227,7 @@ def iterate(
         from ..train.checkpoint import apply_model_weights, load_model_weights
 
         apply_model_weights(start.model, load_model_weights(run.path(first - 1, "policy")))
-    reward = build_reward(cfg.reward, start.model, start.tokenizer, cfg.train)
+    reward = _build_reward(cfg.reward, cfg, start)
     evaluation = build_evaluation(cfg, reward, start)
     sampler = start_sampler(cfg, start, progress)
     state = LoopState(
@@ -355,7 +343,7 @@ def summary_rows(state: LoopState, last: int) -> list[dict]:
 def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:
     if evaluation.prompts is None:
         return None
-    from .evaluation_phase import evaluate_row
+    from .evaluation import evaluate_row
 
     row = evaluate_row(state, r, evaluation.prompts, evaluation.judge, evaluation.metrics)
     barrier(state.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
