@@ -326,7 +326,7 @@ def _trained_fields(run: RunDir, i: int) -> dict[str, Any]:
         "pairs_kept": p.get("kept"),
         "chosen_length": p.get("mean_chosen_length"),
         "rejected_length": p.get("mean_rejected_length"),
-        "length_alpha": p.get("length_alpha"),
+        "pairs_length_alpha": p.get("length_alpha"),  # the pairs' shaping alpha (not train.alpha)
         "time_pairs_s": p.get("time_pairs_s"),
         "loss": t.get("loss"),
         "reward_accuracy": t.get("reward_accuracy"),

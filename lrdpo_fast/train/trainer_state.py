@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -16,8 +16,30 @@ from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .metrics import read_metrics
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+class Trainer(Protocol):
+    """What of a ``trainer.Trainer`` its state on disk reads and writes (the Trainer passes
+    itself; this module does not import it)."""
+
+    cfg: Any
+    device: torch.device
+    dist: dist_utils.DistInfo
+    epoch: int
+    examples: list[PairExample]
+    global_step: int
+    history: list[dict]
+    is_set_up: bool
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    policy_loss: torch.nn.Module
+    position: int
+    ref_model: torch.nn.Module | None
+    scheduler: Any
+    writer: Any
+
+    def save_model(self, output_dir: str | os.PathLike) -> None: ...
+
+    def setup(self) -> None: ...
 
 
 def reference_table(examples: list[PairExample]) -> torch.Tensor | None:
