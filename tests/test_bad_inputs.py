@@ -659,7 +659,7 @@ SAMPLER_CASES = [
     ("n_zero", dict(n=0), ["n must be an int >= 1, got 0"]),
     ("temperature_negative", dict(temperature=-0.5), ["temperature must be a finite number >= 0"]),
     ("temperature_nan", dict(temperature=NAN), ["temperature must be a finite number >= 0"]),
-    ("top_p_zero", dict(top_p=0.0), ["top_p must be in (0, 1]"]),
+    ("top_p_zero", dict(top_p=0.0), ["top_p must be in (0.0, 1.0]"]),
     ("max_new_tokens_zero", dict(max_new_tokens=0), ["max_new_tokens must be an int >= 1"]),
     ("stop_empty", dict(stop=[""]), ["stop must be a non-empty string or a list of them"]),
     ("logprobs_string", dict(logprobs="yes"), ["logprobs must be a bool"]),

@@ -462,7 +462,7 @@ class LoopSampler(ScriptedSampler):
 def _loop_state(tmp_path, sampler, *, n=1, is_main=True):
     cfg = SimpleNamespace(
         eval=EvalSpec(prompts="heldout.jsonl", n=n),
-        sampler=SimpleNamespace(temperature=0.8, top_p=0.9, max_new_tokens=12),
+        sampler=SimpleNamespace(generation=SimpleNamespace(temperature=0.8, top_p=0.9, max_new_tokens=12)),
         seed=3,
     )
     return SimpleNamespace(

@@ -5,9 +5,6 @@ sync, and kill-at-any-point resume compared byte for byte with an uninterrupted 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,34 +12,10 @@ import torch
 
 pytest.importorskip("vllm")
 
+from loop_runs import TESTS, _cli, _outputs, _write_run  # noqa: E402,F401
+
 from lrdpo_fast.loop.config import IterateConfig  # noqa: E402
 from lrdpo_fast.loop.iterate import iterate  # noqa: E402
-
-TESTS = Path(__file__).resolve().parent
-
-
-def _write_run(
-    tmp: Path, model_dir: Path, run_dir: str = "run", iterations: int = 2, eval_section: bool = True
-) -> Path:
-    prompts = [f"the quick fox {i} says" for i in range(10)]
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    (tmp / "heldout.jsonl").write_text("".join(json.dumps({"prompt": f"hello world {i}"}) + "\n" for i in range(4)))
-    text = f"""policy: {model_dir}
-prompts: prompts.jsonl
-iterations: {iterations}
-prompts_per_iteration: 6
-run_dir: {run_dir}
-seed: 3
-sampler: {{n: 4, temperature: 1.0, max_new_tokens: 10, dtype: float32, max_model_len: 256}}
-reward: {{callable: "loop_rules:score"}}
-pairs: {{strategy: best_worst, drop_truncated: false}}
-train: {{beta: 0.1, alpha: 0.05, learning_rate: 2.0e-3, lr_scheduler: constant, pairs_per_step: 2, num_epochs: 1,
-         save_steps: 1, progress: false, plot: false}}
-"""
-    if eval_section:
-        text += 'eval: {prompts: heldout.jsonl, n: 2, metrics: {mean_chars: "loop_rules:mean_chars"}}\n'
-    (tmp / "run.yaml").write_text(text)
-    return tmp / "run.yaml"
 
 
 def _float64_logps(model, prompt_ids, response_ids) -> float:
@@ -153,34 +126,6 @@ def test_sampler_got_the_new_weights(finished_run, vllm_sampler):
     finally:
         vllm_sampler.load_weights(tiny_model("llama", seed=0))
     assert [s.response_ids for g in again for s in g] == [r["response_ids"] for r in recs]
-
-
-def _cli(cfg: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }
-    env.pop("LRDPO_FAULT", None)
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "lrdpo_fast.cli", "iterate", str(cfg)],
-        cwd=cfg.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _outputs(run: Path) -> dict[str, bytes]:
-    keep = ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "pairs_stats.json", "model.safetensors")
-    return {
-        str(p.relative_to(run)): p.read_bytes()
-        for p in sorted(run.rglob("*"))
-        if p.name in keep and "checkpoint-" not in str(p)
-    }
 
 
 @pytest.mark.slow

@@ -5,11 +5,17 @@ written next to its final path, flushed with fsync, and renamed into place (``os
 atomic on POSIX). ``fault_point(name)`` lets tests kill the process at a named point
 (``LRDPO_FAULT=name`` or ``name@k`` for its k-th hit): the kill-and-resume tests use it to stop a
 run between a temp write and its rename, mid-sampling or mid-training, with a real SIGKILL.
+
+A write the file system refuses (a full disk: ENOSPC, a file size limit: EFBIG, a quota) leaves
+nothing behind (the temp file or staging folder is removed) and raises ``WriteFailedError``, a
+``ValueError`` naming the final path and the cause: the CLI prints it as one line, and the same
+command continues once there is room (nothing was marked complete).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,6 +42,49 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# how libraries that do not raise OSError say the same (safetensors' Rust I/O errors, torch.save)
+_DISK_WORDS = ("no space left", "file too large", "disk quota", "file write failed", "code: 27,", "code: 28,")
+
+
+class WriteFailedError(ValueError):
+    """A write the file system refused (disk full, file size limit, quota): nothing of it was kept."""
+
+
+def disk_failure(e: BaseException) -> str | None:
+    """The cause, when ``e`` is the file system refusing a write, else None."""
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        return f"{e.strerror} ({errno.errorcode[e.errno]})"
+    text = str(e).strip()
+    if any(w in text.lower() for w in _DISK_WORDS):
+        return text.splitlines()[0]
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def cleaned_on_failure(path: str | os.PathLike, staging: str | os.PathLike) -> Iterator[None]:
+    """Remove ``staging`` (the temp file or folder of ``path``) when the block fails; a failure of
+    the file system becomes a ``WriteFailedError`` naming ``path`` and the cause."""
+    try:
+        yield
+    except Exception as e:
+        _remove(Path(staging))
+        reason = disk_failure(e)
+        if reason is None:
+            raise
+        raise WriteFailedError(
+            f"could not write {str(path)!r}: {reason}; nothing of it was kept, and the same command "
+            "continues once there is room"
+        ) from e
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -50,7 +99,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with cleaned_on_failure(path, tmp), open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -108,8 +157,10 @@ def commit_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder at ``path`` atomically: yields ``path.partial`` (emptied first) to write
-    into; on success it is fsynced and replaces ``path``. On an exception it is left behind as
-    ``.partial`` (never read as complete) and the exception propagates."""
+    into; on success it is fsynced and replaces ``path``. On an exception the staging folder is
+    removed and the exception propagates (a refused write as ``WriteFailedError``); a killed
+    process leaves it as ``.partial``, never read as complete."""
     tmp = begin_dir(path)
-    yield tmp
-    commit_dir(tmp, path)
+    with cleaned_on_failure(path, tmp):
+        yield tmp
+        commit_dir(tmp, path)

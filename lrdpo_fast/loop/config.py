@@ -235,9 +235,15 @@ class IterateConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> IterateConfig:
         """Load ``path`` (strict keys); relative paths resolve against its folder. ValueError
-        naming the file on a missing, unreadable or non-mapping YAML."""
+        naming the file on a missing, unreadable or non-mapping YAML. A run directory's
+        ``config.yaml`` is read as that run's config, with ``run_dir`` the folder it lies in."""
         values = read_yaml_mapping(path)
-        return cls.from_dict(values, base_dir=Path(path).resolve().parent, **overrides)
+        folder = Path(path).resolve().parent
+        if "run_format" in values and isinstance(values.get("config"), dict):
+            # a run directory's own config.yaml: continue that run where it lies (lrdpo-fast
+            # iterate RUN_DIR/config.yaml --iterations N extends it, e.g. a demo run)
+            values = {**values["config"], "run_dir": str(folder)}
+        return cls.from_dict(values, base_dir=folder, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON serialisable, every default filled in); ``from_dict`` reads

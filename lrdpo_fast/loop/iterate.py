@@ -18,7 +18,6 @@ there (the evaluation judges on rank 0 alone).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -30,27 +29,14 @@ import torch
 
 from ..data.atomic import atomic_write_jsonl
 from ..data.files import read_jsonl
-from ..train.distributed import DistInfo, barrier, init_distributed, on_main_agreed
+from ..train.distributed import DistInfo, barrier, init_distributed
 from .config import EXAMPLE, IterateConfig
 from .phases import PHASE_FUNCS, LoopState
 from .report import format_table, plot_summary
+from .resume import after_redo, check_run_config, first_to_run, phase_to_redo
 from .rewards import build_reward
 from .run_dir import PHASES, RunDir
-
-SUMMARY_TABLE = (
-    "iteration",
-    "true_accuracy",
-    "judge_reward",
-    "mean_response_length",
-    "win_rate",
-    "lc_win_rate",
-    "reward_mean",
-    "pairs_kept",
-    "chosen_length",
-    "rejected_length",
-    "loss",
-    "reward_accuracy",
-)
+from .summary import SUMMARY_TABLE, summary_rows
 
 
 @dataclass
@@ -187,11 +173,6 @@ def _check_call(cfg: Any, stop_after: tuple[int, str] | None) -> None:
             raise ValueError(f"phase must be one of {PHASES}, got {ph!r}")
 
 
-def _stored_config(stored: dict) -> dict:
-    """A config.yaml written by an earlier version, in today's form (defaults filled in)."""
-    return IterateConfig.from_dict(stored).to_dict()
-
-
 def iterate(
     cfg: IterateConfig,
     *,
@@ -221,8 +202,8 @@ def iterate(
     run = RunDir(Path(cfg.run_dir))
     prompt_pool = load_prompts(cfg.prompts, "train")
     start = load_start_policy(cfg)
-    on_main_agreed(ranks, lambda: run.check_or_write_config(cfg.to_dict(), lrdpo_fast.__version__, _stored_config))
-    first = run.first_unfinished(cfg.iterations)
+    check_run_config(run, cfg, ranks, lrdpo_fast.__version__)
+    first = first_to_run(run, cfg.iterations, ranks)
     if first > 0:  # resume from the last saved policy
         from ..train.checkpoint import apply_model_weights, load_model_weights
 
@@ -245,15 +226,15 @@ def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting
         _sync(state)
     _evaluate(state, first, evaluation)  # the start policy (row 0), or a resumed one
     if report.on_row is not None and first == 0 and report.stop_after is None and state.dist.is_main:
-        report.on_row(summary_rows(state, 0)[0])
+        report.on_row(summary_rows(state.run, state.cfg.iterations, 0)[0])
     for i in range(first, state.cfg.iterations):
         if _run_phases(state, i, report.stop_after) or (report.stop_after and report.stop_after[0] == i):
-            return summary_rows(state, i)
+            return summary_rows(state.run, state.cfg.iterations, i)
         if i + 1 < state.cfg.iterations or evaluation.prompts is not None:
             _sync(state)
         _evaluate(state, i + 1, evaluation)
         _write_summary(state, i + 1, report)
-    rows = summary_rows(state, state.cfg.iterations)
+    rows = summary_rows(state.run, state.cfg.iterations, state.cfg.iterations)
     if state.dist.is_main:
         atomic_write_jsonl(state.run.summary_path, rows)
         plot_summary(rows, state.run.root / "report.png")
@@ -265,7 +246,8 @@ def _run_phases(state: LoopState, i: int, stop_after: tuple[int, str] | None) ->
     """The missing phases of iteration ``i`` in order; True when ``stop_after`` ended the run."""
     sampler = state.sampler
     for phase in PHASES:
-        if state.run.is_done(i, phase):
+        redo, recorded = phase_to_redo(state.run, i, phase, state.dist)
+        if not redo:
             continue
         sleeps = phase == "train" and sampler.sleep_mode  # free the engine's memory for training
         if sleeps:
@@ -276,6 +258,8 @@ def _run_phases(state: LoopState, i: int, stop_after: tuple[int, str] | None) ->
         if state.dist.is_main:
             state.run.mark_done(i, phase, info)
         barrier(state.dist)  # every rank sees the outputs and the marker before going on
+        if recorded is not None:
+            after_redo(state.run, i, phase, recorded, state.dist)
         if sleeps:
             sampler.wake_up()
         if stop_after == (i, phase):
@@ -289,7 +273,7 @@ def _sync(state: LoopState) -> None:
 
 
 def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
-    rows = summary_rows(state, r)
+    rows = summary_rows(state.run, state.cfg.iterations, r)
     if not state.dist.is_main:
         return
     atomic_write_jsonl(state.run.summary_path, rows)
@@ -297,47 +281,6 @@ def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
         print(format_table(rows, SUMMARY_TABLE), flush=True)
     if report.on_row is not None:
         report.on_row(rows[-1])
-
-
-def _summary_row(state: LoopState, r: int, eval_row: dict | None) -> dict[str, Any]:
-    run = state.run
-    row: dict[str, Any] = {"iteration": r}
-    if eval_row:
-        row.update(eval_row)
-    if r < state.cfg.iterations and run.is_done(r, "sample"):
-        info = run.done_info(r, "sample")
-        row.setdefault("mean_response_length", info["response_length_mean"])
-        row["sample_length_mean"] = info["response_length_mean"]
-        row["time_sample_s"] = info["time_sample_s"]
-        row["sample_tokens_per_s"] = info["sample_tokens_per_s"]
-        if run.is_done(r, "score"):
-            s = run.done_info(r, "score")
-            row.update(reward_mean=s["reward_mean"], time_score_s=s["time_score_s"])
-    if r > 0:
-        row.update(_trained_fields(run, r - 1))
-    return row
-
-
-def _trained_fields(run: RunDir, i: int) -> dict[str, Any]:
-    """The summary fields of the pairs and train phases of iteration ``i`` (row i + 1)."""
-    p = run.done_info(i, "pairs")
-    t = run.done_info(i, "train")
-    return {
-        "pairs_kept": p.get("kept"),
-        "chosen_length": p.get("mean_chosen_length"),
-        "rejected_length": p.get("mean_rejected_length"),
-        "pairs_length_alpha": p.get("length_alpha"),  # the pairs' shaping alpha (not train.alpha)
-        "time_pairs_s": p.get("time_pairs_s"),
-        "loss": t.get("loss"),
-        "reward_accuracy": t.get("reward_accuracy"),
-        "time_train_s": t.get("time_train_s"),
-        "train_tokens_per_s": t.get("train_tokens_per_s"),
-    }
-
-
-def summary_rows(state: LoopState, last: int) -> list[dict]:
-    """Rows 0..last (row r = policy_r) rebuilt from the phase markers and evaluation caches."""
-    return [_summary_row(state, r, _eval_cached(state.run, r)) for r in range(last + 1)]
 
 
 def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:
@@ -348,8 +291,3 @@ def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:
     row = evaluate_row(state, r, evaluation.prompts, evaluation.judge, evaluation.metrics)
     barrier(state.dist)  # rank 0 wrote eval/row_{r}.json: every rank reads it from here on
     return row
-
-
-def _eval_cached(run: RunDir, r: int) -> dict | None:
-    p = run.eval_dir / f"row_{r}.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None

@@ -11,23 +11,30 @@ phase is complete.
 
 A phase is complete exactly when its marker exists; the marker is written (atomically) only after
 every output of the phase was renamed into place, so a run killed anywhere redoes at most the
-phase it was in.
+phase it was in. The marker records the size and sha256 of every output it vouches for
+(``PHASE_OUTPUTS``); ``damage`` says how the files differ from that record, so a resume never
+trusts a file that was cut, changed or lost after its phase completed (it redoes the phase). The
+config record (``config.yaml``) is ``run_record.py``'s.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.atomic import atomic_write_json, atomic_write_text
+from ..data.atomic import atomic_write_json
+from ..data.digests import damage, outputs_digest
 
 PHASES = ("sample", "score", "pairs", "train")
-RUN_FORMAT = 1
-# keys a resumed run may change: only how far it goes
-RESUMABLE_CHANGES = ("iterations",)
+# what each phase's marker vouches for (files or folders of iter_{i}/): what later phases read
+PHASE_OUTPUTS = {
+    "sample": ("samples.jsonl",),
+    "score": ("scores.jsonl",),
+    "pairs": ("pairs.jsonl", "pairs_stats.json"),
+    "train": ("policy",),
+}
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,28 @@ class RunDir:
         return self.marker(i, phase).is_file()
 
     def mark_done(self, i: int, phase: str, info: dict[str, Any]) -> None:
-        """Write the marker of a phase whose outputs are all in place; ``info`` is kept in it."""
-        atomic_write_json(self.marker(i, phase), info)
+        """Write the marker of a phase whose outputs are all in place; ``info`` is kept in it,
+        with ``outputs``: the size and sha256 of each file of ``PHASE_OUTPUTS[phase]``."""
+        outputs = outputs_digest(self.root, [f"iter_{i}/{name}" for name in PHASE_OUTPUTS[phase]])
+        atomic_write_json(self.marker(i, phase), {**info, "outputs": outputs})
+
+    def damage(self, i: int, phase: str) -> str | None:
+        """How the outputs of a complete phase differ from what its marker recorded (one phrase
+        naming the file), or None when they are whole (or the marker predates the record)."""
+        recorded = self.done_info(i, phase).get("outputs")
+        return None if recorded is None else damage(self.root, recorded)
+
+    def undo(self, i: int, phase: str) -> None:
+        """Forget that ``phase`` of iteration ``i`` completed (its marker goes; it will be redone)."""
+        self.marker(i, phase).unlink(missing_ok=True)
 
     def done_info(self, i: int, phase: str) -> dict[str, Any]:
-        """What ``mark_done`` stored for a complete phase."""
-        return json.loads(self.marker(i, phase).read_text(encoding="utf-8"))
+        """What ``mark_done`` stored for a complete phase (ValueError naming a damaged marker)."""
+        path = self.marker(i, phase)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: damaged phase marker ({e}); delete it to redo the {phase} phase") from None
 
     @property
     def eval_dir(self) -> Path:
@@ -79,64 +102,3 @@ class RunDir:
         while first < iterations and self.is_done(first, "train"):
             first += 1
         return first
-
-    def check_or_write_config(
-        self, resolved: dict[str, Any], version: str, normalize: Callable[[dict], dict] | None = None
-    ) -> None:
-        """First start: write ``config.yaml`` (the resolved config, the run format, the version).
-        Resume: refuse (ValueError saying what differs) a run directory made by another config
-        or an incompatible run format; only ``iterations`` may change. ``normalize`` rewrites the
-        stored config in today's form first (defaults an older version did not write, e.g. a key
-        added since), so only real differences count."""
-        import yaml
-
-        record = {"run_format": RUN_FORMAT, "lrdpo_fast_version": version, "config": resolved}
-        if not self.config_path.exists():
-            if self.root.exists() and any(p.name.startswith("iter_") for p in self.root.iterdir()):
-                raise ValueError(
-                    f"run_dir {str(self.root)!r} holds iterations but no config.yaml: not a run "
-                    "directory this version can resume; choose another run_dir"
-                )
-            atomic_write_text(self.config_path, yaml.safe_dump(record, sort_keys=False))
-            return
-        try:
-            old = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ValueError(f"{self.config_path}: unreadable ({e})") from None
-        if not isinstance(old, dict) or old.get("run_format") != RUN_FORMAT:
-            raise ValueError(
-                f"run_dir {str(self.root)!r} was made by an incompatible version "
-                f"(run_format {old.get('run_format') if isinstance(old, dict) else None!r}, "
-                f"this version writes {RUN_FORMAT}); choose another run_dir"
-            )
-        diffs = _differences(_normalized(old.get("config") or {}, normalize), resolved)
-        diffs = [d for d in diffs if d.split(":")[0] not in RESUMABLE_CHANGES]
-        if diffs:
-            raise ValueError(
-                f"run_dir {str(self.root)!r} was made by another config; it differs in "
-                + "; ".join(diffs[:6])
-                + " (use another run_dir, or the same config to resume)"
-            )
-        if old["config"] != resolved:  # an allowed change (iterations): record it
-            atomic_write_text(self.config_path, yaml.safe_dump(record, sort_keys=False))
-
-
-def _normalized(stored: dict, normalize: Callable[[dict], dict] | None) -> dict:
-    """The stored config in today's form; as stored when it no longer reads (its differences
-    then name the keys)."""
-    if normalize is None:
-        return stored
-    try:
-        return normalize(stored)
-    except ValueError:
-        return stored
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            key = f"{prefix}.{k}" if prefix else str(k)
-            out += _differences(old.get(k), new.get(k), key)
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]

@@ -81,23 +81,37 @@ def save_model(model, path: str | os.PathLike, *, tokenizer=None, state_dict: di
 
 
 def load_model_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a ``save_pretrained`` folder (single or sharded safetensors), on the CPU."""
-    from safetensors.torch import load_file
-
+    """The tensors of a ``save_pretrained`` folder (single or sharded safetensors), on the CPU.
+    ValueError naming the file when one is missing, cut or not safetensors."""
     path = Path(path)
     single = path / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return _read_safetensors(single)
     index = path / "model.safetensors.index.json"
     if index.is_file():
         import json
 
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"weights index {str(index)!r} is damaged ({type(e).__name__}: {e})") from None
         out: dict[str, torch.Tensor] = {}
         for s in shards:
-            out.update(load_file(str(path / s)))
+            out.update(_read_safetensors(path / s))
         return out
     raise ValueError(f"checkpoint path {str(path)!r} holds no model.safetensors")
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise ValueError(f"weights file {str(file)!r} is missing")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError (cut, not safetensors), OSError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"weights file {str(file)!r} cannot be read ({first}); it is damaged or incomplete") from None
 
 
 def apply_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -4,13 +4,14 @@ read back so that training continues bit-for-bit (CPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from ..data.atomic import begin_dir, commit_dir
+from ..data.atomic import begin_dir, cleaned_on_failure, commit_dir
 from ..data.records import PairExample
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
@@ -69,6 +70,14 @@ def save_checkpoint(trainer: Trainer, path: str | os.PathLike | None = None) -> 
     opt_state = _optimizer_state(trainer)
     staging = begin_dir(path) if info.is_main else path.with_name(path.name + ".partial")
     dist_utils.barrier(info)
+    with cleaned_on_failure(path, staging) if info.is_main else contextlib.nullcontext():
+        _write_checkpoint(trainer, staging, path, opt_state)
+    dist_utils.barrier(info)
+    return str(path)
+
+
+def _write_checkpoint(trainer: Trainer, staging: Path, path: Path, opt_state: dict) -> None:
+    cfg, info = trainer.cfg, trainer.dist
     trainer.save_model(staging)
     if info.is_main:
         ckpt.save_trainer_state(
@@ -87,8 +96,6 @@ def save_checkpoint(trainer: Trainer, path: str | os.PathLike | None = None) -> 
         )
         cfg.to_yaml(staging / "train_config.yaml")
         commit_dir(staging, path)
-    dist_utils.barrier(info)
-    return str(path)
 
 
 def _restore_optimizer(trainer: Trainer, state: dict) -> None:
