@@ -42,14 +42,15 @@ def check_token_weights(token_weights, n_tokens: int, device: torch.device) -> N
 def _response_ranks(labels: torch.Tensor, cu_seqlens: torch.Tensor, ignore_index: int):
     """(scored bool [N], rank int64 [N]: 1-based position of each scored token among its
     sequence's scored tokens, lengths int64 [S], seq_ids int64 [N]) of a packed batch."""
-    from .logprobs import sequence_ids
-
     n = labels.shape[0]
     if cu_seqlens.dim() != 1 or (cu_seqlens.numel() - 1) % 2:
         raise ValueError("cu_seqlens must describe an even number of sequences in pair order [c0, r0, c1, r1, ...]")
     if cu_seqlens.numel() < 1 or int(cu_seqlens[-1]) != n:
         raise ValueError(f"cu_seqlens must end at the number of tokens {n}")
-    seq_ids = sequence_ids(cu_seqlens.to(labels.device), n)
+    cu = cu_seqlens.to(labels.device).long()
+    seq_ids = torch.repeat_interleave(
+        torch.arange(cu.numel() - 1, device=labels.device), cu[1:] - cu[:-1], output_size=n
+    )
     scored = labels != ignore_index
     csum = torch.cumsum(scored.long(), 0)
     starts = cu_seqlens[:-1].long().to(labels.device)
