@@ -202,3 +202,29 @@ def test_reference_hidden_uses_the_same_weights_and_no_grad(backend):
         c, m = lf.fused_lrdpo_loss(h, w, lab, cu_, ref_logps=ref, backend=backend, token_weights=tw_, wpo=True)
     assert_close(c.cpu(), b.cpu(), 1e-6, "forward only")
     assert float(m["wpo/weight"]) > 0
+
+
+def test_trainer_sampo_same_positions_for_policy_and_reference(tmp_path):
+    # step 1: the live reference is the policy; SamPO's positions, drawn once per micro-batch and
+    # used by both, leave every log-ratio at 0 (loss ln 2); a new epoch draws new positions
+    import math
+
+    from helpers import random_records, tiny_model, tiny_tokenizer
+
+    from lrdpo_fast.data.packing import pack_pairs
+    from lrdpo_fast.train import micro_batches
+    from lrdpo_fast.train.config import TrainConfig
+    from lrdpo_fast.train.trainer import Trainer
+
+    tok = tiny_tokenizer()
+    cfg = TrainConfig(
+        sampo=True, live_reference=True, max_steps=1, dtype="fp32", device="cpu", progress=False, plot=False,
+        save_final=False, pairs_per_step=4, output_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer = Trainer(tiny_model("llama", seed=0), tok, random_records(4, seed=3, max_words=8), cfg)
+    (row,) = trainer.train()
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-6) and abs(row["rewards/margins"]) < 1e-6
+    batch = pack_pairs(trainer.examples)
+    w0, w1 = (micro_batches.token_weights(batch, [0, 1, 2, 3], cfg, e) for e in (0, 1))
+    assert torch.equal(w0, micro_batches.token_weights(batch, [0, 1, 2, 3], cfg, 0))
+    assert not torch.equal(w0, w1), "another epoch draws other positions"
