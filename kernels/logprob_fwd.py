@@ -3,7 +3,8 @@
 Grid (token blocks, vocabulary splits). Each program walks its vocabulary range block by block,
 forms the [BLOCK_N, BLOCK_V] logits tile with ``tl.dot`` over the hidden dimension (divided by the
 temperature, then soft-capped when ``HAS_SOFTCAP``), and keeps an online (max, sum-exp) pair plus
-the label's logit. Nothing of size [N, V] is ever written: the outputs are three float32 values
+the label's logit (with ``COMPUTE_SQ``, WPO's log sum p^2, one more running sum: of
+exp(2 (z - max))). Nothing of size [N, V] is ever written: the outputs are three float32 values
 per (split, token), combined on the host side in O(N * splits).
 Token blocks whose labels are all ignored (prompt, padding) skip the matmuls entirely.
 
@@ -28,6 +29,7 @@ def logprob_fwd_jit(
     MAX_OUT,
     SUM_OUT,
     LABEL_OUT,  # float32 [SPLITS, N] partial results
+    SQ_OUT,  # float32 [SPLITS, N] partial sums of exp(2 (z - max)) (WPO), written when COMPUTE_SQ
     N,
     V,
     D,
@@ -44,6 +46,7 @@ def logprob_fwd_jit(
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    COMPUTE_SQ: tl.constexpr = False,  # WPO: one more running sum, of exp(2 (z - max))
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -56,6 +59,7 @@ def logprob_fwd_jit(
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
     s_i = tl.zeros([BLOCK_N], tl.float32)
     l_i = tl.zeros([BLOCK_N], tl.float32)
+    q_i = tl.zeros([BLOCK_N], tl.float32)
     # the vocabulary in n_splits ranges of whole blocks (a range past V does nothing)
     v_per_split = tl.cdiv(tl.cdiv(V, BLOCK_V), n_splits) * BLOCK_V
     v_start = pid_s * v_per_split
@@ -88,6 +92,8 @@ def logprob_fwd_jit(
             acc = tl.where(mask_v[None, :], acc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(acc, axis=1))
             s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(acc - m_new[:, None]), axis=1)
+            if COMPUTE_SQ:
+                q_i = q_i * tl.exp(2.0 * (m_i - m_new)) + tl.sum(tl.exp(2.0 * (acc - m_new[:, None])), axis=1)
             m_i = m_new
             hit = rv[None, :] == lab[:, None]
             l_i += tl.sum(tl.where(hit, acc, 0.0), axis=1)
@@ -95,6 +101,8 @@ def logprob_fwd_jit(
     tl.store(MAX_OUT + out, m_i, mask=mask_n)
     tl.store(SUM_OUT + out, s_i, mask=mask_n)
     tl.store(LABEL_OUT + out, l_i, mask=mask_n)
+    if COMPUTE_SQ:
+        tl.store(SQ_OUT + out, q_i, mask=mask_n)
 
 
 logprob_fwd_kernel = triton.autotune(

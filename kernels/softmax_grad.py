@@ -16,6 +16,8 @@ program per row of the chunk (every row is a scored token: the caller gathers th
 3. ``TRACK_MAX``: atomic max of |E| per vocabulary block into ``BLOCKMAX`` [cdiv(V, BLOCK_V)]
    (the gradient filter: vocabulary blocks whose gradient is below the dtype's resolution skip
    their share of the two GEMMs; see ``lrdpo_fast.ops.torch_backend``).
+5. ``COMPUTE_SQ`` (WPO, with ``COMPUTE_LSE``): one more running sum in the same pass, of
+   exp(2 (z - max)), giving ``LSQ`` [C] = log sum_v p_v^2 = logsumexp(2z) - 2 lse.
 4. ``HAS_SOFTCAP`` (Gemma-2's final-logit soft-capping): z / T is capped first in both passes,
    z' = cap * tanh(z / T / cap) (lse and logp are those of z'), and E is multiplied by the cap's
    derivative 1 - tanh(z / T / cap)^2. Without the flag (a constexpr) the kernel is exactly the
@@ -41,6 +43,7 @@ def softmax_grad_kernel(
     LOGP,
     G,
     BLOCKMAX,
+    LSQ,  # float32 [C] log sum p^2, written only when COMPUTE_SQ
     V,
     stride_z,
     stride_g,
@@ -52,6 +55,7 @@ def softmax_grad_kernel(
     TRACK_MAX: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    COMPUTE_SQ: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     z_row = Z + row * stride_z
@@ -61,6 +65,7 @@ def softmax_grad_kernel(
         # finite start: masked lanes (-inf) never make (-inf) - (-inf)
         m_i = tl.full([BLOCK_V], -1.0e30, tl.float32)
         s_i = tl.zeros([BLOCK_V], tl.float32)
+        q_i = tl.zeros([BLOCK_V], tl.float32)
         for v0 in range(0, V, BLOCK_V):
             rv = v0 + cols
             z = tl.load(z_row + rv, mask=rv < V, other=float("-inf")).to(tl.float32) * inv_temp
@@ -68,10 +73,15 @@ def softmax_grad_kernel(
                 z = tl.where(rv < V, softcap_tile(z, softcap), float("-inf"))
             m_new = tl.maximum(m_i, z)
             s_i = s_i * tl.exp(m_i - m_new) + tl.exp(z - m_new)
+            if COMPUTE_SQ:
+                q_i = q_i * tl.exp(2.0 * (m_i - m_new)) + tl.exp(2.0 * (z - m_new))
             m_i = m_new
         m = tl.max(m_i, axis=0)
         s = tl.sum(s_i * tl.exp(m_i - m), axis=0)
         lse = m + tl.log(s)
+        if COMPUTE_SQ:
+            q = tl.sum(q_i * tl.exp(2.0 * (m_i - m)), axis=0)
+            tl.store(LSQ + row, tl.log(q) - 2.0 * tl.log(s))
         z_lab = tl.load(z_row + lab).to(tl.float32) * inv_temp
         if HAS_SOFTCAP:
             z_lab = softcap_tile(z_lab, softcap)

@@ -4,6 +4,7 @@ Public API (``import lrdpo_fast as lf``), by layer (each sub-package imports onl
 in this list):
 
 - ``ops``: ``linear_logprobs``, ``sequence_logprobs``, ``lrdpo_loss``, ``fused_lrdpo_loss``,
+  ``ld_token_weights``, ``sampo_token_weights``,
   ``LRDPOLoss``, ``LOSS_TYPES``;
 - ``data``: ``tokenize_pair``, ``tokenize_record``, ``tokenize_pairs``, ``PairExample``,
   ``load_jsonl``, ``read_jsonl``, ``save_jsonl``, ``load_hf_dataset``, ``load_pairs``,
@@ -24,7 +25,16 @@ loads neither transformers nor vllm.
 from importlib import import_module
 
 from ._version import __version__  # noqa: F401  (re-exported)
-from .ops import LOSS_TYPES, LRDPOLoss, fused_lrdpo_loss, linear_logprobs, lrdpo_loss, sequence_logprobs
+from .ops import (
+    LOSS_TYPES,
+    LRDPOLoss,
+    fused_lrdpo_loss,
+    ld_token_weights,
+    linear_logprobs,
+    lrdpo_loss,
+    sampo_token_weights,
+    sequence_logprobs,
+)
 
 _LAZY = {
     "data.records": ["PairExample", "tokenize_pair", "tokenize_record", "tokenize_pairs"],
@@ -65,7 +75,17 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["LOSS_TYPES", "LRDPOLoss", "fused_lrdpo_loss", "linear_logprobs", "lrdpo_loss", "sequence_logprobs", *_WHERE]
+__all__ = [
+    "LOSS_TYPES",
+    "LRDPOLoss",
+    "fused_lrdpo_loss",
+    "ld_token_weights",
+    "linear_logprobs",
+    "lrdpo_loss",
+    "sampo_token_weights",
+    "sequence_logprobs",
+    *_WHERE,
+]
 
 
 def __getattr__(name: str):

@@ -41,6 +41,7 @@ def main(sm: int) -> None:
             "MAX_OUT": "*fp32",
             "SUM_OUT": "*fp32",
             "LABEL_OUT": "*fp32",
+            "SQ_OUT": "*fp32",
             "N": "i32",
             "V": "i32",
             "D": "i32",
@@ -57,9 +58,10 @@ def main(sm: int) -> None:
             "BLOCK_N": "constexpr",
             "BLOCK_V": "constexpr",
             "BLOCK_D": "constexpr",
+            "COMPUTE_SQ": "constexpr",
         }
         for has_bias, cap in ((False, False), (True, False), (False, True)):
-            flags = dict(HAS_BIAS=has_bias, HAS_SOFTCAP=cap, UPCAST=False, PRECISION=prec)
+            flags = dict(HAS_BIAS=has_bias, HAS_SOFTCAP=cap, UPCAST=False, PRECISION=prec, COMPUTE_SQ=has_bias)
             compile_one(logprob_fwd_kernel, fwd, dict(**flags, **BLOCKS), target, 8)
         bwd = {
             **common,
@@ -132,7 +134,12 @@ def main(sm: int) -> None:
         for dt, elem in (("bf16", 2), ("fp32", 4)):
             fwd, bwd, prec = sigs[dt]
             for kind, fn, sig, flags in (
-                ("fwd", logprob_fwd_kernel, fwd, dict(HAS_BIAS=False, HAS_SOFTCAP=False, UPCAST=False, PRECISION=prec)),
+                (
+                    "fwd",
+                    logprob_fwd_kernel,
+                    fwd,
+                    dict(HAS_BIAS=False, HAS_SOFTCAP=False, UPCAST=False, PRECISION=prec, COMPUTE_SQ=False),
+                ),
                 (
                     "bwd",
                     logprob_bwd_kernel,
@@ -167,6 +174,7 @@ def main(sm: int) -> None:
         "LOGP": "*fp32",
         "G": "*fp32",
         "BLOCKMAX": "*fp32",
+        "LSQ": "*fp32",
         "V": "i32",
         "stride_z": "i32",
         "stride_g": "i32",
@@ -178,12 +186,21 @@ def main(sm: int) -> None:
         "TRACK_MAX": "constexpr",
         "HAS_SOFTCAP": "constexpr",
         "BLOCK_V": "constexpr",
+        "COMPUTE_SQ": "constexpr",
     }
     for cap in (False, True):
         compile_one(
             softmax_grad_kernel,
             row,
-            dict(COMPUTE_LSE=True, WRITE_GRAD=False, HAS_G=False, TRACK_MAX=False, HAS_SOFTCAP=cap, BLOCK_V=2048),
+            dict(
+                COMPUTE_LSE=True,
+                WRITE_GRAD=False,
+                HAS_G=False,
+                TRACK_MAX=False,
+                HAS_SOFTCAP=cap,
+                BLOCK_V=2048,
+                COMPUTE_SQ=cap,
+            ),
             target,
             8,
         )
@@ -192,7 +209,15 @@ def main(sm: int) -> None:
             compile_one(
                 softmax_grad_kernel,
                 {**row, "GOUT": f"*{dt}"},
-                dict(COMPUTE_LSE=False, WRITE_GRAD=True, HAS_G=True, TRACK_MAX=track, HAS_SOFTCAP=cap, BLOCK_V=2048),
+                dict(
+                    COMPUTE_LSE=False,
+                    WRITE_GRAD=True,
+                    HAS_G=True,
+                    TRACK_MAX=track,
+                    HAS_SOFTCAP=cap,
+                    BLOCK_V=2048,
+                    COMPUTE_SQ=False,
+                ),
                 target,
                 8,
             )

@@ -317,3 +317,48 @@ def capped_grad_scales(hidden, weight, labels, g_tok, bias=None, ignore_index=-1
     g = (g_tok.detach().double() * scored)[:, None]
     dz = (g * (onehot - p) * (1 - t * t) / temperature).abs()
     return dz @ w.abs(), dz.T @ h.abs(), dz.sum(0)
+
+
+# ---- length control (LD-DPO, SamPO) and WPO ----------------------------------------------------------
+def ld_weights_loop(labels, cu_seqlens, ld_alpha, ignore_index=-100):
+    """LD-DPO's token weights written out with python loops: float64 [N]."""
+    out = [0.0] * labels.numel()
+    cu, lab = cu_seqlens.tolist(), labels.tolist()
+    for p in range(len(cu) // 2):
+        spans = [range(cu[2 * p + k], cu[2 * p + k + 1]) for k in (0, 1)]
+        scored = [[t for t in s if lab[t] != ignore_index] for s in spans]
+        lp = min(len(scored[0]), len(scored[1]))
+        for rows in scored:
+            for i, t in enumerate(rows):
+                out[t] = 1.0 if i < lp else ld_alpha
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def weighted_pair_loss64(hidden, weight, labels, cu, ref, kw, token_weights=None, wpo=False, ignore_index=-100):
+    """float64 (loss, dH, dW, seq logps, mean WPO pair weight, d loss / d seq logps) from
+    materialized logits: each
+    sequence's sum of w_t log p(y_t); with ``wpo`` each pair's loss times exp(mean (log p(y_t) -
+    (logsumexp(2 z_t) - 2 logsumexp(z_t)))) of both responses, no gradient through it."""
+    rh, rw = (t.detach().double().clone().requires_grad_(True) for t in (hidden, weight))
+    z = rh @ rw.T
+    scored = labels != ignore_index
+    lab = labels.clamp(min=0)
+    logp = (z.log_softmax(-1).gather(1, lab[:, None]).squeeze(1)) * scored
+    seq = torch.repeat_interleave(torch.arange(cu.numel() - 1), cu[1:].long() - cu[:-1].long())
+    tw = torch.ones(labels.numel(), dtype=torch.float64) if token_weights is None else token_weights.double()
+    seq_logps = torch.zeros(cu.numel() - 1, dtype=torch.float64).index_add(0, seq, logp * tw)
+    seq_logps.retain_grad()
+    lengths = torch.zeros(cu.numel() - 1, dtype=torch.int64).index_add(0, seq, scored.long())
+    losses = pair_losses64(
+        seq_logps[0::2], seq_logps[1::2], ref[0::2].double(), ref[1::2].double(), lengths[0::2], lengths[1::2], **kw
+    )
+    pw = torch.ones_like(losses)
+    if wpo:
+        with torch.no_grad():
+            lsq = torch.logsumexp(2.0 * z, -1) - 2.0 * torch.logsumexp(z, -1)
+            tot = torch.zeros_like(seq_logps).index_add(0, seq, (logp - lsq) * scored)
+            log_w = tot / lengths.clamp(min=1).double()
+            pw = torch.exp(log_w[0::2] + log_w[1::2])
+    loss = (losses * pw).mean()
+    loss.backward()
+    return loss.detach(), rh.grad, rw.grad, seq_logps.detach(), pw.mean(), seq_logps.grad

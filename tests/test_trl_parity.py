@@ -31,7 +31,7 @@ STEPS = 5
 LR = 1e-3
 
 
-def _trl_run(model, tok, records, out_dir):
+def _trl_run(model, tok, records, out_dir, steps=STEPS, **extra):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -47,7 +47,7 @@ def _trl_run(model, tok, records, out_dir):
         output_dir=str(out_dir),
         per_device_train_batch_size=N_PAIRS,
         gradient_accumulation_steps=1,
-        max_steps=STEPS,
+        max_steps=steps,
         learning_rate=LR,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -72,6 +72,7 @@ def _trl_run(model, tok, records, out_dir):
         save_strategy="no",
         seed=0,
         dataloader_num_workers=0,
+        **extra,
     )
     trainer = RecordingDPOTrainer(
         model=model,
@@ -152,3 +153,44 @@ def test_matches_trl_dpo_trainer(tmp_path):
     assert abs(row["rewards/margins"]) < 1e-5 and row["length/chosen"] == pytest.approx(
         sum(len(ex.chosen_ids) for ex in lr_trainer.examples) / N_PAIRS
     )
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [(dict(ld_alpha=0.5), dict(ld_alpha=0.5)), (dict(wpo=True), dict(use_weighting=True))],
+    ids=["ld_alpha", "wpo"],
+)
+def test_first_step_matches_trl_with_length_control(tmp_path, ours, theirs):
+    # LD-DPO (TRL's ld_alpha: shared and tail masks, policy and reference alike) and WPO (TRL's
+    # use_weighting, Eq. 2): the same first step, loss and pre-clip gradient norm
+    tok = tiny_tokenizer()
+    records = random_records(N_PAIRS, seed=11, max_words=8)
+    model_trl = tiny_model("llama", seed=0)
+    model_ours = copy.deepcopy(model_trl)
+    trl_losses, trl_rows, tokenized, _ = _trl_run(model_trl, tok, records, tmp_path / "trl", steps=1, **theirs)
+    cfg = TrainConfig(
+        beta=0.1,
+        learning_rate=LR,
+        lr_scheduler="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        pairs_per_step=N_PAIRS,
+        max_steps=1,
+        max_tokens_per_batch=4096,
+        dtype="fp32",
+        device="cpu",
+        output_dir=str(tmp_path / "ours"),
+        progress=False,
+        plot=False,
+        save_final=False,
+        **ours,
+    )
+    trainer = Trainer(model_ours, tok, tokenized, cfg)
+    (row,) = trainer.train()
+    assert row["loss"] == pytest.approx(trl_losses[0], abs=1e-5, rel=1e-5)
+    assert row["grad_norm"] == pytest.approx(trl_rows[0]["grad_norm"], rel=1e-4)
+    if "wpo" in ours:  # the weights matter: the loss is not ln 2 at the reference
+        assert abs(row["loss"] - math.log(2)) > 1e-3 and 0 < row["wpo/weight"] < 1
+    else:  # the tails count half: the logps differ from plain DPO's on these pairs
+        plain = [len(ex.chosen_ids) != len(ex.rejected_ids) for ex in trainer.examples]
+        assert any(plain) and row["logps/chosen"] == pytest.approx(trl_rows[0]["logps/chosen"], abs=1e-4, rel=1e-5)

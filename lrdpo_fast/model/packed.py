@@ -16,6 +16,7 @@ import torch
 
 from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
+from ..ops.length_control import ld_token_weights
 from .attention import ATTN_IMPLEMENTATION, enable_varlen_attention, varlen_attention_enabled
 from .head import lm_head
 
@@ -131,6 +132,7 @@ def model_sequence_logprobs(
     *,
     backend: str = "auto",
     temperature: float = 1.0,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of every sequence of a packed batch, via the fused kernel.
 
@@ -138,6 +140,8 @@ def model_sequence_logprobs(
         model: transformers causal LM; batch: PackedBatch; backend: "auto" / "torch" / "triton";
         temperature: the model's final logits (after its own logit scale and soft cap, see
             ``head.lm_head``) are divided by it before the softmax.
+        token_weights: None or float32 [N]: each token's log-prob times its weight in the sums
+            (LD-DPO / SamPO, ``ops.length_control``).
 
     Returns:
         (logps float32 [S], lengths int64 [S]), S = 2 * batch.num_pairs, chosen/rejected
@@ -155,6 +159,7 @@ def model_sequence_logprobs(
         batch.cu_seqlens.to(hidden.device),
         bias=bias,
         backend=backend,
+        token_weights=None if token_weights is None else token_weights.to(hidden.device),
         **head.kernel_args(temperature),
     )
 
@@ -166,6 +171,7 @@ def precompute_reference_logps(
     max_tokens_per_batch: int,
     backend: str = "auto",
     progress: bool = True,
+    ld_alpha: float | None = None,
 ) -> list[PairExample]:
     """Reference log-probs of every pair, computed once (no grad, eval mode, packed, fused).
 
@@ -174,6 +180,8 @@ def precompute_reference_logps(
         examples: sequence of PairExample.
         max_tokens_per_batch: int, token budget per packed forward.
         backend: fused-kernel backend; progress: show a tqdm bar.
+        ld_alpha: None, or LD-DPO's weight in [0, 1] of the tokens past each pair's shared length
+            (the reference summed as the policy will be, ``ops.ld_token_weights``).
 
     Returns:
         list[PairExample] in the input order, with ref_chosen_logps / ref_rejected_logps set
@@ -192,7 +200,8 @@ def precompute_reference_logps(
         with torch.no_grad():
             for idx in batches:
                 batch = pack_pairs([stripped[i] for i in idx])
-                logps, _ = model_sequence_logprobs(model, batch, backend=backend)
+                tw = None if ld_alpha is None else ld_token_weights(batch.labels, batch.cu_seqlens, ld_alpha)
+                logps, _ = model_sequence_logprobs(model, batch, backend=backend, token_weights=tw)
                 vals = logps.float().cpu().tolist()
                 for j, i in enumerate(idx):
                     out[i] = examples[i].with_ref(vals[2 * j], vals[2 * j + 1])

@@ -5,6 +5,7 @@ Imports torch (and Triton lazily, on first use on CUDA); never transformers or v
 """
 
 from .fused import LRDPOLoss, fused_lrdpo_loss
+from .length_control import ld_token_weights, sampo_token_weights
 from .logprobs import linear_logprobs, resolve_backend, sequence_logprobs
 from .losses import LOSS_TYPES, lrdpo_loss
 
@@ -12,8 +13,10 @@ __all__ = [
     "LOSS_TYPES",
     "LRDPOLoss",
     "fused_lrdpo_loss",
+    "ld_token_weights",
     "linear_logprobs",
     "lrdpo_loss",
     "resolve_backend",
+    "sampo_token_weights",
     "sequence_logprobs",
 ]

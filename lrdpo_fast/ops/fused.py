@@ -10,74 +10,17 @@ the reference is given as hidden states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from . import torch_backend
-from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids, sequence_logprobs
-from .losses import (
-    LENGTH_NORMALIZED,
-    LOSS_TYPE_IDS,
-    LossArgs,
-    check_loss_args,
-    pair_losses,
-    pair_margin,
-    pair_metrics,
-    wide,
-)
-from .validation import check_cu_seqlens, check_linear_inputs, check_same_device, check_softcap
+from .length_control import check_token_weights, pair_weights, wpo_log_weights
+from .logprobs import choose_backend, resolve_backend, segment_sum, sequence_ids
+from .losses import LOSS_TYPE_IDS, LossArgs, check_loss_args, pair_metrics
+from .pair_params import PairLossParams, reference_logps, sequence_lengths
+from .validation import check_cu_seqlens, check_linear_inputs, check_softcap
 
-
-@dataclass(frozen=True)
-class PairLossParams:
-    """The per-call constants of the objective, kept out of autograd's argument list.
-
-    ref: float32 [2P] reference log-probs (chosen, rejected interleaved; zeros for SimPO);
-    lengths: int64 [2P] response lengths; args: the validated scalar hyper-parameters.
-    """
-
-    ref: torch.Tensor
-    lengths: torch.Tensor
-    args: LossArgs
-
-    @property
-    def n_pairs(self) -> int:
-        """P, the number of pairs (half the sequences)."""
-        return self.lengths.numel() // 2
-
-    def margin(self, seq_logps, p0=0, p1=None):
-        """``pair_margin`` float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
-        p1 = self.n_pairs if p1 is None else p1
-        ref, lens, a = self.ref[2 * p0 : 2 * p1], self.lengths[2 * p0 : 2 * p1], self.args
-        return pair_margin(
-            seq_logps[0::2],
-            seq_logps[1::2],
-            ref[0::2],
-            ref[1::2],
-            lens[0::2],
-            lens[1::2],
-            beta=a.beta,
-            alpha=a.alpha,
-            loss_type=a.loss_type,
-            gamma=a.gamma,
-        )
-
-    def losses(self, seq_logps, p0=0, p1=None):
-        """Per-pair losses float32 [p1 - p0] of pairs p0..p1-1 from their sequence logps [2k]."""
-        a = self.args
-        return pair_losses(
-            self.margin(seq_logps, p0, p1), beta=a.beta, loss_type=a.loss_type, label_smoothing=a.label_smoothing
-        )
-
-    def grad(self, p0, p1, seq_logps):
-        """d(mean loss over all pairs)/d logp for the sequences of pairs p0..p1-1: float32 [2k]."""
-        x = wide(seq_logps.detach()).requires_grad_(True)
-        with torch.enable_grad():
-            total = self.losses(x, p0, p1).sum() / self.n_pairs
-            (g,) = torch.autograd.grad(total, x)
-        return g
+_NO_WPO = torch.zeros(0)  # the third output without WPO (autograd outputs are tensors)
 
 
 class _FusedTorch(torch.autograd.Function):
@@ -85,8 +28,10 @@ class _FusedTorch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
-        """(loss float32 scalar, seq_logps float32 [S]); dH, dW, db formed here, kept for backward."""
+        """(loss float32 scalar, seq_logps float32 [S], WPO log-weights float32 [S] or [0]); dH, dW,
+        db formed here, kept for backward."""
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        log_w = torch.zeros(params.lengths.numel(), dtype=torch.float32, device=hidden.device) if params.wpo else None
         seq_logps, dh, dw, db = torch_backend.pair_forward_backward(
             hidden,
             weight,
@@ -99,16 +44,19 @@ class _FusedTorch(torch.autograd.Function):
             params.grad if any(needs) else None,
             needs,
             softcap=softcap,
+            token_weights=params.token_weights,
+            wpo_out=log_w,
         )
-        loss = params.losses(seq_logps).mean()
+        loss = params.losses(seq_logps, log_w=log_w).mean()
         # The gradients are outputs, not inputs: kept as plain attributes (not saved tensors) and
         # handed over in backward, so autograd can take them as .grad without another copy.
         ctx.grads = (dh, dw, db)
-        ctx.mark_non_differentiable(seq_logps)
-        return loss, seq_logps
+        log_w = _NO_WPO.to(hidden.device) if log_w is None else log_w
+        ctx.mark_non_differentiable(seq_logps, log_w)
+        return loss, seq_logps, log_w
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_logps):
+    def backward(ctx, grad_loss, _grad_logps, _grad_log_w):
         """The gradients formed in forward, times the upstream gradient of the loss (0-d)."""
         if ctx.grads is None:
             raise RuntimeError("fused_lrdpo_loss (torch backend) supports one backward per forward")
@@ -123,13 +71,16 @@ class _FusedTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, seq_ids, params, ignore_index, temperature, softcap):
-        """(loss float32 scalar, seq_logps float32 [S]); saves what the backward kernel needs."""
+        """(loss float32 scalar, seq_logps float32 [S], WPO log-weights float32 [S] or [0]); saves
+        what the backward kernel needs."""
         from . import triton_backend
 
+        lsq = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device) if params.wpo else None
         logp, lse, rows = triton_backend.token_logprobs_forward(
-            hidden, weight, bias, labels, ignore_index, temperature, softcap=softcap
+            hidden, weight, bias, labels, ignore_index, temperature, softcap=softcap, lsq=lsq
         )
-        seq_logps = segment_sum(logp, seq_ids, params.lengths.numel())
+        tw = params.token_weights
+        seq_logps = segment_sum(logp if tw is None else logp * tw, seq_ids, params.lengths.numel())
         a = params.args
         losses, dseq = triton_backend.pair_loss(
             seq_logps,
@@ -141,76 +92,31 @@ class _FusedTriton(torch.autograd.Function):
             label_smoothing=a.label_smoothing,
             loss_type_id=LOSS_TYPE_IDS[a.loss_type],
         )
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids)
+        log_w = _NO_WPO.to(hidden.device)
+        if params.wpo:  # no gradient through the weights: they scale each pair's loss and gradient
+            log_w = wpo_log_weights(logp, lsq, seq_ids, params.lengths)
+            pw = pair_weights(log_w)
+            losses, dseq = losses * pw, dseq * pw.repeat_interleave(2)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, rows, dseq, seq_ids, tw)
         ctx.temperature, ctx.softcap = temperature, softcap
-        ctx.mark_non_differentiable(seq_logps)
-        return losses.mean(), seq_logps
+        ctx.mark_non_differentiable(seq_logps, log_w)
+        return losses.mean(), seq_logps, log_w
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_logps):
-        """dH, dW, db from the backward kernel, the pair-loss gradient scaled by ``grad_loss``."""
+    def backward(ctx, grad_loss, _grad_logps, _grad_log_w):
+        """dH, dW, db from the backward kernel, the pair-loss gradient scaled by ``grad_loss``
+        (and each token's by its weight, in the per-row gradient the kernel reads)."""
         from . import triton_backend
 
-        hidden, weight, bias, labels, lse, rows, dseq, seq_ids = ctx.saved_tensors
+        hidden, weight, bias, labels, lse, rows, dseq, seq_ids, tw = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         g_tok = (dseq * grad_loss).index_select(0, seq_ids)
+        if tw is not None:
+            g_tok = g_tok * tw
         dh, dw, db = triton_backend.token_logprobs_backward(
             g_tok, hidden, weight, bias, labels, lse, rows, ctx.temperature, needs, softcap=ctx.softcap
         )
         return dh, dw, db, None, None, None, None, None, None
-
-
-def _reference_logps(
-    ref_logps,
-    ref_hidden,
-    ref_weight,
-    weight,
-    labels,
-    cu_seqlens,
-    n_seqs,
-    loss_type,
-    ignore_index,
-    backend,
-    device,
-    temperature=1.0,
-    softcap=None,
-):
-    """float32 [S] reference log-probs from whichever form the caller gave (zeros for simpo); from
-    ref_hidden [N, d] through the same head transform (temperature, softcap) as the policy."""
-    if loss_type == "simpo":
-        return torch.zeros(n_seqs, dtype=torch.float32, device=device)
-    if ref_logps is not None and ref_hidden is not None:
-        raise ValueError("pass either ref_logps or ref_hidden, not both")
-    if ref_logps is not None:
-        if not isinstance(ref_logps, torch.Tensor) or ref_logps.dim() != 1 or ref_logps.shape[0] != n_seqs:
-            shape = tuple(ref_logps.shape) if isinstance(ref_logps, torch.Tensor) else type(ref_logps).__name__
-            raise ValueError(f"ref_logps must be a float tensor of shape [{n_seqs}] (one per sequence), got {shape}")
-        if not ref_logps.is_floating_point():
-            raise ValueError(f"ref_logps must be floating point, got {ref_logps.dtype}")
-        check_same_device("labels", labels, ref_logps=ref_logps)
-        if not bool(torch.isfinite(ref_logps).all()):
-            raise ValueError("ref_logps contains non-finite values")
-        return wide(ref_logps.detach())
-    if ref_hidden is None:
-        raise ValueError(
-            f"loss_type={loss_type!r} needs the reference: pass ref_logps [S] or ref_hidden [N, d] (+ ref_weight)"
-        )
-    ref_w = weight if ref_weight is None else ref_weight
-    check_linear_inputs(
-        ref_hidden, ref_w, labels, None, ignore_index, temperature, "ref_hidden", "ref_weight", softcap=softcap
-    )
-    with torch.no_grad():
-        logps, _ = sequence_logprobs(
-            ref_hidden.detach(),
-            ref_w.detach(),
-            labels,
-            cu_seqlens,
-            ignore_index=ignore_index,
-            temperature=temperature,
-            softcap=softcap,
-            backend=backend,
-        )
-    return logps
 
 
 def fused_lrdpo_loss(
@@ -232,6 +138,8 @@ def fused_lrdpo_loss(
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     softcap: float | None = None,
+    token_weights: torch.Tensor | None = None,
+    wpo: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """LR-DPO (and siblings) straight from the policy's final hidden states and LM head.
 
@@ -253,11 +161,20 @@ def fused_lrdpo_loss(
             after the temperature division and before the softmax (Gemma-2's
             final_logit_softcapping); applied to the policy's logits and, when ``ref_hidden`` is
             given, to the reference's (precomputed ``ref_logps`` are taken as they are).
+        token_weights: None or float32 [N] (finite, >= 0, on hidden's device): each token's
+            log-prob is multiplied by its weight inside its sequence's sum, forward and backward,
+            for the policy and ``ref_hidden`` alike (precomputed ``ref_logps`` must have been
+            summed with the same weights). LD-DPO: ``lrdpo_fast.ld_token_weights``; SamPO:
+            ``lrdpo_fast.sampo_token_weights``.
+        wpo: WPO (TRL's ``use_weighting``): each pair's loss is multiplied by w_chosen *
+            w_rejected, w = exp(mean over the response tokens of log p(y_t) - log sum_v p_v^2),
+            computed in the same pass without gradient.
 
     Returns:
         (loss, metrics): float32 scalar, mean over pairs, differentiable w.r.t. hidden, weight and
         bias; metrics as in ``lrdpo_loss`` (detached 0-d tensors) plus "logps/sequences", the
-        detached float32 [S] policy log-probs (DICE's implicit reward reuses them).
+        detached float32 [S] policy log-probs (DICE's implicit reward reuses them), and with
+        ``wpo`` "wpo/weight" (the mean pair weight, 0-d) and "wpo/log_weights" (float32 [S]).
     """
     args = LossArgs(loss_type, beta, alpha, gamma, label_smoothing)  # checked before the tensors
     return fused_pair_loss(
@@ -274,23 +191,9 @@ def fused_lrdpo_loss(
         bias=bias,
         temperature=temperature,
         softcap=softcap,
+        token_weights=token_weights,
+        wpo=wpo,
     )
-
-
-def _sequence_lengths(labels, seq_ids, n_seqs: int, ignore_index: int, loss_type: str) -> torch.Tensor:
-    """int64 [S] scored tokens per sequence; ValueError naming the pair when a length-normalized
-    loss meets an empty response."""
-    lengths = torch.zeros(n_seqs, dtype=torch.int64, device=labels.device).index_add_(
-        0, seq_ids, (labels != ignore_index).long()
-    )
-    if loss_type in LENGTH_NORMALIZED and bool((lengths == 0).any()):
-        empty = int(torch.nonzero(lengths == 0)[0])
-        side = "chosen" if empty % 2 == 0 else "rejected"
-        raise ValueError(
-            f"labels: pair {empty // 2} has no {side} response tokens (all ignore_index); "
-            f"the length-normalized loss {loss_type!r} cannot score it"
-        )
-    return lengths
 
 
 def fused_pair_loss(
@@ -308,17 +211,22 @@ def fused_pair_loss(
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     softcap: float | None = None,
+    token_weights: torch.Tensor | None = None,
+    wpo: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``fused_lrdpo_loss`` with the scalar hyper-parameters as one ``LossArgs``, validated when
     it was built (the trainer builds it once per run, not per micro-batch); the tensors are
     checked here on every call. Arguments, shapes, dtypes and the result: as in
     ``fused_lrdpo_loss`` (hidden [N, d] float32/bf16/fp16, weight [V, d], labels int [N],
-    cu_seqlens int [S+1]; returns a float32 scalar loss and detached 0-d metrics plus
-    "logps/sequences" float32 [S])."""
+    cu_seqlens int [S+1], token_weights float32 [N] or None; returns a float32 scalar loss and
+    detached 0-d metrics plus "logps/sequences" float32 [S], and the WPO metrics with ``wpo``)."""
     if not isinstance(args, LossArgs):
         raise ValueError(f"args must be a LossArgs, got {type(args).__name__}")
     check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    check_token_weights(token_weights, hidden.shape[0], hidden.device)
+    if not isinstance(wpo, bool):
+        raise ValueError(f"wpo must be true or false, got {wpo!r}")
     n_seqs = cu_seqlens.numel() - 1
     if n_seqs % 2:
         raise ValueError(
@@ -326,8 +234,8 @@ def fused_pair_loss(
         )
     resolve_backend(backend, hidden.device, hidden.dtype)  # validates before the other checks
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
-    lengths = _sequence_lengths(labels, seq_ids, n_seqs, ignore_index, args.loss_type)
-    ref = _reference_logps(
+    lengths = sequence_lengths(labels, seq_ids, n_seqs, ignore_index, args.loss_type)
+    ref = reference_logps(
         ref_logps,
         ref_hidden,
         ref_weight,
@@ -341,8 +249,9 @@ def fused_pair_loss(
         hidden.device,
         temperature,
         softcap,
+        token_weights,
     )
-    params = PairLossParams(ref=ref, lengths=lengths, args=args)
+    params = PairLossParams(ref=ref, lengths=lengths, args=args, wpo=wpo, token_weights=token_weights)
     lab = labels.contiguous()
     b_ = None if bias is None else bias.detach()
     head = (int(ignore_index), float(temperature), None if softcap is None else float(softcap))
@@ -353,7 +262,7 @@ def fused_pair_loss(
 
     impl = choose_backend("fused" if softcap is None else "fused+softcap", backend, hidden, weight, run)
     fn = _FusedTriton if impl == "triton" else _FusedTorch
-    loss, seq_logps = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params, *head)
+    loss, seq_logps, log_w = fn.apply(hidden.contiguous(), weight.contiguous(), bias, lab, seq_ids, params, *head)
     metrics = pair_metrics(
         seq_logps[0::2],
         seq_logps[1::2],
@@ -365,6 +274,9 @@ def fused_pair_loss(
         loss_type=args.loss_type,
     )
     metrics["logps/sequences"] = seq_logps.detach()
+    if wpo:
+        metrics["wpo/weight"] = pair_weights(log_w).mean()
+        metrics["wpo/log_weights"] = log_w
     return loss, metrics
 
 

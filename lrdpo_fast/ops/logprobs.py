@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from . import dispatch, torch_backend
+from .length_control import check_token_weights
 from .validation import check_backend, check_cu_seqlens, check_linear_inputs
 
 
@@ -202,8 +203,9 @@ def sequence_logprobs(
     temperature: float = 1.0,
     softcap: float | None = None,
     backend: str = "auto",
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs per packed sequence.
+    """Summed (optionally token-weighted) response log-probs per packed sequence.
 
     Args:
         hidden [N, d], weight [V, d], labels int [N], bias [V] or None: as in ``linear_logprobs``
@@ -214,18 +216,24 @@ def sequence_logprobs(
         softcap: if set (a float > 0), logits are soft-capped, z = softcap * tanh(z / softcap),
             after the temperature division and before the softmax (Gemma-2's
             final_logit_softcapping).
+        token_weights: None or float32 [N] (finite, >= 0, on hidden's device): each token's
+            log-prob is multiplied by its weight inside the sum, forward and backward (LD-DPO,
+            SamPO: ``lrdpo_fast.ld_token_weights`` / ``sampo_token_weights``).
 
     Returns:
-        (logps float32 [S], lengths int64 [S]): per-sequence sum of log p(label) over scored
+        (logps float32 [S], lengths int64 [S]): per-sequence (weighted) sum of log p(label) over scored
         tokens, and the number of scored tokens (labels != ignore_index). A sequence with no
         scored token has logp 0 and length 0. logps is differentiable.
     """
     check_linear_inputs(hidden, weight, labels, bias, ignore_index, temperature, softcap=softcap)
     check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    check_token_weights(token_weights, hidden.shape[0], hidden.device)
     n_seqs = cu_seqlens.numel() - 1
     seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
     impl = _choose(backend, hidden, weight, bias, labels, ignore_index, temperature, softcap)
     tok = _token_logprobs(hidden, weight, bias, labels, ignore_index, temperature, softcap, impl)
+    if token_weights is not None:  # autograd carries the weight into each row's gradient
+        tok = tok * token_weights
     lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device).index_add_(
         0, seq_ids, (labels != ignore_index).long()
     )

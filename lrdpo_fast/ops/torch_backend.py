@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
 from . import torch_eager_form as eager
 from . import torch_gemm_form as gemm
+from .length_control import wpo_log_weights
 from .torch_gemm_form import row_pass
 
 # One chunk of logits holds at most CHUNK_ELEMENTS values (64 MiB of float32 by default; set
@@ -143,13 +143,15 @@ def token_logprobs_forward(
     temperature: float,
     chunk_tokens: int | None = None,
     softcap: float | None = None,
+    lsq: torch.Tensor | None = None,
 ):
     """Per-token log p(label) without materializing [N, V].
 
     hidden [N, d], weight [V, d], bias [V] or None (float32/bf16/fp16, or float64), labels int
     [N]; softcap: None or the cap of the soft-capped logits cap * tanh(z / T / cap).
     Returns (logp float32 [N], lse float32 [N], rows int64 [M]): 0.0 at ignored rows in both
-    (float64 for float64 inputs); lse is that of the (capped) logits.
+    (float64 for float64 inputs); lse is that of the (capped) logits. lsq: None or [N] of logp's
+    dtype, zeros, filled at the scored rows with log sum_v p_v^2 (WPO) in the same sweep.
     """
     n = hidden.shape[0]
     logp = hidden.new_zeros(n, dtype=_acc_dtype(weight))
@@ -159,12 +161,23 @@ def token_logprobs_forward(
         step = chunk_rows(weight.shape[0], chunk_tokens, cuda=True)
         b32 = None if bias is None else bias.float()
         gemm.forward_rows(
-            _row_pass_form(), hidden, weight, b32, labels, rows, 1.0 / temperature, step, logp, lse, softcap=softcap
+            _row_pass_form(),
+            hidden,
+            weight,
+            b32,
+            labels,
+            rows,
+            1.0 / temperature,
+            step,
+            logp,
+            lse,
+            softcap=softcap,
+            lsq=lsq,
         )
         return logp, lse, rows
     step = chunk_rows(weight.shape[0], chunk_tokens)
     w32, b32 = _as_acc(weight, weight), _as_acc(bias, weight)
-    eager.forward_rows(hidden, w32, b32, labels, rows, 1.0 / temperature, step, logp, lse, softcap=softcap)
+    eager.forward_rows(hidden, w32, b32, labels, rows, 1.0 / temperature, step, logp, lse, softcap=softcap, lsq=lsq)
     return logp, lse, rows
 
 
@@ -219,7 +232,7 @@ def token_logprobs_backward(
     return dh, _cast(dw, weight), _cast(db, bias)
 
 
-PairGrad = Callable[[int, int, torch.Tensor], torch.Tensor]
+PairGrad = Callable[[int, int, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def _pair_row_starts(row_seq: torch.Tensor, n_pairs: int) -> list[int]:
@@ -244,21 +257,40 @@ def _pair_groups(starts: list[int], budget: int):
         p0 = p1
 
 
-def _rows_grad(pair_grad: PairGrad, p0: int, p1: int, local: torch.Tensor, like: torch.Tensor, logp_rows):
-    """The pairs p0..p1-1 from their rows' log-probs logp_rows [C] (``local``: int64 [C], each
-    row's sequence within the run): (group [2k] sequence log-probs in ``like``'s dtype, per-row
-    upstream gradient [C] of the pair loss)."""
-    group = like.new_zeros(2 * (p1 - p0)).index_add_(0, local, logp_rows)
-    g_seq = pair_grad(p0, p1, group).to(group.dtype)
-    return group, g_seq.index_select(0, local)
+class _RowsGrad:
+    """The pairs p0..p1-1 of one chunk (``local``: int64 [C], each row's sequence within the run;
+    ``tw``: float [C] token weights of the rows or None): ``__call__(logp_rows [C], lsq_rows [C]
+    or None)`` sums the (weighted) rows into the group's sequence log-probs [2k] in ``like``'s
+    dtype and returns (group, per-row upstream gradient [C] of the pair loss, times the row's
+    weight). With lsq_rows (WPO) the sequences' log-weights go to ``wpo_out[2 p0 : 2 p1]``."""
+
+    def __init__(self, pair_grad: PairGrad, p0: int, p1: int, local, like, tw=None, wpo_out=None):
+        self.pair_grad, self.p0, self.p1, self.local, self.like = pair_grad, p0, p1, local, like
+        self.tw, self.wpo_out = tw, wpo_out
+
+    def __call__(self, logp_rows: torch.Tensor, lsq_rows: torch.Tensor | None = None):
+        """(group [2k], g_rows [C]) of the chunk's rows (see the class)."""
+        k2 = 2 * (self.p1 - self.p0)
+        w_logp = logp_rows if self.tw is None else logp_rows * self.tw.to(logp_rows.dtype)
+        group = self.like.new_zeros(k2).index_add_(0, self.local, w_logp)
+        log_w = None
+        if lsq_rows is not None and self.wpo_out is not None:
+            count = torch.zeros(k2, dtype=torch.float32, device=logp_rows.device)
+            count.index_add_(0, self.local, torch.ones_like(logp_rows, dtype=torch.float32))
+            tot = torch.zeros_like(count).index_add_(0, self.local, (logp_rows - lsq_rows).float())
+            log_w = tot / count.clamp(min=1.0)
+            self.wpo_out[2 * self.p0 : 2 * self.p1] = log_w
+        g_seq = self.pair_grad(self.p0, self.p1, group, log_w).to(group.dtype)
+        g_rows = g_seq.index_select(0, self.local)
+        return group, g_rows if self.tw is None else g_rows * self.tw.to(g_rows.dtype)
 
 
 class _PairSweep:
     """The per-call state of ``pair_forward_backward``: the form (CUDA or elementwise), the head
     in that form's dtype, the chunk budget and buffers, and the gradient accumulators."""
 
-    def __init__(self, hidden, weight, bias, labels, temperature, needs, chunk_tokens, softcap, n_rows):
-        self.fused = fused_pass_enabled(hidden)
+    def __init__(self, hidden, weight, bias, labels, temperature, needs, chunk_tokens, softcap, n_rows, wpo=False):
+        self.fused, self.wpo = fused_pass_enabled(hidden), wpo
         self.hidden, self.labels, self.softcap = hidden, labels, softcap
         self.inv_temp = 1.0 / temperature
         # the CUDA form keeps the weight in its own dtype (16-bit GEMMs with float32 results)
@@ -273,7 +305,7 @@ class _PairSweep:
         self.fbuf = eager.chunk_buffer(rows, self.w) if two_buffers else None
         self.rp = _row_pass_form() if self.fused else None
 
-    def chunk(self, r: torch.Tensor, rows_grad) -> torch.Tensor:
+    def chunk(self, r: torch.Tensor, rows_grad: _RowsGrad) -> torch.Tensor:
         """Whole pairs whose rows ``r`` fit in one chunk: one sweep, gradient formed in hand."""
         grads = (self.dh, self.dw, self.db)
         if self.fused:
@@ -289,6 +321,7 @@ class _PairSweep:
                 self.softcap,
                 rows_grad,
                 *grads,
+                lsq=self.wpo,
             )
         return eager.pair_chunk(
             self.hidden,
@@ -302,18 +335,20 @@ class _PairSweep:
             self.softcap,
             rows_grad,
             *grads,
+            lsq=self.wpo,
         )
 
     def two_pass(self, r: torch.Tensor, rows_grad) -> torch.Tensor:
         """One pair longer than the budget: forward in pieces, then recompute for the gradient."""
         logp = self.hidden.new_zeros(self.hidden.shape[0], dtype=_acc_dtype(self.w))
         lse = torch.zeros_like(logp)
+        lsq = torch.zeros_like(logp) if self.wpo else None
         head = (self.hidden, self.w, self.b, self.labels)
         if self.fused:
-            gemm.forward_rows(self.rp, *head, r, self.inv_temp, self.budget, logp, lse, self.buf, self.softcap)
+            gemm.forward_rows(self.rp, *head, r, self.inv_temp, self.budget, logp, lse, self.buf, self.softcap, lsq)
         else:
-            eager.forward_rows(*head, r, self.inv_temp, self.budget, logp, lse, self.buf, self.softcap)
-        group, g_rows = rows_grad(logp.index_select(0, r))
+            eager.forward_rows(*head, r, self.inv_temp, self.budget, logp, lse, self.buf, self.softcap, lsq)
+        group, g_rows = rows_grad(logp.index_select(0, r), None if lsq is None else lsq.index_select(0, r))
         g_tok = torch.zeros_like(logp).index_copy_(0, r, g_rows)
         tail = (lse, r, self.inv_temp, self.budget, self.dh, self.dw, self.db, self.buf, self.softcap)
         if self.fused:
@@ -336,13 +371,18 @@ def pair_forward_backward(
     needs: tuple[bool, bool, bool],
     chunk_tokens: int | None = None,
     softcap: float | None = None,
+    token_weights: torch.Tensor | None = None,
+    wpo_out: torch.Tensor | None = None,
 ):
     """Sequence log-probs of a packed pair batch and, in the same sweep, the loss gradients.
 
     hidden [N, d], weight [V, d], labels int [N], seq_ids int64 [N] (sequence of each token, in
-    pair order c0, r0, c1, r1, ...), n_seqs = S (even). ``pair_grad(p0, p1, seq_logps)`` takes the
-    float32 log-probs [2k] of pairs p0..p1-1 (k = p1 - p0) and returns d loss / d logp [2k];
-    None means forward only. Whole pairs go into one chunk, so the chunk's softmax is turned into
+    pair order c0, r0, c1, r1, ...), n_seqs = S (even). ``pair_grad(p0, p1, seq_logps, log_w)``
+    takes the float32 log-probs [2k] of pairs p0..p1-1 (k = p1 - p0) and their WPO log-weights
+    [2k] (None without WPO) and returns d loss / d logp [2k]; None means forward only.
+    token_weights: None or float [N], each token's weight inside its sequence's sum (and on its
+    gradient). wpo_out: None or float32 [S], filled with each sequence's WPO log-weight (the
+    mean over its scored tokens of logp - log sum p^2), formed in the same sweep. Whole pairs go into one chunk, so the chunk's softmax is turned into
     its gradient at once; a pair larger than the chunk budget is done in two passes (recompute).
     softcap: None or the cap of the soft-capped logits, cap * tanh(z / T / cap) (Gemma-2).
 
@@ -350,18 +390,28 @@ def pair_forward_backward(
     """
     seq_logps = hidden.new_zeros(n_seqs, dtype=_acc_dtype(weight))
     if pair_grad is None:
+        lsq = None if wpo_out is None else torch.zeros(hidden.shape[0], dtype=seq_logps.dtype, device=hidden.device)
         logp, _, _ = token_logprobs_forward(
-            hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens, softcap=softcap
+            hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens, softcap=softcap, lsq=lsq
         )
-        seq_logps.index_add_(0, seq_ids, logp)
+        if wpo_out is not None:
+            lengths = torch.zeros(n_seqs, dtype=torch.int64, device=hidden.device)
+            lengths.index_add_(0, seq_ids, (labels != ignore_index).long())
+            wpo_out.copy_(wpo_log_weights(logp, lsq, seq_ids, lengths))
+        seq_logps.index_add_(0, seq_ids, logp if token_weights is None else logp * token_weights.to(logp.dtype))
         return seq_logps, None, None, None
     rows = scored_rows(labels, ignore_index)
     row_seq = seq_ids.index_select(0, rows)
     starts = _pair_row_starts(row_seq, n_seqs // 2)
-    sweep = _PairSweep(hidden, weight, bias, labels, temperature, needs, chunk_tokens, softcap, rows.numel())
+    wpo = wpo_out is not None
+    sweep = _PairSweep(hidden, weight, bias, labels, temperature, needs, chunk_tokens, softcap, rows.numel(), wpo)
+    if wpo:
+        wpo_out.zero_()  # a sequence without scored rows keeps log-weight 0
     for p0, p1 in _pair_groups(starts, sweep.budget):
         r = rows[starts[p0] : starts[p1]]
-        rows_grad = partial(_rows_grad, pair_grad, p0, p1, row_seq[starts[p0] : starts[p1]] - 2 * p0, seq_logps)
+        local = row_seq[starts[p0] : starts[p1]] - 2 * p0
+        tw = None if token_weights is None else token_weights.index_select(0, r)
+        rows_grad = _RowsGrad(pair_grad, p0, p1, local, seq_logps, tw, wpo_out)
         run = sweep.chunk if r.numel() <= sweep.budget else sweep.two_pass
         seq_logps[2 * p0 : 2 * p1] = run(r, rows_grad)
     return seq_logps, sweep.dh, _cast(sweep.dw, weight), _cast(sweep.db, bias)

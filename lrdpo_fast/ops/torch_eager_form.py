@@ -49,15 +49,19 @@ def _softcap_(z: torch.Tensor, softcap: float | None, fbuf: torch.Tensor | None 
     return f
 
 
-def _exp_inplace(z: torch.Tensor, lab: torch.Tensor):
-    """Turn logits z [C, V] into exp(z - max) in place; return (label logit, lse, 1/sum) [C].
+def _exp_inplace(z: torch.Tensor, lab: torch.Tensor, lsq: bool = False):
+    """Turn logits z [C, V] into exp(z - max) in place; return (label logit, lse, 1/sum, log sum
+    p^2 or None) [C]: the last (WPO's) only with ``lsq``, one more reduction of the same block.
 
     The softmax is z * (1/sum); the division is folded into the gradient's per-row scale."""
     label_logit = z.gather(1, lab[:, None]).squeeze(1)
     m = z.amax(dim=1)
     z.sub_(m[:, None]).exp_()
     s = z.sum(dim=1)
-    return label_logit, m + s.log(), s.reciprocal()
+    log_s = s.log()
+    # sum p^2 = sum e^2 / s^2, e = exp(z - max): a row-wise dot (no [C, V] temporary)
+    sq = torch.bmm(z[:, None, :], z[:, :, None]).view(-1).log() - 2.0 * log_s if lsq else None
+    return label_logit, m + log_s, s.reciprocal(), sq
 
 
 def _grad_inplace(
@@ -83,19 +87,22 @@ def _accumulate(dz, h, r, w32, dh, dw, db) -> None:
         db.add_(dz.sum(dim=0))
 
 
-def forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None) -> None:
+def forward_rows(hidden, w32, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None, lsq=None) -> None:
     """Fill logp[rows] and lse[rows] ([N], w32's dtype) chunk by chunk of ``step`` rows (in
-    ``buf`` if given), of the soft-capped logits when ``softcap`` is set. hidden [N, d], w32 [V, d]
-    and b32 [V] or None in the accumulation dtype, labels int [N], rows int64 [M]."""
+    ``buf`` if given), of the soft-capped logits when ``softcap`` is set, and lsq[rows] = log sum
+    p^2 (WPO) when ``lsq`` [N] is given. hidden [N, d], w32 [V, d] and b32 [V] or None in the
+    accumulation dtype, labels int [N], rows int64 [M]."""
     buf = chunk_buffer(min(step, rows.numel()), w32) if buf is None else buf
     for start in range(0, rows.numel(), step):
         r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
         z = _chunk_logits(hidden.index_select(0, r).to(w32.dtype), w32, b32, inv_temp, buf)
         _softcap_(z, softcap)
-        label_logit, lse_c, _ = _exp_inplace(z, lab)
+        label_logit, lse_c, _, sq = _exp_inplace(z, lab, lsq is not None)
         lse.index_copy_(0, r, lse_c)
         logp.index_copy_(0, r, label_logit - lse_c)
+        if lsq is not None:
+            lsq.index_copy_(0, r, sq)
 
 
 def backward_rows(
@@ -122,16 +129,17 @@ def backward_rows(
         _accumulate(dz, h, r, w32, dh, dw, db)
 
 
-def pair_chunk(hidden, w32, b32, labels, r, inv_temp, buf, fbuf, softcap, rows_grad, dh, dw, db):
+def pair_chunk(hidden, w32, b32, labels, r, inv_temp, buf, fbuf, softcap, rows_grad, dh, dw, db, lsq=False):
     """One chunk of whole pairs (rows ``r`` int64 [C], C within ``buf``): logits, softmax,
-    ``rows_grad(logp [C]) -> (group, g [C])``, the logit gradient in place (times the cap's
-    derivative, held in ``fbuf``, when ``softcap`` is set), dh, dw, db. Returns ``group``."""
+    ``rows_grad(logp [C], log sum p^2 [C] or None) -> (group, g [C])`` (the second only with
+    ``lsq``: WPO), the logit gradient in place (times the cap's derivative, held in ``fbuf``,
+    when ``softcap`` is set), dh, dw, db. Returns ``group``."""
     lab = labels.index_select(0, r).long()
     h = hidden.index_select(0, r).to(w32.dtype)
     z = _chunk_logits(h, w32, b32, inv_temp, buf)
     dcap = _softcap_(z, softcap, fbuf)
-    label_logit, lse_c, inv_sum = _exp_inplace(z, lab)
-    group, g_rows = rows_grad(label_logit - lse_c)
+    label_logit, lse_c, inv_sum, sq = _exp_inplace(z, lab, lsq)
+    group, g_rows = rows_grad(label_logit - lse_c, sq)
     dz = _grad_inplace(z, lab, g_rows, inv_temp, inv_sum)
     if dcap is not None:
         dz.mul_(dcap)  # chain rule through the cap

@@ -86,6 +86,7 @@ def row_pass(
     inv_temp: float,
     blockmax: torch.Tensor | None = None,
     softcap: float | None = None,
+    lsq: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One launch of ``softmax_grad_kernel`` over the rows of a chunk.
 
@@ -114,6 +115,7 @@ def row_pass(
         logp if logp is not None else lse,
         g if g is not None else lse,
         blockmax if blockmax is not None else lse,
+        lsq if lsq is not None else lse,
         v,
         z.stride(0),
         gout.stride(0),
@@ -125,6 +127,7 @@ def row_pass(
         TRACK_MAX=blockmax is not None,
         HAS_SOFTCAP=softcap is not None,
         BLOCK_V=block_v,
+        COMPUTE_SQ=lsq is not None,
         **opts,
     )
     return gout
@@ -186,26 +189,35 @@ def _chunk_grad(rp: RowPass, z, lab, lse_c, g_rows, h, w, r, inv_temp, dh, dw, d
     _grad_gemms(e, h, w, r, dh, dw, db, rp.live_columns(bm, w.shape[0], block_v))
 
 
-def _chunk_logprobs(rp: RowPass, h, weight, b32, lab, inv_temp, buf, softcap):
-    """(z float32 [C, V] raw logits in ``buf``, lse float32 [C], logp float32 [C]) of one chunk."""
+def _chunk_logprobs(rp: RowPass, h, weight, b32, lab, inv_temp, buf, softcap, want_sq=False):
+    """(z float32 [C, V] raw logits in ``buf``, lse float32 [C], logp float32 [C], log sum p^2
+    float32 [C] or None: only ``want_sq``) of one chunk."""
     z = _fp_logits(h, weight, b32, buf)
     lse_c, logp_c = torch.empty_like(z[:, 0]), torch.empty_like(z[:, 0])
-    rp.launch(z, lab, lse_c, logp_c, None, h.dtype, inv_temp, softcap=softcap)
-    return z, lse_c, logp_c
+    sq = torch.empty_like(z[:, 0]) if want_sq else None
+    if sq is None:  # the launch without WPO's argument: exactly the call before it existed
+        rp.launch(z, lab, lse_c, logp_c, None, h.dtype, inv_temp, softcap=softcap)
+    else:
+        rp.launch(z, lab, lse_c, logp_c, None, h.dtype, inv_temp, softcap=softcap, lsq=sq)
+    return z, lse_c, logp_c, sq
 
 
 def forward_rows(
-    rp: RowPass, hidden, weight, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None
+    rp: RowPass, hidden, weight, b32, labels, rows, inv_temp, step, logp, lse, buf=None, softcap=None, lsq=None
 ) -> None:
-    """Fill logp[rows] and lse[rows] (float32 [N]) chunk by chunk of ``step`` rows: hidden [N, d]
-    and weight [V, d] in the input dtype, b32 float32 [V] or None, labels int [N], rows int64 [M]."""
+    """Fill logp[rows] and lse[rows] (float32 [N]) chunk by chunk of ``step`` rows, and lsq[rows]
+    = log sum p^2 (WPO) when ``lsq`` [N] is given: hidden [N, d] and weight [V, d] in the input
+    dtype, b32 float32 [V] or None, labels int [N], rows int64 [M]."""
     buf = fp_buffer(min(step, rows.numel()), weight) if buf is None else buf
     for start in range(0, rows.numel(), step):
         r = rows[start : start + step]
         lab = labels.index_select(0, r).long()
-        _, lse_c, logp_c = _chunk_logprobs(rp, hidden.index_select(0, r), weight, b32, lab, inv_temp, buf, softcap)
+        h = hidden.index_select(0, r)
+        _, lse_c, logp_c, sq = _chunk_logprobs(rp, h, weight, b32, lab, inv_temp, buf, softcap, lsq is not None)
         lse.index_copy_(0, r, lse_c)
         logp.index_copy_(0, r, logp_c)
+        if lsq is not None:
+            lsq.index_copy_(0, r, sq)
 
 
 def backward_rows(
@@ -224,13 +236,14 @@ def backward_rows(
         _chunk_grad(rp, z, lab, lse.index_select(0, r), g_rows, h, weight, r, inv_temp, dh, dw, db, softcap)
 
 
-def pair_chunk(rp: RowPass, hidden, weight, b32, labels, r, inv_temp, buf, softcap, rows_grad, dh, dw, db):
+def pair_chunk(rp: RowPass, hidden, weight, b32, labels, r, inv_temp, buf, softcap, rows_grad, dh, dw, db, lsq=False):
     """One chunk of whole pairs (rows ``r`` int64 [C], C within ``buf``): GEMM, row pass 1 (lse,
-    logp), ``rows_grad(logp float32 [C]) -> (group, g float32 [C])``, row pass 2, the gradient
-    GEMMs into dh, dw, db. Returns ``group`` (the pairs' sequence log-probs)."""
+    logp, and log sum p^2 with ``lsq``: WPO), ``rows_grad(logp float32 [C], lsq [C] or None) ->
+    (group, g float32 [C])``, row pass 2, the gradient GEMMs into dh, dw, db. Returns ``group``
+    (the pairs' sequence log-probs)."""
     lab = labels.index_select(0, r).long()
     h = hidden.index_select(0, r)
-    z, lse_c, logp_c = _chunk_logprobs(rp, h, weight, b32, lab, inv_temp, buf, softcap)
-    group, g_rows = rows_grad(logp_c)
+    z, lse_c, logp_c, sq = _chunk_logprobs(rp, h, weight, b32, lab, inv_temp, buf, softcap, lsq)
+    group, g_rows = rows_grad(logp_c, sq)
     _chunk_grad(rp, z, lab, lse_c, g_rows, h, weight, r, inv_temp, dh, dw, db, softcap)
     return group

@@ -47,11 +47,15 @@ def _softcap_args(softcap):
     return (0.0, False) if softcap is None else (float(softcap), True)
 
 
-def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None, softcap=None):
+def token_logprobs_forward(
+    hidden, weight, bias, labels, ignore_index, temperature, chunk_tokens=None, softcap=None, lsq=None
+):
     """Same contract as ``torch_backend.token_logprobs_forward``: (logp f32 [N], lse f32 [N], rows).
 
     hidden [N, d], weight [V, d] (float32/bf16/fp16), bias [V] or None, labels int [N]; softcap:
-    None or the cap of the soft-capped logits (lse and logp are those of cap * tanh(z / T / cap)).
+    None or the cap of the soft-capped logits (lse and logp are those of cap * tanh(z / T / cap));
+    lsq: None or float32 [N], filled with log sum_v p_v^2 (WPO; 0 at ignored rows) by one more
+    running sum in the same pass.
     """
     from ..kernels.logprob_fwd import logprob_fwd_kernel
 
@@ -63,7 +67,7 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
     splits = max(
         1, min(nominal_v_blocks, triton_cdiv(2 * _sms(hidden.device), max(triton_cdiv(n, NOMINAL_BLOCK_N), 1)))
     )
-    parts = torch.empty((3, splits, n), dtype=torch.float32, device=hidden.device)
+    parts = torch.empty((3 if lsq is None else 4, splits, n), dtype=torch.float32, device=hidden.device)
     cap, has_cap = _softcap_args(softcap)
     if n:
         logprob_fwd_kernel[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]), splits)](
@@ -74,6 +78,7 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
             parts[0],
             parts[1],
             parts[2],
+            parts[-1],
             n,
             v,
             d,
@@ -87,12 +92,17 @@ def token_logprobs_forward(hidden, weight, bias, labels, ignore_index, temperatu
             HAS_SOFTCAP=has_cap,
             UPCAST=_interpreting(),
             PRECISION=_precision(hidden.dtype),
+            COMPUTE_SQ=lsq is not None,
         )
     scored = labels != ignore_index
     m, s, lab = parts[0], parts[1], parts[2]
     m_all = m.amax(dim=0)
     safe_m = torch.where(scored, m_all, torch.zeros_like(m_all))
-    lse = safe_m + torch.log((s * torch.exp(m - safe_m)).sum(dim=0))
+    s_all = (s * torch.exp(m - safe_m)).sum(dim=0)
+    lse = safe_m + torch.log(s_all)
+    if lsq is not None:  # sum p^2 = sum exp(2 (z - m)) / s^2, the splits rescaled to one max
+        q_all = (parts[3] * torch.exp(2.0 * (m - safe_m))).sum(dim=0)
+        lsq.copy_(torch.where(scored, torch.log(q_all) - 2.0 * torch.log(s_all), torch.zeros_like(s_all)))
     lse = torch.where(scored, lse, torch.zeros_like(lse))
     logp = torch.where(scored, lab.sum(dim=0) - lse, torch.zeros_like(lse))
     rows = torch.nonzero(scored, as_tuple=False).flatten()

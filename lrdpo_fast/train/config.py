@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data.files import read_yaml_mapping
 from ..ops.checks import check_choice, check_int, check_number
-from ..ops.losses import LossArgs
+from ..ops.losses import LENGTH_NORMALIZED, LossArgs
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16")
@@ -27,6 +27,14 @@ class TrainConfig:
 
     Objective (see docs/algorithms.md): ``beta``, ``alpha`` (length term, tokens), ``loss_type`` (one of
     ``lrdpo_fast.LOSS_TYPES``), ``gamma`` (SimPO margin), ``label_smoothing``.
+
+    Length control and weighting (docs/ALGORITHMS.md, "Length control inside the log-prob sums"):
+    ``ld_alpha`` in [0, 1] (LD-DPO: each response's tokens past the pair's shared length l_p count
+    ld_alpha times; None or 1 is DPO), ``sampo`` (SamPO: each response's log-prob sums l_p of its
+    tokens drawn uniformly, seeded per pair and epoch; needs ``live_reference`` so the reference
+    sums the same positions), ``wpo`` (WPO: each pair's loss times w_chosen * w_rejected, no
+    gradient; the metrics rows carry the mean pair weight as ``wpo/weight``). The reference
+    log-probs are summed with the same token weights.
 
     Optimisation: AdamW (``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_eps``),
     gradient clipping at ``max_grad_norm`` (``None`` or 0 disables it), a learning-rate schedule
@@ -65,6 +73,9 @@ class TrainConfig:
     loss_type: str = "sigmoid"
     gamma: float = 0.0
     label_smoothing: float = 0.0
+    ld_alpha: float | None = None
+    sampo: bool = False
+    wpo: bool = False
     # optimiser and schedule
     learning_rate: float = 5e-7
     lr_scheduler: str = "linear"
@@ -221,6 +232,27 @@ def _check_combinations(cfg: TrainConfig) -> None:
         )
     if cfg.loss_type == "simpo" and cfg.live_reference:
         raise ValueError("TrainConfig: live_reference is meaningless with loss_type='simpo' (no reference)")
+    _check_length_control(cfg)
+
+
+def _check_length_control(cfg: TrainConfig) -> None:
+    """LD-DPO, SamPO and WPO: values and the combinations without a meaning."""
+    if cfg.ld_alpha is not None:
+        check_number("TrainConfig: ld_alpha", cfg.ld_alpha, 0.0, 1.0)
+    if not cfg.sampo:
+        return
+    if cfg.ld_alpha is not None:
+        raise ValueError("TrainConfig: sampo and ld_alpha both rewrite the log-prob sums; set one of them")
+    if cfg.loss_type in LENGTH_NORMALIZED:
+        raise ValueError(
+            f"TrainConfig: sampo with loss_type={cfg.loss_type!r}: SamPO's sums already have l_p terms on both "
+            "sides; dividing them by the response lengths has no meaning"
+        )
+    if cfg.loss_type != "simpo" and not cfg.live_reference:
+        raise ValueError(
+            "TrainConfig: sampo needs live_reference=true: its positions are redrawn every epoch and the "
+            "reference must sum the same ones (a reference precomputed once cannot)"
+        )
 
 
 _TYPE_NAMES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str, Path), "dict[str, Any]": (dict,)}

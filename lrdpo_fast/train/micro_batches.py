@@ -15,6 +15,7 @@ from ..data.packing import PackedBatch, pack_pairs, token_budget_batches
 from ..data.records import PairExample
 from ..data.seeds import stream_seed
 from ..model.packed import model_sequence_logprobs
+from ..ops.length_control import ld_token_weights, sampo_token_weights
 from ..ops.validation import NonFiniteInputError
 from . import distributed as dist_utils
 from .config import TrainConfig
@@ -52,16 +53,34 @@ def plan_micro_batches(
     return out
 
 
+def token_weights(batch: PackedBatch, idx: list[int], cfg: TrainConfig, epoch: int) -> torch.Tensor | None:
+    """float32 [N] token weights of ``batch`` (examples ``idx``, global indices) on its device:
+    LD-DPO's with ``cfg.ld_alpha``, SamPO's with ``cfg.sampo`` (pair i of epoch e draws from
+    stream_seed(stream_seed(seed, e), i): the same positions for the policy and the live
+    reference, new ones every epoch), else None."""
+    if cfg.ld_alpha is not None:
+        return ld_token_weights(batch.labels, batch.cu_seqlens, cfg.ld_alpha)
+    if cfg.sampo:
+        run = stream_seed(cfg.seed, epoch)
+        return sampo_token_weights(batch.labels, batch.cu_seqlens, [stream_seed(run, i) for i in idx])
+    return None
+
+
 def reference_logps(
-    batch: PackedBatch, cfg: TrainConfig, ref_model: nn.Module | None, autocast: Callable
+    batch: PackedBatch,
+    cfg: TrainConfig,
+    ref_model: nn.Module | None,
+    autocast: Callable,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """float32 [S] reference log-probs of ``batch``: None for simpo, the live reference's forward
-    (no grad, under ``autocast()``) with ``live_reference``, else the precomputed ones it carries."""
+    (no grad, under ``autocast()``, summed with ``token_weights`` float32 [N] when given) with
+    ``live_reference``, else the precomputed ones it carries."""
     if cfg.loss_type == "simpo":
         return None
     if cfg.live_reference:
         with torch.no_grad(), autocast():
-            logps, _ = model_sequence_logprobs(ref_model, batch, backend=cfg.backend)
+            logps, _ = model_sequence_logprobs(ref_model, batch, backend=cfg.backend, token_weights=token_weights)
         return logps.float()
     return batch.ref_logps
 
@@ -76,10 +95,11 @@ def accumulate_gradients(
     device: torch.device,
     ref_model: nn.Module | None,
     autocast: Callable,
+    epoch: int = 0,
 ) -> StepTotals:
     """Forward + backward of the step made of ``examples[step_idx]`` (global indices, the same on
     every rank) through ``root``; gradients ADD into ``.grad``. Returns the step's totals summed
-    over ranks. A micro-batch meeting non-finite inputs ends the step with loss NaN and
+    over ranks. ``epoch`` seeds SamPO's draws. A micro-batch meeting non-finite inputs ends the step with loss NaN and
     ``nonfinite`` set (single process; distributed, the error is raised)."""
     if not step_idx:
         raise ValueError("step_idx is empty: a step needs at least one pair")
@@ -92,9 +112,10 @@ def accumulate_gradients(
         if info.enabled:
             dist_utils.set_gradient_sync(root, j == len(micro) - 1)
         try:
-            ref = reference_logps(batch, cfg, ref_model, autocast)
+            tw = token_weights(batch, idx, cfg, epoch)
+            ref = reference_logps(batch, cfg, ref_model, autocast, tw)
             with autocast():
-                loss, m = root(batch, ref)
+                loss, m = root(batch, ref, tw)
         except NonFiniteInputError as e:
             if info.enabled:  # the other ranks are inside collectives: no skipping here
                 raise

@@ -63,8 +63,9 @@ class PolicyLoss(nn.Module):
         self._cfg = cfg
         self.loss_args = cfg.loss_args()
 
-    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None):
-        """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo).
+    def forward(self, batch: PackedBatch, ref_logps: torch.Tensor | None, token_weights: torch.Tensor | None = None):
+        """batch: PackedBatch on the model's device; ref_logps float32 [S] or None (simpo);
+        token_weights float32 [N] or None (LD-DPO / SamPO, see ``micro_batches.token_weights``).
         Returns (loss float32 scalar = mean over the batch's pairs, metrics dict of 0-d tensors)."""
         cfg = self.cfg
         hidden = packed_hidden_states(self.policy, batch)
@@ -81,10 +82,15 @@ class PolicyLoss(nn.Module):
             ref_logps=ref_logps,
             bias=bias,
             backend=cfg.backend,
+            token_weights=token_weights,
+            wpo=cfg.wpo,
             **head.kernel_args(),
         )
 
-    def sequence_logps(self, batch: PackedBatch) -> SequenceLogps:
-        """The policy's per-sequence log-probs of ``batch`` (no loss); see ``SequenceLogps``."""
-        logps, lengths = model_sequence_logprobs(self.policy, batch, backend=self.cfg.backend)
+    def sequence_logps(self, batch: PackedBatch, token_weights: torch.Tensor | None = None) -> SequenceLogps:
+        """The policy's per-sequence log-probs of ``batch`` (no loss), each token's log-prob times
+        its weight (float32 [N]) when ``token_weights`` is given; see ``SequenceLogps``."""
+        logps, lengths = model_sequence_logprobs(
+            self.policy, batch, backend=self.cfg.backend, token_weights=token_weights
+        )
         return SequenceLogps(logps, lengths)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data.packing import pack_pairs, token_budget_batches
 from ..data.records import PairExample
+from ..ops.length_control import ld_token_weights
 from .config import TrainConfig
 
 REFERENCE_SOURCES = ("none", "live", "stored", "through_root", "precompute")
@@ -47,11 +48,13 @@ def precompute_through_root(
     max_tokens_per_batch: int,
     device: torch.device,
     autocast: Callable,
+    ld_alpha: float | None = None,
 ) -> list[PairExample]:
     """Reference log-probs = the (sharded) policy of ``root`` (a ``PolicyLoss``) before training.
 
     Every rank computes every batch in the same order so FSDP's collectives line up. Returns the
-    examples with ``ref_chosen_logps`` / ``ref_rejected_logps`` set; the root is resharded after.
+    examples with ``ref_chosen_logps`` / ``ref_rejected_logps`` set (summed with LD-DPO's token
+    weights when ``ld_alpha`` is set); the root is resharded after.
     """
     stripped = [PairExample(ex.prompt_ids, ex.chosen_ids, ex.rejected_ids, ex.num_truncated_tokens) for ex in examples]
     out = list(examples)
@@ -62,7 +65,8 @@ def precompute_through_root(
         for idx in token_budget_batches(stripped, max_tokens_per_batch):
             batch = pack_pairs([stripped[i] for i in idx]).to(device)
             with autocast():
-                vals = root.sequence_logps(batch).logps.float().cpu().tolist()
+                tw = None if ld_alpha is None else ld_token_weights(batch.labels, batch.cu_seqlens, ld_alpha)
+                vals = root.sequence_logps(batch, tw).logps.float().cpu().tolist()
             for j, i in enumerate(idx):
                 out[i] = examples[i].with_ref(vals[2 * j], vals[2 * j + 1])
     finally:

@@ -19,6 +19,8 @@ PAIR_METRICS = (
     "length/chosen",
     "length/rejected",
 )
+# metrics a run's loss gives only with some options: WPO's mean pair weight (``wpo: true``)
+OPTIONAL_METRICS = ("wpo/weight",)
 
 
 @dataclass
@@ -41,11 +43,13 @@ class StepTotals:
     def add(
         self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], *, pairs: int, tokens: int, truncated_tokens: int
     ) -> None:
-        """Add one micro-batch: its mean loss and metrics (0-d tensors), weighted by its pairs."""
-        vals = torch.stack([loss.detach()] + [metrics[k].detach() for k in PAIR_METRICS]).double().cpu().tolist()
+        """Add one micro-batch: its mean loss and metrics (0-d tensors), weighted by its pairs
+        (the ``OPTIONAL_METRICS`` too when the loss gave them: every micro-batch of a run does)."""
+        keys = [*PAIR_METRICS, *(k for k in OPTIONAL_METRICS if k in metrics)]
+        vals = torch.stack([loss.detach()] + [metrics[k].detach() for k in keys]).double().cpu().tolist()
         self.loss += vals[0] * pairs
-        for k, v in zip(PAIR_METRICS, vals[1:]):
-            self.metrics[k] += v * pairs
+        for k, v in zip(keys, vals[1:]):
+            self.metrics[k] = self.metrics.get(k, 0.0) + v * pairs
         self.pairs += pairs
         self.tokens += tokens
         self.truncated_tokens += truncated_tokens
@@ -55,15 +59,16 @@ class StepTotals:
         ``device``: where the collective runs (the training device: NCCL needs CUDA tensors)."""
         if not info.enabled:
             return self
+        keys = list(self.metrics)  # the same keys in the same order on every rank (one config)
         flat = torch.tensor(
-            [self.loss, *[self.metrics[k] for k in PAIR_METRICS], self.pairs, self.tokens, self.truncated_tokens],
+            [self.loss, *[self.metrics[k] for k in keys], self.pairs, self.tokens, self.truncated_tokens],
             dtype=torch.float64,
             device=device,
         )
         vals = dist_utils.all_reduce_sum(flat, info).cpu().tolist()
-        n = len(PAIR_METRICS)
+        n = len(keys)
         return StepTotals(
-            vals[0], dict(zip(PAIR_METRICS, vals[1 : n + 1])), vals[n + 1], vals[n + 2], vals[n + 3], self.micro_batches
+            vals[0], dict(zip(keys, vals[1 : n + 1])), vals[n + 1], vals[n + 2], vals[n + 3], self.micro_batches
         )
 
     def means(self) -> dict[str, float]:

@@ -161,6 +161,7 @@ class Trainer:
                 max_tokens_per_batch=self.cfg.max_tokens_per_batch,
                 device=self.device,
                 autocast=self._autocast,
+                ld_alpha=self.cfg.ld_alpha,
             )
         self.optimizer = self._setup_optimizer()
         self.scheduler = self._setup_lr_scheduler(self.optimizer)
@@ -213,6 +214,7 @@ class Trainer:
                     max_tokens_per_batch=cfg.max_tokens_per_batch,
                     backend=cfg.backend,
                     progress=cfg.progress and self.dist.is_main,
+                    ld_alpha=cfg.ld_alpha,
                 )
         return None
 
@@ -265,6 +267,7 @@ class Trainer:
             device=self.device,
             ref_model=self.ref_model,
             autocast=self._autocast,
+            epoch=self.epoch,
         )
 
     def _clip_gradients(self) -> float:
