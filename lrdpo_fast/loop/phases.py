@@ -180,6 +180,7 @@ def _reference_logps(state: LoopState, examples: list) -> list:
             max_tokens_per_batch=train.max_tokens_per_batch,
             device=next(state.policy.parameters()).device,
             autocast=contextlib.nullcontext,
+            ld_alpha=train.ld_alpha,
         )
     if not state.dist.is_main:
         return examples
@@ -190,6 +191,7 @@ def _reference_logps(state: LoopState, examples: list) -> list:
             max_tokens_per_batch=train.max_tokens_per_batch,
             backend=train.backend,
             progress=train.progress,
+            ld_alpha=train.ld_alpha,  # LD-DPO: the reference sums with the policy's token weights
         )
 
 
