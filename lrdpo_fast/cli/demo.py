@@ -110,9 +110,11 @@ TABLE_COLUMNS = (
 )
 
 
-def demo_table(runs: dict[str, list[dict]]) -> str:
+def demo_table(runs: dict[str, list[dict]], label=None) -> str:
     """Iteration by iteration, run beside run: true accuracy, judge reward, mean response length
-    (tokens), pairs kept; then one line per run with the change from the start."""
+    (tokens), pairs kept; then one line per run with the change from the start. ``label``: run
+    name -> column title (default ``run_label``)."""
+    run_label_of = label or run_label
     names = list(runs)
     n_rows = max(len(r) for r in runs.values())
 
@@ -130,7 +132,7 @@ def demo_table(runs: dict[str, list[dict]]) -> str:
 
     gap = "    "
     lines = [iters[k].rjust(iw) + "".join(gap + block_line(n, k) for n in names) for k in range(n_rows + 1)]
-    top = " " * iw + "".join(gap + run_label(n).center(len(block_line(n, 0))) for n in names)
+    top = " " * iw + "".join(gap + run_label_of(n).center(len(block_line(n, 0))) for n in names)
     out = [top.rstrip(), *lines, ""]
     for n in names:
         first, last = runs[n][0], runs[n][-1]
@@ -139,7 +141,7 @@ def demo_table(runs: dict[str, list[dict]]) -> str:
         ):
             dl = last["mean_response_length"] / first["mean_response_length"] - 1
             out.append(
-                f"{run_label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
+                f"{run_label_of(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
                 f"{last['true_accuracy']:.3f} after {last['iteration']} iteration{'s' if last['iteration'] != 1 else ''}"
             )
     return "\n".join(out).rstrip()
@@ -224,6 +226,11 @@ def add_parser(sub) -> None:
     d.add_argument("--iterations", type=int, default=None, help="iterations per run (default 3)")
     d.add_argument("--alpha", type=float, default=None, help="alpha of the iLR-DPO run, per token (default 0.065)")
     d.add_argument("--quick", action="store_true", help="the reduced setting CI runs")
+    d.add_argument(
+        "--dice",
+        action="store_true",
+        help="DICE instead: a judge round, then implicit-reward rounds with/without length shaping and replay",
+    )
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="example", help="start policy folder (default: the shipped one)")
@@ -283,6 +290,10 @@ def run(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.dice:
+        from .demo_dice import main as dice_main
+
+        return dice_main(Path(args.out), replace(s, iterations=args.iterations or 2), args.seed)
     t0 = time.perf_counter()
     runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
     print()

@@ -51,15 +51,15 @@ def damage(base: str | os.PathLike, recorded: dict[str, dict]) -> str | None:
     when every file is there, whole. Sizes are compared before any content is read."""
     base = Path(base)
     for rel, want in recorded.items():
-        p = base / rel
+        p, name = base / rel, base.name if rel == "." else rel
         if not p.is_file():
-            return f"{rel} is missing"
+            return f"{name} is missing"
         size = p.stat().st_size
         if size != want["size"]:
-            return f"{rel} is {size} bytes, {want['size']} were written"
+            return f"{name} is {size} bytes, {want['size']} were written"
     for rel, want in recorded.items():
         if file_digest(base / rel)["sha256"] != want["sha256"]:
-            return f"{rel} has other content than was written (sha256 differs)"
+            return f"{base.name if rel == '.' else rel} has other content than was written (sha256 differs)"
     return None
 
 

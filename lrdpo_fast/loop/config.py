@@ -69,6 +69,8 @@ KEY_DOCS = {
     "pairs.length_alpha": "pick on score - length_alpha * tokens; a float >= 0 or 'auto' (DICE)",
     "pairs.drop_truncated": "drop responses cut by max_new_tokens",
     "pairs.min_score_gap": "drop pairs whose score gap is <= this",
+    "pairs.replay.pairs": "DICE replay: offline pairs (JSONL of prompt/chosen/rejected, or 'example'), never on a generated prompt",
+    "pairs.replay.ratio": "DICE replay: the offline share of each iteration's training pairs, in [0, 1) (DICE: 0.5)",
     "train.*": "any TrainConfig field (beta, alpha, loss_type, learning_rate, ...) except output_dir",
     "train.ld_alpha": "LD-DPO: weight of the tokens past the pair's shared length, in [0, 1] (1 = DPO; default off)",
     "train.sampo": "SamPO: sum each response over l_p random positions (needs train.live_reference: true)",
@@ -147,6 +149,7 @@ PATH_KEYS = (
     ("eval", "prompts"),
     ("eval", "judge", "reward_model"),
     ("eval", "judge", "reference"),
+    ("pairs", "replay", "pairs"),
 )
 
 

@@ -200,9 +200,9 @@ def iterate(
 
     ranks = _start_distributed(cfg)
     run = RunDir(Path(cfg.run_dir))
+    check_run_config(run, cfg, ranks, lrdpo_fast.__version__)  # before anything loads or prints
     prompt_pool = load_prompts(cfg.prompts, "train")
     start = load_start_policy(cfg)
-    check_run_config(run, cfg, ranks, lrdpo_fast.__version__)
     first = first_to_run(run, cfg.iterations, ranks)
     if first > 0:  # resume from the last saved policy
         from ..train.checkpoint import apply_model_weights, load_model_weights
@@ -214,6 +214,7 @@ def iterate(
     state = LoopState(
         cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )
+    state.start_path = start.path
     try:
         return _run(state, first, evaluation, Reporting(progress, on_row, stop_after))
     finally:

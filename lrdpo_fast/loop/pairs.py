@@ -46,6 +46,7 @@ from typing import Any
 
 from ..ops.checks import check_choice
 from .pair_selection import AUTO_ALPHA_MAX_POINTS, SelectionTable
+from .replay import ReplaySpec
 from .samples import Sample
 
 __all__ = [
@@ -208,10 +209,18 @@ class PairsSpec:
     length_alpha: float | str = 0.0
     drop_truncated: bool = True
     min_score_gap: float = 0.0
+    replay: ReplaySpec | None = None  # the loop's experience replay (not an argument of build_pairs)
     where: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         w = self.where
+        if self.replay is not None and not isinstance(self.replay, ReplaySpec):
+            if not isinstance(self.replay, Mapping):
+                raise ValueError(f"{w}replay must be a mapping {{pairs: PATH, ratio: 0.5}}, got {self.replay!r}")
+            unknown = sorted(set(self.replay) - {"pairs", "ratio"})
+            if unknown or "pairs" not in self.replay:
+                raise ValueError(f"{w}replay needs the key pairs (and optionally ratio); got {sorted(self.replay)}")
+            object.__setattr__(self, "replay", ReplaySpec(**self.replay, where=f"{w}replay."))
         check_choice(f"{w}strategy", self.strategy, STRATEGIES)
         if self.length_alpha != "auto":
             v = self.length_alpha
@@ -226,8 +235,11 @@ class PairsSpec:
         object.__setattr__(self, "min_score_gap", float(v))
 
     def to_dict(self) -> dict[str, Any]:
-        """The section as the YAML has it."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "where"}
+        """The section as the YAML has it (``replay`` only when set, as older runs recorded it)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("where", "replay")}
+        if self.replay is not None:
+            out["replay"] = self.replay.to_dict()
+        return out
 
 
 def build_pairs(

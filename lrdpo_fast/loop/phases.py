@@ -39,6 +39,7 @@ from ..train.reference import precompute_through_root
 from ..train.trainer import Trainer
 from .config import IterateConfig
 from .pairs import ScoredGroup, pairs_from_spec
+from .replay import mix_replay, replay_pool
 from .run_dir import PHASES, RunDir
 from .samples import read_prompted_samples, write_samples
 
@@ -56,7 +57,8 @@ class LoopState:
     sampler: Any
     reward: Any
     prompt_pool: list
-    reference: torch.nn.Module | None = None  # implicit reward: the current policy's own reference
+    start_path: str | None = None  # the start policy's folder (policy_0)
+    implicit_reference: str | None = None  # the folder the implicit reward's reference holds now
     timings: dict[str, float] = field(default_factory=dict)
     dist: DistInfo = field(default_factory=DistInfo)
     progress: bool = False  # progress bars for sampling and evaluation (rank 0)
@@ -127,6 +129,27 @@ def _reward_inputs(reward, prompts: list, groups: list) -> tuple[list, list, lis
     return flat_p, flat_r, cut
 
 
+def implicit_reference_path(state: LoopState, i: int) -> str | None:
+    """DICE: the implicit reward of policy_i is measured against the model it was trained
+    against, policy_{i-1} (the start policy's folder for i = 1, else iteration i-2's saved
+    policy); policy_0's is the configured ``reward.reference`` (None here)."""
+    if i == 0:
+        return None
+    return state.start_path if i == 1 else str(state.run.path(i - 2, "policy"))
+
+
+def _point_reference(state: LoopState, i: int) -> None:
+    """Load policy_{i-1}'s weights into an implicit reward's reference model (every rank)."""
+    path = implicit_reference_path(state, i)
+    ref_model = getattr(state.reward, "ref_model", None)
+    if path is None or ref_model is None or path == state.implicit_reference:
+        return
+    from ..train.checkpoint import apply_model_weights, load_model_weights
+
+    apply_model_weights(ref_model, load_model_weights(path))
+    state.implicit_reference = path
+
+
 def score_phase(state: LoopState, i: int) -> dict:
     """Score every sampled response with the run's reward (token ids for the implicit reward).
     Under torchrun rank 0 scores and writes; the other ranks return ``{}`` (the loop only records
@@ -136,6 +159,7 @@ def score_phase(state: LoopState, i: int) -> dict:
     through_root = hasattr(reward, "through_root") and state.sharded
     if not state.dist.is_main and not through_root:
         return {}
+    _point_reference(state, i)
     prompts, groups = read_prompted_samples(state.run.path(i, "samples.jsonl"))
     flat_p, flat_r, cut = _reward_inputs(reward, prompts, groups)
     t0 = time.perf_counter()
@@ -153,6 +177,7 @@ def score_phase(state: LoopState, i: int) -> dict:
     rows = [{"prompt_index": p, "sample_index": j, "score": float(v)} for (p, j), v in zip(slots, scores)]
     atomic_write_jsonl(state.run.path(i, "scores.jsonl"), rows)
     return {
+        "implicit_reference": implicit_reference_path(state, i) if hasattr(reward, "ref_model") else None,
         "reward_mean": sum(scores) / len(scores),
         "time_score_s": dt,
         "score_responses_per_s": len(scores) / max(dt, 1e-9),
@@ -195,6 +220,22 @@ def _reference_logps(state: LoopState, examples: list) -> list:
         )
 
 
+def _with_replay(pairs: list[dict], cfg: IterateConfig, i: int) -> tuple[list[dict], int]:
+    """The generated pairs mixed with ``pairs.replay``'s offline ones (DICE; seeded per
+    iteration, never on a generated prompt), each marked with its ``origin``; as they are when
+    no replay is set. Returns (pairs, how many came from the replay set)."""
+    spec = cfg.pairs.replay
+    if spec is None:
+        return pairs, 0
+    generated = [{**p, "origin": "generated"} for p in pairs]
+    # an offline record's stored reference (e.g. a judge round's pairs.jsonl) is another policy's:
+    # this iteration's reference pass scores every pair again
+    stale = ("ref_chosen_logps", "ref_rejected_logps")
+    offline = [{**{k: v for k, v in p.items() if k not in stale}, "origin": "replay"} for p in replay_pool(spec)]
+    mixed = mix_replay(generated, offline, ratio=spec.ratio, seed=stream_seed(cfg.seed, i))
+    return [dict(p) for p in mixed], len(mixed) - len(generated)
+
+
 def pairs_phase(state: LoopState, i: int) -> dict:
     """Best/worst pairs from the scores, with the reference log-probs of policy_i (packed, fused).
 
@@ -209,6 +250,7 @@ def pairs_phase(state: LoopState, i: int) -> dict:
             f"iteration {i}: build_pairs kept no pair ({stats.to_dict()}); sample more (sampler.n, "
             "prompts_per_iteration) or relax pairs.min_score_gap / drop_truncated"
         )
+    pairs, n_replay = _with_replay(pairs, cfg, i)
     examples = tokenize_pairs(
         pairs, state.tokenizer, max_length=cfg.train.max_length, max_prompt_length=cfg.train.max_prompt_length
     )
@@ -224,7 +266,7 @@ def pairs_phase(state: LoopState, i: int) -> dict:
     atomic_write_jsonl(state.run.path(i, "pairs.jsonl"), pairs)
     atomic_write_json(state.run.path(i, "pairs_stats.json"), stats.to_dict())
     out = {k: v for k, v in stats.to_dict().items() if isinstance(v, (int, float, str)) or v is None}
-    out.update({"time_pairs_s": dt, "reference_tokens_per_s": n_tokens / max(dt, 1e-9)})
+    out.update({"replay_pairs": n_replay, "time_pairs_s": dt, "reference_tokens_per_s": n_tokens / max(dt, 1e-9)})
     return out
 
 

@@ -22,9 +22,10 @@ import numbers
 import random
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["mix_replay", "prompt_keys"]
+__all__ = ["ReplaySpec", "mix_replay", "prompt_keys", "replay_pool"]
 
 
 def _text_key(prompt: Any) -> str | None:
@@ -120,3 +121,51 @@ def mix_replay(
     mixed = list(generated_pairs) + [offline_pairs[i] for i in picked]
     rng.shuffle(mixed)
     return mixed
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """The ``pairs.replay`` section (DICE's experience replay in the loop): offline pairs that
+    make up ``ratio`` of every iteration's training set, never on a prompt of that iteration's
+    generated pairs, drawn per iteration (seeded).
+
+    Attributes:
+        pairs: a JSONL file of ``{"prompt", "chosen", "rejected"}`` records (text, chat messages
+            or token ids), or 'example' (the shipped example pairs).
+        ratio: the offline share of the mixed set, in [0, 1) (DICE: 0.5).
+    """
+
+    pairs: str
+    ratio: float = 0.5
+    where: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pairs, str) or not self.pairs:
+            raise ValueError(f"{self.where}pairs must be a path string or 'example', got {self.pairs!r}")
+        r = self.ratio
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not (0.0 <= r < 1.0):
+            raise ValueError(f"{self.where}ratio must be a float in [0, 1), got {r!r}")
+        object.__setattr__(self, "ratio", float(r))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as the YAML has it."""
+        return {"pairs": self.pairs, "ratio": self.ratio}
+
+
+def replay_pool(spec: ReplaySpec) -> list[dict[str, Any]]:
+    """The offline pairs of ``spec`` (``'example'``: the shipped example pairs); ValueError naming
+    the file and line of a bad record, or an empty file."""
+    from ..data.files import read_jsonl
+
+    if spec.pairs == "example":
+        from ..examples import PAIRS_PATH
+
+        path = PAIRS_PATH
+    else:
+        path = spec.pairs
+    records = read_jsonl(path)
+    if not records:
+        raise ValueError(f"{spec.where}pairs {str(path)!r} holds no pair")
+    for k, rec in enumerate(records, 1):
+        prompt_keys(rec, f"{spec.where}pairs {str(path)!r} record {k}")
+    return records

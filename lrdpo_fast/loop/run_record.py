@@ -50,13 +50,14 @@ def check_or_write(
     import yaml
 
     record = {"run_format": RUN_FORMAT, "lrdpo_fast_version": version, "config": resolved, "inputs": inputs}
-    if not config_path.exists():
-        root = config_path.parent
-        if root.exists() and any(p.name.startswith("iter_") for p in root.iterdir()):
-            raise ValueError(
-                f"run_dir {str(root)!r} holds iterations but no config.yaml: not a run "
-                "directory this version can resume; choose another run_dir"
-            )
+    root = config_path.parent
+    started = root.exists() and any(p.name.startswith("iter_") for p in root.iterdir())
+    if not config_path.exists() and started:
+        raise ValueError(
+            f"run_dir {str(root)!r} holds iterations but no config.yaml: not a run "
+            "directory this version can resume; choose another run_dir"
+        )
+    if not started:  # a first start (or one that stopped before any iteration): record it
         atomic_write_text(config_path, yaml.safe_dump(record, sort_keys=False))
         return
     old = read_record(config_path)
@@ -104,7 +105,7 @@ def _check_inputs(old_inputs: dict[str, dict], inputs: dict[str, dict]) -> None:
         what = damage(new["path"], old["digest"])
         if what is not None:
             raise ValueError(
-                f"{key} {new['path']!r} is not the input the run started from ({what.replace('./', '')}); "
+                f"{key} {new['path']!r} is not the input the run started from ({what}); "
                 "restore it, or start a new run_dir"
             )
 

@@ -80,7 +80,7 @@ def build_reward(
     Returns:
         ``CallableReward(spec.callable)``, ``RewardModel(spec.reward_model, batch_size=...)``, or
         ``ImplicitReward(policy, reference, tokenizer, ...)`` with the reference loaded from
-        ``spec.reference`` (fp32, safetensors only).
+        ``spec.reference`` (fp32, safetensors only; 'example' is the demo's start policy).
     """
     if spec.callable is not None:
         from .base import CallableReward
@@ -93,5 +93,10 @@ def build_reward(
     from ...model.loading import load_causal_lm
     from .implicit import ImplicitReward
 
-    ref = load_causal_lm(spec.reference, "reward.reference", dtype="float32")
+    path = spec.reference
+    if path == "example":  # the embedded demo's start policy (DICE's rounds after a judge round)
+        from ...demo.policy import start_policy_path
+
+        path = str(start_policy_path())
+    ref = load_causal_lm(path, "reward.reference", dtype="float32")
     return ImplicitReward(policy, ref, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
