@@ -84,3 +84,54 @@ def random_records(n: int, *, seed: int = 0, min_words: int = 1, max_words: int 
         }
         for _ in range(n)
     ]
+
+
+def unpacked_logps(model, examples):
+    """float32 [S]: each sequence alone, model(input_ids).logits -> log_softmax -> gather."""
+    out = []
+    for ex in examples:
+        for resp in (ex.chosen_ids, ex.rejected_ids):
+            ids = torch.tensor([ex.prompt_ids + resp])
+            logp = model(ids).logits[0].float().log_softmax(-1)
+            p = len(ex.prompt_ids)
+            out.append(logp[p - 1 : -1].gather(1, ids[0, p:, None]).sum())
+    return torch.stack(out)
+
+
+def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with every parameter moved by 0.05 * N(0, 1) (in place; returned for chaining).
+    A tied head is the embedding (one parameter): it moves with it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@torch.no_grad()
+def hf_greedy_with_logprobs(model, prompt_ids: list[int], max_new_tokens: int):
+    """transformers' greedy continuation and each chosen token's float64 log-prob."""
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    full = out[0]
+    logits = model(full[None]).logits[0].double().log_softmax(-1)
+    new = full[len(prompt_ids) :].tolist()
+    lps = [float(logits[len(prompt_ids) - 1 + k, t]) for k, t in enumerate(new)]
+    return new, lps
+
+
+def assert_serves(sampler, model, prompts, max_new_tokens: int = 12, tol: float = 1e-4):
+    """The engine's greedy tokens and their log-probs equal transformers' on ``model``."""
+    groups = sampler.generate(prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens, logprobs=True)
+    for prompt, group in zip(prompts, groups):
+        sample = group[0]
+        ids, lps = hf_greedy_with_logprobs(model, sample.prompt_ids, max_new_tokens)
+        assert sample.response_ids == ids, prompt
+        assert max(abs(a - b) for a, b in zip(sample.logprobs, lps)) < tol, prompt

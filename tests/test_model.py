@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_records, tiny_model, tiny_tokenizer
+from helpers import random_records, tiny_model, tiny_tokenizer, unpacked_logps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,18 +37,6 @@ IDS = ["llama", "llama-tied", "qwen2", "mistral-swa", "granite-scale", "cohere-s
 @pytest.fixture(scope="module")
 def examples():
     return tokenize_pairs(random_records(4, seed=7), tiny_tokenizer(), max_length=24)
-
-
-def unpacked_logps(model, examples):
-    """float32 [S]: each sequence alone, model(input_ids).logits -> log_softmax -> gather."""
-    out = []
-    for ex in examples:
-        for resp in (ex.chosen_ids, ex.rejected_ids):
-            ids = torch.tensor([ex.prompt_ids + resp])
-            logp = model(ids).logits[0].float().log_softmax(-1)
-            p = len(ex.prompt_ids)
-            out.append(logp[p - 1 : -1].gather(1, ids[0, p:, None]).sum())
-    return torch.stack(out)
 
 
 def params_to_check(model):

@@ -7,8 +7,7 @@ transformers' on the same weights, before and after."""
 from __future__ import annotations
 
 import pytest
-import torch
-from helpers import tiny_model, tiny_tokenizer
+from helpers import assert_serves, perturbed, tiny_model, tiny_tokenizer
 
 vllm = pytest.importorskip("vllm")
 from lrdpo_fast.loop.sampler import VLLMSampler  # noqa: E402
@@ -18,43 +17,6 @@ SHAPES = {
     "qwen2-tied": dict(kind="qwen2", tie_word_embeddings=True, head_dim=64, num_attention_heads=1),
     "llama-untied-head64": dict(kind="llama", tie_word_embeddings=False, head_dim=64, num_attention_heads=1),
 }
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """``model`` with every parameter moved by 0.05 * N(0, 1) (in place; returned for chaining)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
-@torch.no_grad()
-def hf_greedy_with_logprobs(model, prompt_ids: list[int], max_new_tokens: int):
-    """transformers' greedy continuation and each chosen token's float64 log-prob."""
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    full = out[0]
-    logits = model(full[None]).logits[0].double().log_softmax(-1)
-    new = full[len(prompt_ids) :].tolist()
-    lps = [float(logits[len(prompt_ids) - 1 + k, t]) for k, t in enumerate(new)]
-    return new, lps
-
-
-def assert_serves(sampler, model, tokenizer):
-    groups = sampler.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12, logprobs=True)
-    for prompt, group in zip(PROMPTS, groups):
-        sample = group[0]
-        ids, lps = hf_greedy_with_logprobs(model, sample.prompt_ids, 12)
-        assert sample.response_ids == ids, prompt
-        assert max(abs(a - b) for a, b in zip(sample.logprobs, lps)) < 1e-4, prompt
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -68,11 +30,11 @@ def test_sync_serves_the_given_weights(shape, tmp_path):
     start.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with VLLMSampler(str(tmp_path), seed=0, dtype="float32", max_model_len=128, enforce_eager=True) as sampler:
-        assert_serves(sampler, start, tok)
+        assert_serves(sampler, start, PROMPTS)
         for round_ in (1, 2):  # twice: a second sync must not meet state the first one left
             policy = perturbed(tiny_model(kind, seed=0, **spec), seed=round_)
             sampler.load_weights(policy.state_dict())
-            assert_serves(sampler, policy, tok)
+            assert_serves(sampler, policy, PROMPTS)
 
 
 def test_a_dropped_reload_raises_weight_sync_error(vllm_sampler, monkeypatch):

@@ -5,7 +5,8 @@
 - weights come from safetensors only (``use_safetensors=True``: no pickle is ever unpickled);
 - nothing is fetched from the Hub (``local_files_only=True``);
 - ``trust_remote_code`` is off unless the caller passes True (a config option, never a default).
-Any failure of transformers while reading the folder becomes a ValueError naming it.
+Any failure of transformers while reading the folder becomes a ValueError naming it, and so does
+an architecture the packed training path cannot run (``families.check_packed``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ def load_causal_lm(path, what: str = "model", *, trust_remote_code: bool = False
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             folder, use_safetensors=True, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{what} folder {folder!r} cannot be loaded ({type(e).__name__}: {_first_line(e)})") from None
+    from .families import check_packed
+
+    try:
+        check_packed(model)  # an architecture the packed path would train wrongly is refused here
+    except ValueError as e:
+        raise ValueError(f"{what} folder {folder!r}: {e}") from None
+    return model
 
 
 def load_tokenizer(path, what: str = "tokenizer", *, trust_remote_code: bool = False):

@@ -3,21 +3,75 @@ benchmarks (no model hub, no network, CPU-sized, deterministic).
 
 - ``train_bpe_tokenizer(lines, vocab_size, ...)``: a byte-level BPE trained on the spot;
 - ``word_tokenizer(vocab_size)``: a word-level tokenizer over ``w0 w1 ...`` (benchmarks);
-- ``tiny_config(kind, **overrides)``: a decoder config (``llama``, ``qwen2``, ``mistral``, and
-  the head-transform families ``gemma2``, ``gemma3``, ``granite``, ``cohere``);
+- ``tiny_config(kind, **overrides)``: a decoder config (``llama``, ``qwen2``, ``qwen3``,
+  ``mistral``, ``phi3``, ``olmo2``, and the head-transform families ``gemma2``, ``gemma3``,
+  ``granite``, ``cohere``);
+- ``FAMILIES``: the model families users train, each a kind plus the overrides that switch on its
+  distinctive features (``tiny_config(*family_config(name))``), tested end to end in
+  ``tests/test_families.py``;
 - ``tiny_causal_lm(kind, *, seed, dtype, **overrides)``: random weights from that config, the same
   ``seed`` giving bit-identical weights, the global RNG left as it was.
 """
 
 from __future__ import annotations
 
-KINDS = ("llama", "qwen2", "mistral", "gemma2", "gemma3", "granite", "cohere")
+# kind -> transformers config class
+_CONFIG_CLASSES = {
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "mistral": "MistralConfig",
+    "phi3": "Phi3Config",
+    "olmo2": "Olmo2Config",
+    "gemma2": "Gemma2Config",
+    "gemma3": "Gemma3TextConfig",
+    "granite": "GraniteConfig",
+    "cohere": "CohereConfig",
+}
+KINDS = tuple(_CONFIG_CLASSES)
+# configs without a head_dim field: head_dim = hidden_size / num_attention_heads
+_NO_HEAD_DIM = ("phi3", "olmo2", "granite", "cohere")
 # architectures whose logits are more than h W^T (model.head): small values so the transform matters
 _FAMILY_DEFAULTS = {
     "gemma2": dict(final_logit_softcapping=3.0, attn_logit_softcapping=2.0, sliding_window=6, query_pre_attn_scalar=32),
     "gemma3": dict(final_logit_softcapping=3.0, sliding_window=6, query_pre_attn_scalar=32),
     "granite": dict(logits_scaling=4.0, attention_multiplier=0.2),
     "cohere": dict(logit_scale=0.25),
+}
+_LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=500000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,  # short, so the rescaled wavelengths matter at tiny lengths
+)
+# family -> (kind, overrides): each family's distinctive features switched on, at tiny sizes
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama3": ("llama", dict(rope_parameters=_LLAMA3_ROPE, num_attention_heads=4, num_key_value_heads=2)),
+    "llama3.2": ("llama", dict(rope_parameters=_LLAMA3_ROPE, tie_word_embeddings=True, head_dim=64)),
+    "smollm2": (
+        "llama",
+        dict(
+            rope_parameters=dict(rope_type="default", rope_theta=100000.0),
+            tie_word_embeddings=True,
+            hidden_size=96,
+            num_attention_heads=3,
+        ),
+    ),
+    "qwen2.5": (
+        "qwen2",
+        dict(tie_word_embeddings=True, hidden_size=128, head_dim=64, num_attention_heads=2, num_key_value_heads=1),
+    ),
+    "qwen3": ("qwen3", dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2)),
+    "mistral": ("mistral", dict(sliding_window=6)),
+    "gemma2": ("gemma2", dict(tie_word_embeddings=True, query_pre_attn_scalar=64)),
+    "gemma3": (
+        "gemma3",
+        dict(tie_word_embeddings=True, query_pre_attn_scalar=64, layer_types=["sliding_attention", "full_attention"]),
+    ),
+    "phi3": ("phi3", {}),
+    "granite": ("granite", dict(embedding_multiplier=3.0, residual_multiplier=0.5)),
 }
 WORD_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -97,24 +151,25 @@ def tiny_config(kind: str = "llama", **overrides):
         pad_token_id=0,
         attention_dropout=0.0,
     )
+    if kind in _NO_HEAD_DIM:
+        del common["head_dim"]
     common.update(_FAMILY_DEFAULTS.get(kind, {}))
     common.update(overrides)
     import transformers
 
-    config_class = {
-        "llama": "LlamaConfig",
-        "qwen2": "Qwen2Config",
-        "mistral": "MistralConfig",
-        "gemma2": "Gemma2Config",
-        "gemma3": "Gemma3TextConfig",
-        "granite": "GraniteConfig",
-        "cohere": "CohereConfig",
-    }[kind]
     if kind == "mistral":
         common.setdefault("sliding_window", 4096)
-    cfg = getattr(transformers, config_class)(**common)
+    cfg = getattr(transformers, _CONFIG_CLASSES[kind])(**common)
     cfg._attn_implementation = "eager" if kind in ("gemma2", "gemma3") else "sdpa"
     return cfg
+
+
+def family_config(family: str) -> tuple[str, dict]:
+    """(kind, overrides) of a ``FAMILIES`` entry (a copy): ``tiny_config(kind, **overrides)``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    kind, overrides = FAMILIES[family]
+    return kind, dict(overrides)
 
 
 def tiny_causal_lm(kind: str = "llama", *, seed: int = 0, dtype=None, **overrides):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data.packing import PackedBatch
+from ..model.families import check_packed
 from ..model.head import lm_head
 from ..model.packed import model_sequence_logprobs, packed_hidden_states
 from ..ops.fused import fused_pair_loss
@@ -48,6 +49,7 @@ class PolicyLoss(nn.Module):
 
     def __init__(self, policy: nn.Module, cfg: TrainConfig, compute_dtype: torch.dtype | None):
         super().__init__()
+        check_packed(policy)  # ValueError naming the architecture the packed path cannot train
         self.policy = policy
         self.cfg = cfg
         self.compute_dtype = compute_dtype

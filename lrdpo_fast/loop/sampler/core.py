@@ -16,7 +16,7 @@ import torch
 from ...ops.checks import check_int
 from ...train.distributed import all_gather_agreed
 from ..samples import Sample
-from .engine import Engine, model_folder, shutdown_engine, start_engine, tokenizer_folder
+from .engine import Engine, check_servable, model_folder, shutdown_engine, start_engine, tokenizer_folder
 from .layout import agree, resolve_layout
 from .process import Threads
 from .prompts import prompt_ids
@@ -145,6 +145,7 @@ class VLLMSampler(WeightSync):
     # ------------------------------------------------------------------ start-up
     def _start(self, model, tokenizer, state, engine_kwargs) -> dict[str, Any]:
         model_dir = model_folder(model, state, self._mkdtemp)
+        check_servable(model_dir)  # an architecture vLLM would serve wrongly is refused before it starts
         tokenizer_dir = tokenizer_folder(tokenizer, model, model_dir, self._mkdtemp)
         specs = checkpoint_specs(model_dir)
         self.tokenizer = tokenizer if hasattr(tokenizer, "save_pretrained") else self._load_tokenizer(tokenizer_dir)

@@ -76,6 +76,26 @@ def model_folder(model, state, mkdtemp: Callable[[str], str]) -> str:
     raise ValueError(f"model must be a save_pretrained folder or a transformers module, got {type(model).__name__}")
 
 
+def check_servable(model_dir: str) -> None:
+    """ValueError naming the architecture when vLLM would not serve the folder's model as
+    transformers computes it (``model.families.check_sampled``, with how the installed vLLM's
+    registry serves the architecture)."""
+    import json
+
+    from vllm.model_executor.models.registry import ModelRegistry
+
+    from ...model.families import architecture, check_sampled
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    entry = ModelRegistry.models.get(architecture(config))
+    backend = None
+    if entry is not None:
+        transformers_backend = str(getattr(entry, "module_name", "")).endswith(".transformers")
+        backend = "transformers" if transformers_backend else "native"
+    check_sampled(config, vllm_backend=backend)
+
+
 def tokenizer_folder(tokenizer, model, model_dir: str, mkdtemp: Callable[[str], str]) -> str:
     """The folder vLLM reads the tokenizer from (a tokenizer object is saved, next to a copy of
     the model's config, which vLLM also reads there). Raises ValueError naming ``tokenizer``."""
