@@ -60,7 +60,9 @@ def test_packed_logprobs_equal_unpacked(family):
 
 
 def _run_config(tmp_path, policy_dir) -> dict:
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"the quick fox {i}"}) + "\n" for i in range(4)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"the quick fox {i}"}) + "\n" for i in range(4))
+    )
     return {
         "policy": str(policy_dir),
         "prompts": str(tmp_path / "prompts.jsonl"),
