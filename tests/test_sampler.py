@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_model, tiny_tokenizer
+from helpers import hf_greedy_with_logprobs, tiny_model, tiny_tokenizer
 
 from lrdpo_fast.loop.samples import Sample, read_samples, write_samples
 
@@ -41,18 +41,8 @@ def _prompt_ids(tok, prompt) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-@torch.no_grad()
 def _hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    ids = torch.tensor([prompt_ids])
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return out[0, len(prompt_ids) :].tolist()
+    return hf_greedy_with_logprobs(model, prompt_ids, max_new_tokens)[0]
 
 
 def _greedy(sampler, prompts=PROMPTS, max_new_tokens=16):
@@ -328,7 +318,7 @@ TORCHRUN_SCRIPT = """\
 import json, os, sys
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-from helpers import tiny_model, tiny_tokenizer
+from helpers import hf_greedy_with_logprobs, tiny_model, tiny_tokenizer
 from lrdpo_fast.loop.sampler import VLLMSampler
 
 def main():

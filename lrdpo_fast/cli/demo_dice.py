@@ -13,11 +13,10 @@ round), 2.. are the implicit-reward rounds.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from .demo import DEMO_PLOT_KEYS, DemoSettings, demo_table, run_config
+from .demo_setup import DEMO_PLOT_KEYS, DemoSettings, demo_table, run_config
 
 # name -> (label, length shaping, replay)
 VARIANTS = {
@@ -33,7 +32,8 @@ def variant_config(s: DemoSettings, name: str, out: Path, seed: int) -> dict:
     """The ``IterateConfig`` mapping of one implicit-reward variant, started from round 0's policy."""
     _, shaping, replay = VARIANTS[name]
     round0 = out / JUDGE_ROUND / "iter_0"
-    cfg = run_config(s, 0.0, out / name, seed, policy=str(round0 / "policy"))
+    # seed + 1: the rounds draw other prompts than round 0, whose judge pairs are the replay set
+    cfg = run_config(s, 0.0, out / name, seed + 1, policy=str(round0 / "policy"))
     cfg["reward"] = {"implicit": True, "reference": "example"}  # round 0 trained against the start policy
     cfg["pairs"] = {"strategy": "best_worst", "length_alpha": "auto" if shaping else 0.0, "drop_truncated": True}
     if replay:
@@ -56,7 +56,6 @@ def run_dice(out: Path, *, settings: DemoSettings, seed: int = 0, printer=None) 
     )
     runs = {}
     for name in VARIANTS:
-        _share_first_row(out / JUDGE_ROUND, out / name)
         rows = iterate(
             IterateConfig.from_dict(variant_config(settings, name, out, seed)),
             progress=False,
@@ -64,21 +63,6 @@ def run_dice(out: Path, *, settings: DemoSettings, seed: int = 0, printer=None) 
         )
         runs[name] = round0 + [{**r, "iteration": r["iteration"] + 1} for r in rows[1:]]
     return runs
-
-
-def _share_first_row(judge_run: Path, run_dir: Path) -> None:
-    """A variant's row 0 is round 0's row 1 (the same policy, held-out prompts and evaluation
-    seed): copied, not sampled again. Its win rates then compare with the round-0 policy."""
-    if (run_dir / "eval" / "row_0.json").exists():
-        return
-    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    import json
-
-    row = json.loads((judge_run / "eval" / "row_1.json").read_text(encoding="utf-8"))
-    for k in ("win_rate", "lc_win_rate", "baseline_length"):
-        row.pop(k, None)
-    (run_dir / "eval" / "row_0.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
-    shutil.copyfile(judge_run / "eval" / "row_1.jsonl", run_dir / "eval" / "row_0.jsonl")
 
 
 def _printer(t0: float):

@@ -88,6 +88,8 @@ def check_servable(model_dir: str) -> None:
 
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
+    if not config.get("architectures"):  # a module's config saved without them: vLLM resolves it itself
+        return
     entry = ModelRegistry.models.get(architecture(config))
     backend = None
     if entry is not None:

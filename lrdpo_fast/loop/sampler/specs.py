@@ -43,7 +43,7 @@ class EngineSpec:
             raise ValueError(f"{w}dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_model_len is not None:
             check_int(f"{w}max_model_len", self.max_model_len, 2)
-        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+        check_number(f"{w}gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
         check_int(f"{w}tensor_parallel_size", self.tensor_parallel_size, 1)
         if self.enable_sleep_mode is not None:
             _check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
