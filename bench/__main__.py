@@ -7,7 +7,9 @@ bench/results/<device>/ (sections not re-run are kept from the previous results.
 Sections: kernel, scaling, train (bench/kernel.py, scaling.py, train.py), sampler
 (bench/bench_sampler.py), implicit_reward (bench/bench_implicit_reward.py) and loop
 (bench/bench_loop.py: one iteration of lf.iterate vs the scripted pipeline, several minutes, so
-only with --only ...,loop) and eval (bench/bench_eval.py: the evaluation's share of an iteration
+only with --only ...,loop), loop-shapes (bench/bench_loop_shapes.py: the same at Qwen2.5-0.5B's
+width and vocabulary, and the iteration's time at 64/128/256 prompts, about 15 minutes, only with
+--only ...,loop-shapes) and eval (bench/bench_eval.py: the evaluation's share of an iteration
 at the demo's settings, a full demo run, only with --only ...,eval). A section the profile has no settings for is skipped; the standalone
 scripts also write their own files (sampler.*, implicit_reward.*, loop.*) to the same folder.
 """
@@ -24,12 +26,13 @@ from . import report
 from .env import REPO, default_device, device_slug, metadata_record
 from .profiles import get_profile
 
-SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward", "loop", "eval")
-DEFAULT_SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward")  # loop, eval: opt-in (long)
+SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward", "loop", "loop-shapes", "eval")
+DEFAULT_SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward")  # loop*, eval: opt-in (long)
 STANDALONE = {  # section -> (module, the JSON file its main writes to --out)
     "sampler": ("bench.bench_sampler", "sampler.json"),
     "implicit_reward": ("bench.bench_implicit_reward", "implicit_reward.json"),
     "loop": ("bench.bench_loop", "loop.json"),
+    "loop-shapes": ("bench.bench_loop_shapes", "loop_shapes.json"),
     "eval": ("bench.bench_eval", "eval.json"),
 }
 
@@ -45,7 +48,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--only",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma list of {','.join(SECTIONS)} (default: all but loop and eval)",
+        help=f"comma list of {','.join(SECTIONS)} (default: all but loop, loop-shapes and eval)",
     )
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     ap.add_argument("--contenders", default=None, help="comma list overriding the profile's kernel contenders")

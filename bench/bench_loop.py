@@ -51,6 +51,8 @@ DEFAULTS = {
     "threads": 2,
 }
 GOAL_SPEEDUP = 4.0
+# the settings both sides' programs take from the comparison's config
+COMMON_KEYS = ("n", "max_new_tokens", "max_model_len", "seed", "threads", "beta", "learning_rate", "pairs_per_step")
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -103,6 +105,7 @@ def scripted_sample(spec: dict) -> dict:
         max_model_len=spec["max_model_len"],
         gpu_memory_utilization=0.5,
         enable_chunked_prefill=False,
+        enforce_eager=spec.get("enforce_eager", False),
     )
     t_engine = time.perf_counter() - t0
     prompts = [r["prompt"] for r in _read_jsonl(spec["prompts"])]
@@ -234,6 +237,7 @@ def lrdpo_fast_run(spec: dict) -> dict:
                 "max_new_tokens": spec["max_new_tokens"],
                 "dtype": "float32",
                 "max_model_len": spec["max_model_len"],
+                **spec.get("sampler_extra", {}),  # e.g. enforce_eager, cpu_threads (bench_loop_shapes)
             },
             "reward": {"callable": "bench.bench_loop:rule_reward"},
             "pairs": {"strategy": "best_worst", "drop_truncated": False},
@@ -246,6 +250,7 @@ def lrdpo_fast_run(spec: dict) -> dict:
                 "num_epochs": 1,
                 "progress": False,
                 "plot": False,
+                **spec.get("train_extra", {}),
             },
         }
     )
@@ -268,6 +273,38 @@ def lrdpo_fast_run(spec: dict) -> dict:
 
 
 # ---- the comparison ------------------------------------------------------------------------------------
+def run_scripted(tmp: Path, policy: Path, common: dict, log=print, prompts: str = "prompts.jsonl") -> dict:
+    """The scripted pipeline's three programs on ``policy`` (each in a fresh, monitored process),
+    handing over through files in ``tmp``; stops at the first that fails."""
+    from bench.harness import run_isolated
+
+    stages = [
+        (
+            "sample",
+            "bench.bench_loop:scripted_sample",
+            {"policy": str(policy), "prompts": str(tmp / prompts), "samples": str(tmp / "samples.jsonl")},
+        ),
+        (
+            "score",
+            "bench.bench_loop:scripted_score",
+            {"samples": str(tmp / "samples.jsonl"), "pairs": str(tmp / "pairs.jsonl")},
+        ),
+        (
+            "train",
+            "bench.bench_loop:scripted_train",
+            {"policy": str(policy), "pairs": str(tmp / "pairs.jsonl"), "out": str(tmp / "policy_1")},
+        ),
+    ]
+    scripted = {}
+    for name, target, extra in stages:
+        r = run_isolated(target, {**common, **extra}, timeout=1800, env=ENGINE_ENV, monitor=True)
+        scripted[name] = r
+        log(f"  scripted {name}: {_brief(r)}")
+        if r.get("status") != "ok":
+            break
+    return scripted
+
+
 def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
     from bench.harness import run_isolated
     from bench.train_data import build_model, build_tokenizer
@@ -282,44 +319,8 @@ def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
         res["config"]["parameters"] = sum(p.numel() for p in model.parameters())
         del model
         _write_jsonl(tmp / "prompts.jsonl", [{"prompt": p} for p in make_prompts(cfg)])
-        common = {
-            k: cfg[k]
-            for k in (
-                "n",
-                "max_new_tokens",
-                "max_model_len",
-                "seed",
-                "threads",
-                "beta",
-                "learning_rate",
-                "pairs_per_step",
-            )
-        }
-        stages = [
-            (
-                "sample",
-                "bench.bench_loop:scripted_sample",
-                {"policy": str(policy), "prompts": str(tmp / "prompts.jsonl"), "samples": str(tmp / "samples.jsonl")},
-            ),
-            (
-                "score",
-                "bench.bench_loop:scripted_score",
-                {"samples": str(tmp / "samples.jsonl"), "pairs": str(tmp / "pairs.jsonl")},
-            ),
-            (
-                "train",
-                "bench.bench_loop:scripted_train",
-                {"policy": str(policy), "pairs": str(tmp / "pairs.jsonl"), "out": str(tmp / "policy_1")},
-            ),
-        ]
-        scripted = {}
-        for name, target, extra in stages:
-            r = run_isolated(target, {**common, **extra}, timeout=1800, env=ENGINE_ENV, monitor=True)
-            scripted[name] = r
-            log(f"  scripted {name}: {_brief(r)}")
-            if r.get("status") != "ok":
-                break
-        res["scripted"] = scripted
+        common = {k: cfg[k] for k in COMMON_KEYS}
+        res["scripted"] = run_scripted(tmp, policy, common, log)
         spec = {
             **common,
             "alpha": cfg["alpha"],

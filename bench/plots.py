@@ -62,3 +62,41 @@ def plot_scaling(scaling: dict, matmul: dict | None, out_dir: Path, title: str) 
         plt.close(fig)
         written.append(path.name)
     return written
+
+
+def plot_loop_scaling(res: dict, phases, path: Path) -> None:
+    """bench/bench_loop_shapes.py's plot: one iteration's wall time (and each phase's) against the
+    prompts per iteration, a line linear in prompts from the first size, the scripted point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {int(k): v for k, v in res["table"]["lrdpo_fast"].items() if "iteration_s" in v}
+    xs = sorted(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(xs, [rows[x]["iteration_s"] for x in xs], "o-", linewidth=2.5, label="lrdpo-fast iteration (phases)")
+    for p in phases:
+        ax.plot(xs, [rows[x][f"{p}_s"] for x in xs], ".--", linewidth=1, label=f"  {p}")
+    if xs:
+        ax.plot(xs, [rows[xs[0]]["iteration_s"] * x / xs[0] for x in xs], "k:", label="linear in prompts")
+    sc = res["table"].get("scripted")
+    if sc:
+        ax.plot([res["config"]["scale"][0]], [sc["iteration_s"]], "s", color="C3", ms=9, label="scripted pipeline")
+    cfg, shape = res["config"], res["config"]["shape"]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs or cfg["scale"], [str(x) for x in xs or cfg["scale"]])
+    ax.set_xlabel(f"prompts per iteration (x {cfg['n']} samples x {cfg['max_new_tokens']} tokens)")
+    ax.set_ylabel("wall time per iteration (s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    loads = [x["loadavg"][0] for x in res["load"]]
+    ax.set_title(
+        f"One lf.iterate iteration, Qwen2.5-0.5B shape d={shape['hidden_size']} V={shape['vocab_size']} {cfg['layers']} layers, "
+        f"fp32\n{res['meta']['device_name']}, {cfg['threads']} threads, shared cores (load {min(loads):.1f}-"
+        f"{max(loads):.1f})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

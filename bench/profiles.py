@@ -51,6 +51,7 @@ PROFILES: dict[str, dict] = {
         "sampler": {"args": []},
         "implicit_reward": {"args": ["--device", "cpu"]},
         "loop": {"args": []},
+        "loop-shapes": {"args": []},
         "eval": {"args": []},
         "cell_timeout": 600,
     },

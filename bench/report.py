@@ -268,6 +268,7 @@ STANDALONE_TITLES = {
     "sampler": "vLLM sampler (bench/bench_sampler.py)",
     "implicit_reward": "Implicit reward (bench/bench_implicit_reward.py)",
     "loop": "One iteration of the loop (bench/bench_loop.py)",
+    "loop-shapes": "The loop at Qwen2.5-0.5B's width and vocabulary (bench/bench_loop_shapes.py)",
     "eval": "Evaluation cost per iteration (bench/bench_eval.py)",
 }
 
@@ -284,6 +285,8 @@ def standalone_section(key: str, res: dict, meta: dict) -> list[str]:
             from .bench_implicit_reward import markdown as render_md
         elif key == "eval":
             from .bench_eval import render as render_md
+        elif key == "loop-shapes":
+            from .bench_loop_shapes import render as render_md
         else:
             from .bench_loop import render as render_md
         body = render_md(res)

@@ -85,3 +85,58 @@ def test_loop_table_per_iteration_and_verdicts():
     )
     md = render(res)
     assert "**31.0**" in md and "6.20x" in md and "**PASS**" in md and "**FAIL**" in md
+
+
+def test_loop_shapes_table_memory_and_scaling():
+    """bench/bench_loop_shapes.py's arithmetic: an iteration is its phases' walls, start-up the process
+    wall beyond them, the logits avoided are 4 bytes x tokens x V of the largest batch, and every size
+    gets a scaling row (a failed one says why)."""
+    from bench.bench_loop_shapes import QWEN25_05B, render, table
+
+    def proc(wall, mib):
+        return {"status": "ok", "process": {"wall_s": wall, "peak_rss_bytes": mib * 2**20}}
+
+    def lf(wall, phases, train_tokens, ref_tokens):
+        return proc(wall, 4000) | {
+            "pairs": [60],
+            "phases": [phases],
+            "batches": {
+                "train_micro_batch_tokens": train_tokens,
+                "train_micro_batches_per_step": 1,
+                "reference_batch_tokens": ref_tokens,
+                "pair_tokens": 6000,
+                "max_tokens_per_batch": 8192,
+            },
+            "phase_memory": {p: {"growth_bytes": 100 * 2**20} for p in ("sample", "score", "pairs", "train")},
+        }
+
+    res = {
+        "config": {"shape": QWEN25_05B, "parameters": 10**8, "scale": [64, 128], "prompts": 64, "n": 4}
+        | {"max_new_tokens": 32, "prompt_median": 16.0, "beta": 0.1, "alpha": 0.02, "learning_rate": 5e-7}
+        | {"pairs_per_step": 8, "threads": 2, "layers": 2},
+        "scripted": {
+            "sample": proc(60.0, 3000),
+            "score": proc(1.0, 20) | {"pairs": 60},
+            "train": proc(100.0, 9000),
+        },
+        "scaling": {
+            "64": lf(100.0, {"sample": 10.0, "score": 0.5, "pairs": 9.5, "train": 30.0}, 800, 6000),
+            "128": {"status": "n/a: out of memory"},
+        },
+        "load": [{"loadavg": [3.0, 2, 1], "uptime": "up"}, {"loadavg": [5.0, 2, 1], "uptime": "up"}],
+    }
+    t = table(res)
+    row = t["lrdpo_fast"]["64"]
+    assert row["iteration_s"] == 50.0 and row["startup_s"] == 50.0 and row["pairs"] == 60
+    assert row["train_logits_bytes"] == 4 * 800 * 151936 and row["reference_logits_bytes"] == 4 * 6000 * 151936
+    assert t["scripted"]["iteration_s"] == 161.0 and t["scripted"]["peak_rss_bytes"] == 9000 * 2**20
+    assert t["speedup"] == 161.0 / 50.0 and t["speedup_with_startup"] == 161.0 / 100.0
+    assert t["lrdpo_fast"]["128"] == {"status": "n/a: out of memory"}
+    res.update(
+        table=t,
+        vllm_version="x",
+        meta={"device_name": "cpu", "host_cpus": 2, "git_commit": "c", "date_utc": "d", "versions": {}},
+    )
+    md = render(res)
+    assert "**50.0**" in md and "3.22x" in md and "load average 3.00 to 5.00" in md
+    assert "| 128 | n/a: out of memory |" in md and f"| 800 | {4 * 800 * 151936 / 2**20:.0f} |" in md
