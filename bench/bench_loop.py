@@ -267,11 +267,17 @@ def lrdpo_fast_run(spec: dict) -> dict:
         {p: run.done_info(i, p).get("wall_s") for p in ("sample", "score", "pairs", "train")}
         for i in range(spec["iterations"])
     ]
+    # the train phase beyond Trainer.train: the Trainer's set-up, saving policy_{i+1}, its digest
+    train_extra = [
+        run.done_info(i, "train")["wall_s"] - run.done_info(i, "train")["time_train_s"]
+        for i in range(spec["iterations"])
+    ]
     return {
         "status": "ok",
         "import_s": t_import,
         "iterate_s": total,
         "first_sample_s": first_sample,
+        "train_beyond_training_s": train_extra,
         "engine": engine,
         "phases": phases,
         "pairs": [r.get("pairs_kept") for r in rows[1:]],

@@ -15,6 +15,9 @@ def _variant(o: dict, iterations: int) -> dict:
     return {
         "startup_s": o["process"]["wall_s"] - busy,
         "first_sample_s": o.get("first_sample_s"),
+        # after the first sample, outside every phase: the syncs (load_weights + verify), summary, exit
+        "between_phases_s": o["process"]["wall_s"] - busy - (o.get("first_sample_s") or 0.0),
+        "train_beyond_training_s": o.get("train_beyond_training_s"),
         "enforce_eager": (o.get("engine") or {}).get("enforce_eager"),
         "phases": ph,
         "later_iteration_s": sum(v or 0 for v in ph[1].values()) if len(ph) > 1 else None,
@@ -95,6 +98,14 @@ def render(res: dict) -> str:
         _row(
             "start-up: launch to the first sample (s)",
             ["(each program)"] + [f"{vs[n]['first_sample_s']:.1f}" for n in names],
+        ),
+        _row(
+            "between phases: syncs, summary, exit (s)",
+            ["(none)"] + [f"{vs[n]['between_phases_s']:.1f}" for n in names],
+        ),
+        _row(
+            "train phase beyond training: set-up, save, digest (s, per iteration)",
+            ["(in train)"] + [" / ".join(f"{x:.1f}" for x in vs[n]["train_beyond_training_s"] or []) for n in names],
         ),
         _row("engine compiled", ["yes (vLLM default)"] + [("no" if vs[n]["enforce_eager"] else "yes") for n in names]),
     ]

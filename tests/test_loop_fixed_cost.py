@@ -22,6 +22,7 @@ from lrdpo_fast.loop.sampler_reference import (
     ReferenceMismatchError,
     attach_sampler_reference,
     check_distribution,
+    sampler_sums,
 )
 from lrdpo_fast.train.config import TrainConfig
 
@@ -180,3 +181,21 @@ def test_sampler_reference_equals_the_recomputed_one_and_resumes_identically(tmp
     assert sorted(got) == sorted(want) and len(want) == 2 * 5
     for name in want:
         assert got[name] == want[name], name
+
+
+def test_sampler_sums_only_where_the_trained_tokens_are_the_sampled_ones():
+    from lrdpo_fast.loop.pairs import ScoredGroup
+    from lrdpo_fast.loop.samples import Sample
+
+    def sample(ids, lps, reason="stop"):
+        return Sample([1, 7], ids, "t", reason, reason == "length", lps)
+
+    group = ScoredGroup("p", [sample([3, 2], [-0.5, -0.25]), sample([4, 5], [-1.0, -2.0], "length")], [1.0, 0.0])
+    rec = {"prompt_index": 0, "chosen_input_ids": [3, 2], "rejected_input_ids": [4, 5]}
+    same = PairExample([1, 7], [3, 2], [4, 5])
+    assert sampler_sums([group], [rec], [same]) == [(-0.75, -3.0)]
+    # the loader's EOS after a response (2 = EOS) that the engine did not sample, a cut prompt
+    for ex in (PairExample([1, 7], [3, 2], [4, 5, 2]), PairExample([7], [3, 2], [4, 5])):
+        assert sampler_sums([group], [rec], [ex]) == [None]
+    no_lps = ScoredGroup("p", [sample([3, 2], None), sample([4, 5], [-1.0, -2.0], "length")], [1.0, 0.0])
+    assert sampler_sums([no_lps], [rec], [same]) == [None]
