@@ -6,9 +6,9 @@ to lrdpo-fast and PASS/FAIL goal lines; writes results.json, results.md and scal
 bench/results/<device>/ (sections not re-run are kept from the previous results.json there).
 Sections: kernel, scaling, train (bench/kernel.py, scaling.py, train.py), sampler
 (bench/bench_sampler.py), implicit_reward (bench/bench_implicit_reward.py) and loop
-(bench/bench_loop.py: one iteration of lf.iterate vs the scripted pipeline, several minutes, so
-only with --only ...,loop), loop-shapes (bench/bench_loop_shapes.py: the same at Qwen2.5-0.5B's
-width and vocabulary, and the iteration's time at 64/128/256 prompts, about 15 minutes, only with
+(bench/bench_loop.py: a 3-iteration lf.iterate run vs the scripted pipeline, several minutes, so
+only with --only ...,loop), loop-shapes (bench/bench_loop_shapes.py: one iteration at Qwen2.5-0.5B's
+width and vocabulary, and the iteration's time at 64/128/256 prompts, long, only with
 --only ...,loop-shapes) and eval (bench/bench_eval.py: the evaluation's share of an iteration
 at the demo's settings, a full demo run, only with --only ...,eval). A section the profile has no settings for is skipped; the standalone
 scripts also write their own files (sampler.*, implicit_reward.*, loop.*) to the same folder.

@@ -1,6 +1,6 @@
-"""One iteration of the iterative loop: ``lf.iterate`` against the seeds' scripted pipeline.
+"""The iterative loop end to end: ``lf.iterate`` against the seeds' scripted pipeline.
 
-``python -m bench.bench_loop [--prompts 64] [--n 4] [--max-new-tokens 64] [--iterations 2] [--out DIR]``
+``python -m bench.bench_loop [--prompts 64] [--n 4] [--max-new-tokens 64] [--iterations 3] [--variants auto,compiled,sampler] [--out DIR]``
 (also ``python -m bench --only loop``).
 
 Same start policy (``bench.train_data.build_model``: ~20M-parameter Llama, hidden 256, 4 layers,
@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.loop_report import render, table
+
 DEFAULTS = {
     "prompts": 64,
     "n": 4,
@@ -50,7 +52,7 @@ DEFAULTS = {
     "seed": 0,
     "threads": 2,
 }
-GOAL_SPEEDUP = 4.0
+VARIANTS = {"auto": {}, "compiled": {"enforce_eager": False}, "sampler": {"reference": "sampler"}}
 # the settings both sides' programs take from the comparison's config
 COMMON_KEYS = ("n", "max_new_tokens", "max_model_len", "seed", "threads", "beta", "learning_rate", "pairs_per_step")
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -105,7 +107,6 @@ def scripted_sample(spec: dict) -> dict:
         max_model_len=spec["max_model_len"],
         gpu_memory_utilization=0.5,
         enable_chunked_prefill=False,
-        enforce_eager=spec.get("enforce_eager", False),
     )
     t_engine = time.perf_counter() - t0
     prompts = [r["prompt"] for r in _read_jsonl(spec["prompts"])]
@@ -213,7 +214,10 @@ def scripted_train(spec: dict) -> dict:
 
 # ---- lrdpo-fast: one process ---------------------------------------------------------------------------
 def lrdpo_fast_run(spec: dict) -> dict:
-    """``lf.iterate`` for ``spec["iterations"]`` on a fresh run directory; phase walls from the markers."""
+    """``lf.iterate`` for ``spec["iterations"]`` on a fresh run directory; phase walls from the markers.
+    ``first_sample_s``: from this function's start (imports included) to the start of the first
+    sampling (the engine ready)."""
+    t_launch = time.time()
     t0 = time.perf_counter()
     import torch
 
@@ -237,6 +241,7 @@ def lrdpo_fast_run(spec: dict) -> dict:
                 "max_new_tokens": spec["max_new_tokens"],
                 "dtype": "float32",
                 "max_model_len": spec["max_model_len"],
+                "enforce_eager": spec.get("enforce_eager", "auto"),
                 **spec.get("sampler_extra", {}),  # e.g. enforce_eager, cpu_threads (bench_loop_shapes)
             },
             "reward": {"callable": "bench.bench_loop:rule_reward"},
@@ -250,6 +255,7 @@ def lrdpo_fast_run(spec: dict) -> dict:
                 "num_epochs": 1,
                 "progress": False,
                 "plot": False,
+                "reference": spec.get("reference", "recompute"),
                 **spec.get("train_extra", {}),
             },
         }
@@ -258,14 +264,25 @@ def lrdpo_fast_run(spec: dict) -> dict:
     rows = lf.iterate(cfg, progress=False)
     total = time.perf_counter() - t0
     run = RunDir(Path(spec["run_dir"]))
+    marker = run.marker(0, "sample")  # written when iteration 0's sampling ended
+    first_sample = marker.stat().st_mtime - run.done_info(0, "sample")["wall_s"] - t_launch
+    engine = json.loads((run.root / "engine.json").read_text())
     phases = [
         {p: run.done_info(i, p).get("wall_s") for p in ("sample", "score", "pairs", "train")}
+        for i in range(spec["iterations"])
+    ]
+    # the train phase beyond Trainer.train: the Trainer's set-up, saving policy_{i+1}, its digest
+    train_extra = [
+        run.done_info(i, "train")["wall_s"] - run.done_info(i, "train")["time_train_s"]
         for i in range(spec["iterations"])
     ]
     return {
         "status": "ok",
         "import_s": t_import,
         "iterate_s": total,
+        "first_sample_s": first_sample,
+        "train_beyond_training_s": train_extra,
+        "engine": engine,
         "phases": phases,
         "pairs": [r.get("pairs_kept") for r in rows[1:]],
         "summary": rows,
@@ -305,7 +322,9 @@ def run_scripted(tmp: Path, policy: Path, common: dict, log=print, prompts: str 
     return scripted
 
 
-def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
+def run(cfg: dict, *, iterations: int = 3, variants: dict | None = None, log=print) -> dict:
+    """Scripted (one iteration) against ``lf.iterate`` for ``iterations``, once per variant
+    (name -> overrides of the run: ``enforce_eager``, ``reference``); the first is the headline."""
     from bench.harness import run_isolated
     from bench.train_data import build_model, build_tokenizer
 
@@ -327,13 +346,22 @@ def run(cfg: dict, *, iterations: int = 2, log=print) -> dict:
             "policy": str(policy),
             "prompts": str(tmp / "prompts.jsonl"),
             "prompts_n": cfg["prompts"],
-            "run_dir": str(tmp / "run"),
             "iterations": iterations,
         }
-        ours = run_isolated("bench.bench_loop:lrdpo_fast_run", spec, timeout=3600, env=ENGINE_ENV, monitor=True)
-        ours.pop("summary", None)
-        res["lrdpo_fast"] = ours
-        log(f"  lrdpo-fast iterate x{iterations}: {_brief(ours)}")
+        res["variants"] = {}
+        for name, overrides in (variants or {"default": {}}).items():
+            run_dir = {"run_dir": str(tmp / f"run-{len(res['variants'])}")}
+            ours = run_isolated(
+                "bench.bench_loop:lrdpo_fast_run",
+                {**spec, **overrides, **run_dir},
+                timeout=3600,
+                env=ENGINE_ENV,
+                monitor=True,
+            )
+            ours.pop("summary", None)
+            res["variants"][name] = {"overrides": overrides, **ours}
+            log(f"  lrdpo-fast iterate x{iterations} ({name}): {_brief(ours)}")
+        res["lrdpo_fast"] = next(iter(res["variants"].values()))
     res["table"] = table(res)
     return res
 
@@ -343,110 +371,6 @@ def _brief(r: dict) -> str:
         return str(r.get("status"))
     p = r["process"]
     return f"{p['wall_s']:.1f} s, peak {p['peak_rss_bytes'] / 2**20:.0f} MiB"
-
-
-def table(res: dict) -> dict:
-    """Per-iteration numbers of both sides and the verdict (None where a side failed)."""
-    s, o = res.get("scripted", {}), res.get("lrdpo_fast", {})
-    out: dict = {}
-    if all(s.get(k, {}).get("status") == "ok" for k in ("sample", "score", "train")):
-        out["scripted"] = {
-            "sample_s": s["sample"]["process"]["wall_s"],
-            "score_s": s["score"]["process"]["wall_s"],
-            "train_s": s["train"]["process"]["wall_s"],
-            "iteration_s": sum(s[k]["process"]["wall_s"] for k in ("sample", "score", "train")),
-            "peak_rss_bytes": max(s[k]["process"]["peak_rss_bytes"] for k in ("sample", "score", "train")),
-        }
-    if o.get("status") == "ok":
-        ph = o["phases"]
-        startup = o["process"]["wall_s"] - sum(sum(v or 0 for v in p.values()) for p in ph)
-        first = {k: ph[0][k] for k in ph[0]}
-        out["lrdpo_fast"] = {
-            "startup_s": startup,
-            "first": first,
-            "first_iteration_s": startup + sum(first.values()),
-            "later": ph[1] if len(ph) > 1 else None,
-            "later_iteration_s": sum(ph[1].values()) if len(ph) > 1 else None,
-            "peak_rss_bytes": o["process"]["peak_rss_bytes"],
-            "process_wall_s": o["process"]["wall_s"],
-        }
-    if "scripted" in out and "lrdpo_fast" in out:
-        sc, lf = out["scripted"], out["lrdpo_fast"]
-        per_iter = lf["later_iteration_s"] or lf["first_iteration_s"]
-        out["speedup_later"] = sc["iteration_s"] / per_iter
-        out["speedup_first"] = sc["iteration_s"] / lf["first_iteration_s"]
-        out["memory_ratio"] = lf["peak_rss_bytes"] / sc["peak_rss_bytes"]
-        out["goal_time"] = out["speedup_later"] >= GOAL_SPEEDUP
-        out["goal_memory"] = out["memory_ratio"] <= 1.0
-    return out
-
-
-def render(res: dict) -> str:
-    meta, cfg, t = res["meta"], res["config"], res["table"]
-    lines = [
-        "# One iteration of the loop: lrdpo-fast `lf.iterate` vs the scripted pipeline",
-        "",
-        "Reproduce: `python -m bench.bench_loop` (or `python -m bench --only loop`); raw numbers in loop.json.",
-        "",
-        f"Device: **{meta['device_name']}** ({cfg['threads']} torch threads, {meta['host_cpus']} CPUs visible, "
-        "shared with other jobs: timings are noisy, compare within this run); commit "
-        f"`{meta['git_commit']}`; {meta['date_utc']}. torch {meta['versions'].get('torch')}, vllm "
-        f"{res.get('vllm_version')}, transformers {meta['versions'].get('transformers')}, trl "
-        f"{meta['versions'].get('trl')}.",
-        "",
-        f"{cfg['parameters'] / 1e6:.1f}M-parameter Llama (fp32), {cfg['prompts']} prompts x {cfg['n']} samples x "
-        f"at most {cfg['max_new_tokens']} tokens (temperature 1), rule reward, best/worst pairs, DPO beta "
-        f"{cfg['beta']} (lrdpo-fast: LR-DPO alpha {cfg['alpha']}, the same compute), lr {cfg['learning_rate']}, "
-        f"{cfg['pairs_per_step']} pairs per step, 1 epoch. Scripted: three fresh processes per iteration "
-        "(vLLM engine on policy_i from disk; scoring + pairs; TRL DPOTrainer with the reference loaded from "
-        "disk, save_pretrained). lrdpo-fast: one process running `lf.iterate` for "
-        f"{cfg['iterations_lrdpo_fast']} iterations; the engine and policy stay alive, weights sync in memory. "
-        "Times are wall seconds of each process (launch to exit) or phase; memory is the peak resident set "
-        "of each process tree (the pipeline's peak = its largest program's).",
-        "",
-    ]
-    sc, lf = t.get("scripted"), t.get("lrdpo_fast")
-    if sc is None or lf is None:
-        for side, rows in (("scripted", res.get("scripted", {})), ("lrdpo-fast", {"run": res.get("lrdpo_fast", {})})):
-            for k, r in rows.items():
-                if r.get("status") != "ok":
-                    lines.append(f"- {side} {k}: {r.get('status')}")
-        return "\n".join(lines) + "\n"
-    MIB = 2**20
-    first, later = lf["first"], lf["later"] or {}
-    lines += [
-        "| phase | scripted (s) | lrdpo-fast, first iteration (s) | lrdpo-fast, later iteration (s) |",
-        "|---|---:|---:|---:|",
-        f"| start-up (process, imports, model load, engine) | (in each program) | {lf['startup_s']:.1f} | 0 |",
-        f"| sample | {sc['sample_s']:.1f} | {first['sample']:.1f} | {later.get('sample', float('nan')):.1f} |",
-        f"| score + pairs | {sc['score_s']:.1f} | {first['score'] + first['pairs']:.1f} | "
-        f"{later.get('score', 0) + later.get('pairs', 0):.1f} |",
-        f"| train (+ save / sync) | {sc['train_s']:.1f} | {first['train']:.1f} | {later.get('train', float('nan')):.1f} |",
-        f"| **iteration** | **{sc['iteration_s']:.1f}** | **{lf['first_iteration_s']:.1f}** | "
-        f"**{(lf['later_iteration_s'] or float('nan')):.1f}** |",
-        f"| peak memory (MiB) | {sc['peak_rss_bytes'] / MIB:.0f} | {lf['peak_rss_bytes'] / MIB:.0f} (whole run) | |",
-        "",
-    ]
-    s = res["scripted"]
-    lines += [
-        f"Scripted programs: sample {sc['sample_s']:.1f} s (import vLLM {s['sample']['import_s']:.1f}, engine "
-        f"{s['sample']['engine_s']:.1f}, generate {s['sample']['generate_s']:.1f}; peak "
-        f"{s['sample']['process']['peak_rss_bytes'] / MIB:.0f} MiB), score {sc['score_s']:.1f} s "
-        f"({s['score']['pairs']} pairs), train {sc['train_s']:.1f} s (imports {s['train']['import_s']:.1f}, "
-        f"load policy + reference {s['train']['load_s']:.1f}, DPOTrainer {s['train']['train_s']:.1f}, save "
-        f"{s['train']['save_s']:.1f}; peak {s['train']['process']['peak_rss_bytes'] / MIB:.0f} MiB).",
-        f"lrdpo-fast pairs kept per iteration: {res['lrdpo_fast'].get('pairs')}.",
-        "",
-        "Goals:",
-        f"- time per iteration, scripted / lrdpo-fast (later iteration): {t['speedup_later']:.2f}x "
-        f"(first iteration, start-up included: {t['speedup_first']:.2f}x) (goal >= {GOAL_SPEEDUP:.0f}x): "
-        f"**{'PASS' if t['goal_time'] else 'FAIL'}**",
-        f"- peak memory, lrdpo-fast / scripted: {t['memory_ratio']:.2f}x (goal <= 1x): "
-        f"**{'PASS' if t['goal_memory'] else 'FAIL'}**",
-    ]
-    if res.get("note"):  # a remark on the conditions of this run, added by whoever ran it
-        lines += ["", f"Note: {res['note']}"]
-    return "\n".join(lines) + "\n"
 
 
 def write(res: dict, out_dir: Path) -> None:
@@ -461,7 +385,13 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
     p.add_argument("--pairs-per-step", type=int, default=DEFAULTS["pairs_per_step"])
-    p.add_argument("--iterations", type=int, default=2, help="lrdpo-fast iterations (>= 2 gives a later one)")
+    p.add_argument("--iterations", type=int, default=3, help="lrdpo-fast iterations (>= 2 gives a later one)")
+    p.add_argument(
+        "--variants",
+        default="auto",
+        help="comma list of lrdpo-fast runs: auto (the defaults), compiled (enforce_eager: false, the old "
+        "default), sampler (reference: sampler)",
+    )
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"])
     p.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     return p.parse_args(argv)
@@ -481,13 +411,13 @@ def main(argv=None) -> int:
         pairs_per_step=args.pairs_per_step,
         threads=args.threads,
     )
-    res = {"meta": metadata_record("cpu")}
+    res = {"meta": metadata_record("cpu"), "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"}
     print(
         f"bench_loop: {cfg['prompts']} prompts x {cfg['n']} x {cfg['max_new_tokens']} tokens on "
         f"{res['meta']['device_name']}",
         flush=True,
     )
-    res.update(run(cfg, iterations=args.iterations))
+    res.update(run(cfg, iterations=args.iterations, variants={v: VARIANTS[v] for v in args.variants.split(",")}))
     try:
         from importlib.metadata import version
 

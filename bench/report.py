@@ -267,7 +267,7 @@ def render(results: dict) -> str:
 STANDALONE_TITLES = {
     "sampler": "vLLM sampler (bench/bench_sampler.py)",
     "implicit_reward": "Implicit reward (bench/bench_implicit_reward.py)",
-    "loop": "One iteration of the loop (bench/bench_loop.py)",
+    "loop": "The loop end to end (bench/bench_loop.py)",
     "loop-shapes": "The loop at Qwen2.5-0.5B's width and vocabulary (bench/bench_loop_shapes.py)",
     "eval": "Evaluation cost per iteration (bench/bench_eval.py)",
 }

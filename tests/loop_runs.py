@@ -19,6 +19,7 @@ def _write_run(
     iterations: int = 2,
     eval_section: bool = True,
     sampler_extra: str = "",
+    train_extra: str = "",
 ) -> Path:
     prompts = [f"the quick fox {i} says" for i in range(10)]
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -33,7 +34,7 @@ sampler: {{n: 4, temperature: 1.0, max_new_tokens: 10, dtype: float32, max_model
 reward: {{callable: "loop_rules:score"}}
 pairs: {{strategy: best_worst, drop_truncated: false}}
 train: {{beta: 0.1, alpha: 0.05, learning_rate: 2.0e-3, lr_scheduler: constant, pairs_per_step: 2, num_epochs: 1,
-         save_steps: 1, progress: false, plot: false}}
+         save_steps: 1, progress: false, plot: false{train_extra}}}
 """
     if eval_section:
         text += 'eval: {prompts: heldout.jsonl, n: 2, metrics: {mean_chars: "loop_rules:mean_chars"}}\n'

@@ -37,35 +37,40 @@ def test_kernel_comparison_toy():
     assert len(lines) == 2 and all(line.split()[0] in ("PASS", "FAIL") for line in lines)
 
 
-def test_loop_table_per_iteration_and_verdicts():
-    """bench/bench_loop.py's arithmetic: the scripted iteration is its three programs' walls, lrdpo-fast's
-    start-up is its process wall beyond the phases, a later iteration is iteration 1's phases."""
+def test_loop_table_end_to_end_per_phase_and_verdicts():
+    """bench/bench_loop.py's arithmetic: the scripted iteration is its three programs' walls and its
+    run that many iterations; each lrdpo-fast variant's run is its process wall, its start-up the wall
+    beyond the phases, a later iteration iteration 1's phases; the goal is the run end to end."""
     from bench.bench_loop import render, table
 
     def proc(wall, mib):
         return {"status": "ok", "process": {"wall_s": wall, "peak_rss_bytes": mib * 2**20}}
 
+    phases = [
+        {"sample": 2.0, "score": 0.5, "pairs": 1.0, "train": 4.0},
+        {"sample": 1.0, "score": 0.5, "pairs": 0.5, "train": 3.0},
+    ]
     res = {
         "scripted": {
             "sample": proc(10.0, 2000) | {"import_s": 3, "engine_s": 4, "generate_s": 2},
             "score": proc(1.0, 20) | {"pairs": 64},
             "train": proc(20.0, 1500) | {"import_s": 5, "load_s": 1, "train_s": 13, "save_s": 1},
         },
-        "lrdpo_fast": proc(40.0, 3000)
-        | {
-            "pairs": [64, 64],
-            "phases": [
-                {"sample": 2.0, "score": 0.5, "pairs": 1.0, "train": 4.0},
-                {"sample": 1.0, "score": 0.5, "pairs": 0.5, "train": 3.0},
-            ],
+        "variants": {
+            "auto": proc(15.5, 1000) | {"phases": phases, "first_sample_s": 3.0, "engine": {"enforce_eager": True}},
+            "compiled": proc(40.0, 3000)
+            | {"phases": phases, "first_sample_s": 20.0, "engine": {"enforce_eager": False}},
         },
+        "config": {"iterations_lrdpo_fast": 2},
     }
     t = table(res)
-    assert t["scripted"]["iteration_s"] == 31.0 and t["scripted"]["peak_rss_bytes"] == 2000 * 2**20
-    lf = t["lrdpo_fast"]
-    assert lf["startup_s"] == 27.5 and lf["first_iteration_s"] == 35.0 and lf["later_iteration_s"] == 5.0
-    assert t["speedup_later"] == 31.0 / 5.0 and t["goal_time"] is True
-    assert t["memory_ratio"] == 1.5 and t["goal_memory"] is False
+    assert t["scripted"]["iteration_s"] == 31.0 and t["scripted"]["run_s"] == 62.0
+    assert t["scripted"]["peak_rss_bytes"] == 2000 * 2**20
+    auto, compiled = t["variants"]["auto"], t["variants"]["compiled"]
+    assert auto["startup_s"] == 3.0 and auto["later_iteration_s"] == 5.0 and auto["speedup_run"] == 4.0
+    assert auto["goal_time"] is True and auto["goal_memory"] is True
+    assert compiled["speedup_run"] == 62.0 / 40.0 and compiled["goal_time"] is False
+    assert compiled["memory_ratio"] == 1.5 and compiled["goal_memory"] is False
     res.update(
         table=t,
         vllm_version="x",
@@ -84,7 +89,7 @@ def test_loop_table_per_iteration_and_verdicts():
         },
     )
     md = render(res)
-    assert "**31.0**" in md and "6.20x" in md and "**PASS**" in md and "**FAIL**" in md
+    assert "**62.0**" in md and "**15.5** (4.00x)" in md and "6.20x" in md and "**PASS**" in md and "**FAIL**" in md
 
 
 def test_loop_shapes_table_memory_and_scaling():

@@ -38,6 +38,7 @@ from .evaluation import EvalSpec
 from .pairs import PairsSpec
 from .rewards.spec import RewardSpec
 from .sampler.specs import SamplerSection
+from .sampler_reference import FLOAT32
 
 EXAMPLE = "example"
 
@@ -57,7 +58,8 @@ KEY_DOCS = {
     "sampler.dtype": "engine dtype: auto, float32, bfloat16, float16",
     "sampler.gpu_memory_utilization": "vLLM's share of GPU memory (CPU: see VLLM_CPU_KVCACHE_SPACE)",
     "sampler.tensor_parallel_size": "GPUs per engine",
-    "sampler.enforce_eager": "true: no graph capture / compilation (faster start, slower steps on big models)",
+    "sampler.enforce_eager": "auto (default): decided from the device, model size and tokens per iteration "
+    "(logged); true: no graph capture / compilation (faster start); false: compile",
     "sampler.cpu_threads": "CPU backend: torch threads while sampling (default: the process's; 1 suits small models)",
     "sampler.verify_sync": "after every weight sync, check the engine serves the new weights (raises WeightSyncError)",
     "reward.callable": "'package.module:function' taking (prompts, responses) -> list of floats",
@@ -74,6 +76,8 @@ KEY_DOCS = {
     "train.*": "any TrainConfig field (beta, alpha, loss_type, learning_rate, ...) except output_dir",
     "train.ld_alpha": "LD-DPO: weight of the tokens past the pair's shared length, in [0, 1] (1 = DPO; default off)",
     "train.sampo": "SamPO: sum each response over l_p random positions (needs train.live_reference: true)",
+    "train.reference": "pairs' reference log-probs: recompute (a fused pass of policy_i; default) or sampler "
+    "(the engine's log-probs of the sampled tokens; needs sampler.dtype: float32; the mismatch is measured)",
     "train.wpo": "WPO: weight each pair's loss by how likely the current policy is to produce it",
     "eval.prompts": "held-out prompts (JSONL or 'example'); no eval section = no evaluation",
     "eval.num_prompts": "how many held-out prompts to use (default: all)",
@@ -219,6 +223,12 @@ class IterateConfig:
         if not isinstance(self.pairs, PairsSpec):
             self.pairs = PairsSpec(**_section_values("pairs", self.pairs, PairsSpec), where="IterateConfig: pairs.")
         self.train = _train_section(self.train, self.seed)
+        if self.train.reference == "sampler" and self.sampler.engine.dtype not in FLOAT32:
+            _fail(
+                "train.reference",
+                f"'sampler' needs sampler.dtype: float32 (got {self.sampler.engine.dtype!r}): the engine's "
+                "log-probs must match the float32 reference pass",
+            )
         if self.eval is not None and not isinstance(self.eval, EvalSpec):
             self.eval = _eval_section(self.eval)
 

@@ -30,6 +30,7 @@ import torch
 from ..data.atomic import atomic_write_jsonl
 from ..data.files import read_jsonl
 from ..train.distributed import DistInfo, barrier, init_distributed
+from . import engine_mode
 from .config import EXAMPLE, IterateConfig
 from .phases import PHASE_FUNCS, LoopState
 from .report import format_table, plot_summary
@@ -132,13 +133,28 @@ def build_evaluation(cfg: IterateConfig, reward, start: StartPolicy) -> Evaluati
     return Evaluation(prompts, judge, metrics)
 
 
-def start_sampler(cfg: IterateConfig, start: StartPolicy, progress: bool):
-    """The run's one ``VLLMSampler``, serving the start policy's folder (``sampler:`` engine options)."""
+def start_sampler(cfg: IterateConfig, start: StartPolicy, progress: bool, enforce_eager: bool | None = None):
+    """The run's one ``VLLMSampler``, serving the start policy's folder (``sampler:`` engine
+    options; ``enforce_eager``: the run's resolved engine mode, ``engine_mode.py``). With
+    ``train.reference: sampler`` the engine's log-probs are checked to be policy_i's own."""
     from .sampler import VLLMSampler
 
     engine = cfg.sampler.engine.engine_args()
     engine["quiet"] = not progress  # no weight-loading bar or NUMA warning line in quiet runs
-    return VLLMSampler(start.path, tokenizer=cfg.tokenizer or start.path, seed=cfg.seed, **engine)
+    if enforce_eager is not None:
+        engine["enforce_eager"] = enforce_eager
+    sampler = VLLMSampler(start.path, tokenizer=cfg.tokenizer or start.path, seed=cfg.seed, **engine)
+    if cfg.train.reference == "sampler" and sampler.llm is not None:
+        from .sampler_reference import check_distribution, check_engine_dtype
+
+        try:
+            check_engine_dtype(sampler.engine_dtype)
+            gen = cfg.sampler.generation
+            check_distribution(sampler.llm.llm_engine.model_config.logprobs_mode, gen.temperature, gen.top_p)
+        except ValueError:
+            sampler.close()
+            raise
+    return sampler
 
 
 def _start_distributed(cfg: IterateConfig) -> DistInfo:
@@ -203,6 +219,8 @@ def iterate(
     check_run_config(run, cfg, ranks, lrdpo_fast.__version__)  # before anything loads or prints
     prompt_pool = load_prompts(cfg.prompts, "train")
     start = load_start_policy(cfg)
+    mode = engine_mode.resolve(cfg, run, start.path, start.model, ranks)
+    engine_mode.record(run, mode, ranks, progress)
     first = first_to_run(run, cfg.iterations, ranks)
     if first > 0:  # resume from the last saved policy
         from ..train.checkpoint import apply_model_weights, load_model_weights
@@ -210,7 +228,7 @@ def iterate(
         apply_model_weights(start.model, load_model_weights(run.path(first - 1, "policy")))
     reward = _build_reward(cfg.reward, cfg, start)
     evaluation = build_evaluation(cfg, reward, start)
-    sampler = start_sampler(cfg, start, progress)
+    sampler = start_sampler(cfg, start, progress, mode["enforce_eager"])
     state = LoopState(
         cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )

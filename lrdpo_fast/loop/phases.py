@@ -41,6 +41,7 @@ from .config import IterateConfig
 from .pairs import ScoredGroup, pairs_from_spec
 from .replay import mix_replay, replay_pool
 from .run_dir import PHASES, RunDir
+from .sampler_reference import attach_sampler_reference, sampler_sums
 from .samples import read_prompted_samples, write_samples
 
 
@@ -94,10 +95,13 @@ def sample_phase(state: LoopState, i: int) -> dict:
     cfg = state.cfg
     idx = draw_prompts(len(state.prompt_pool), cfg.prompts_per_iteration, cfg.seed, i)
     prompts = [state.prompt_pool[j] for j in idx]
+    args = cfg.sampler.generation.sampling_args()
+    if cfg.train.reference == "sampler" and cfg.train.loss_type != "simpo":
+        args["logprobs"] = True  # policy_i's log-prob of every sampled token: the pairs' reference
     t0 = time.perf_counter()
     groups = state.sampler.generate(
         prompts,
-        **cfg.sampler.generation.sampling_args(),
+        **args,
         seed=stream_seed(cfg.seed, i),
         progress=state.progress and state.dist.is_main,
     )
@@ -236,6 +240,15 @@ def _with_replay(pairs: list[dict], cfg: IterateConfig, i: int) -> tuple[list[di
     return [dict(p) for p in mixed], len(mixed) - len(generated)
 
 
+def _sampler_reference(state: LoopState, groups: list, pairs: list, examples: list) -> tuple[list, dict]:
+    """``train.reference: sampler``: the engine's log-prob sums of the sampled tokens, the usual
+    pass for the pairs it cannot cover and for the spot check (``sampler_reference.py``)."""
+    if not state.sharded and not state.dist.is_main:
+        return examples, {}
+    sums = sampler_sums(groups, pairs, examples)
+    return attach_sampler_reference(examples, sums, lambda exs: _reference_logps(state, exs))
+
+
 def pairs_phase(state: LoopState, i: int) -> dict:
     """Best/worst pairs from the scores, with the reference log-probs of policy_i (packed, fused).
 
@@ -244,7 +257,8 @@ def pairs_phase(state: LoopState, i: int) -> dict:
     else the unsharded model on rank 0 (the other ranks return ``{}``)."""
     cfg = state.cfg
     t0 = time.perf_counter()
-    pairs, stats = pairs_from_spec(_scored_groups(state.run, i), cfg.pairs, stream_seed(cfg.seed, i))
+    groups = _scored_groups(state.run, i)
+    pairs, stats = pairs_from_spec(groups, cfg.pairs, stream_seed(cfg.seed, i))
     if not pairs:
         raise ValueError(
             f"iteration {i}: build_pairs kept no pair ({stats.to_dict()}); sample more (sampler.n, "
@@ -255,7 +269,10 @@ def pairs_phase(state: LoopState, i: int) -> dict:
         pairs, state.tokenizer, max_length=cfg.train.max_length, max_prompt_length=cfg.train.max_prompt_length
     )
     n_tokens = sum(ex.num_tokens for ex in examples)
-    if cfg.train.loss_type != "simpo":
+    ref_info: dict = {}
+    if cfg.train.loss_type != "simpo" and cfg.train.reference == "sampler":
+        examples, ref_info = _sampler_reference(state, groups, pairs, examples)
+    elif cfg.train.loss_type != "simpo":
         examples = _reference_logps(state, examples)
     if not state.dist.is_main:
         return {}
@@ -266,7 +283,9 @@ def pairs_phase(state: LoopState, i: int) -> dict:
     atomic_write_jsonl(state.run.path(i, "pairs.jsonl"), pairs)
     atomic_write_json(state.run.path(i, "pairs_stats.json"), stats.to_dict())
     out = {k: v for k, v in stats.to_dict().items() if isinstance(v, (int, float, str)) or v is None}
-    out.update({"replay_pairs": n_replay, "time_pairs_s": dt, "reference_tokens_per_s": n_tokens / max(dt, 1e-9)})
+    out.update(
+        {"replay_pairs": n_replay, "time_pairs_s": dt, "reference_tokens_per_s": n_tokens / max(dt, 1e-9), **ref_info}
+    )
     return out
 
 

@@ -24,6 +24,8 @@ from ..data.digests import damage, tree_digest
 RUN_FORMAT = 1
 RESUMABLE_CHANGES = ("iterations",)  # keys a resumed run may change: only how far it goes
 LOCATION_KEYS = ("run_dir",)  # where the run lies: never compared
+# how the engine starts, not what the run computes (a resume reuses the recorded mode: engine_mode.py)
+ENGINE_KEYS = ("sampler.enforce_eager",)
 
 
 def input_record(paths: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
@@ -63,7 +65,7 @@ def check_or_write(
     old = read_record(config_path)
     old_inputs = old.get("inputs") or {}
     _check_inputs(old_inputs, inputs)
-    skip = set(LOCATION_KEYS) | set(old_inputs) | set(RESUMABLE_CHANGES)
+    skip = set(LOCATION_KEYS) | set(old_inputs) | set(RESUMABLE_CHANGES) | set(ENGINE_KEYS)
     diffs = _differences(_normalized(old.get("config") or {}, normalize), resolved)
     diffs = [d for d in diffs if d.split(":")[0] not in skip]
     if diffs:

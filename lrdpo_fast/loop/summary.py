@@ -46,7 +46,9 @@ def _trained_fields(run: RunDir, i: int) -> dict[str, Any]:
     """The summary fields of the pairs and train phases of iteration ``i`` (row i + 1)."""
     p = run.done_info(i, "pairs")
     t = run.done_info(i, "train")
+    extra = {k: p[k] for k in ("reference_mismatch_max", "reference_recomputed_pairs") if k in p}
     return {
+        **extra,
         "pairs_kept": p.get("kept"),
         "chosen_length": p.get("mean_chosen_length"),
         "rejected_length": p.get("mean_rejected_length"),

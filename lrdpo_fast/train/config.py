@@ -19,6 +19,7 @@ from ..ops.losses import LENGTH_NORMALIZED, LossArgs
 LR_SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "triton")
+REFERENCES = ("recompute", "sampler")
 
 
 @dataclass
@@ -61,6 +62,10 @@ class TrainConfig:
 
     Reference: log-probs precomputed once from the reference model unless ``live_reference``,
     which runs the reference forward on every micro-batch (no precompute pass, more compute).
+    ``reference`` says where the iterative loop takes the pairs' reference log-probs from:
+    "recompute" (default: a packed, fused pass of policy_i over the pairs) or "sampler" (the
+    sampling engine's own log-probs of the sampled tokens: policy_i is the reference, so no pass;
+    see ``lrdpo_fast/loop/sampler_reference.py``). A Trainer used alone ignores it.
 
     Output: ``output_dir`` receives metrics.jsonl, checkpoints (``save_steps``: every N steps,
     None = only the final one when ``save_final``), ``logging_steps`` between metrics rows,
@@ -104,6 +109,7 @@ class TrainConfig:
     max_bad_steps: int = 3
     # reference
     live_reference: bool = False
+    reference: str = "recompute"
     # output
     output_dir: str = "out"
     save_steps: int | None = None
@@ -198,7 +204,12 @@ _INT_FIELDS = (
     ("logging_steps", 1),
     ("max_bad_steps", 1),
 )
-_CHOICE_FIELDS = (("lr_scheduler", LR_SCHEDULES), ("dtype", DTYPES), ("backend", BACKENDS))
+_CHOICE_FIELDS = (
+    ("lr_scheduler", LR_SCHEDULES),
+    ("dtype", DTYPES),
+    ("backend", BACKENDS),
+    ("reference", REFERENCES),
+)
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -233,6 +244,21 @@ def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.loss_type == "simpo" and cfg.live_reference:
         raise ValueError("TrainConfig: live_reference is meaningless with loss_type='simpo' (no reference)")
     _check_length_control(cfg)
+    if cfg.reference == "sampler":
+        _check_sampler_reference(cfg)
+
+
+def _check_sampler_reference(cfg: TrainConfig) -> None:
+    """``reference: sampler`` takes plain per-token sums from the engine: refuse what changes them."""
+    why = None
+    if cfg.loss_type == "simpo":
+        why = "loss_type='simpo' has no reference"
+    elif cfg.live_reference:
+        why = "live_reference computes the reference on every micro-batch itself"
+    elif cfg.ld_alpha is not None and cfg.ld_alpha != 1:
+        why = "ld_alpha weights the reference's tokens, which the engine's plain sums do not"
+    if why is not None:
+        raise ValueError(f"TrainConfig: reference='sampler' cannot be used: {why}; use reference='recompute'")
 
 
 def _check_length_control(cfg: TrainConfig) -> None:

@@ -60,7 +60,11 @@ class VLLMSampler(WeightSync):
         verify_sync: after every ``load_weights``, check that the engine serves the given weights
             (``verify``: a 16-token probe's log-probs against the training side's) and raise
             ``WeightSyncError`` when it does not.
-        **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_num_seqs``).
+        enforce_eager: True (no compilation: the fastest start), False (vLLM compiles the model),
+            or "auto" (default): ``eager.choose_enforce_eager`` decides from the device, the model
+            size and vLLM's compile cache (without a token count: eager on the CPU), and logs why;
+            ``self.enforce_eager`` is the choice.
+        **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``max_num_seqs``).
 
     Raises:
         ValueError naming the argument: a missing model folder or weights, a module without a
@@ -101,7 +105,7 @@ class VLLMSampler(WeightSync):
             tensor_parallel_size=tensor_parallel_size,
             enable_sleep_mode=enable_sleep_mode,
             cpu_threads=cpu_threads,
-            enforce_eager=engine_kwargs.pop("enforce_eager", False),
+            enforce_eager=engine_kwargs.pop("enforce_eager", "auto"),
             verify_sync=verify_sync,
             quiet=quiet,
         )
@@ -200,6 +204,16 @@ class VLLMSampler(WeightSync):
     def in_process(self) -> bool:
         """True when the engine's model runs in this process (weights are handed over as tensors)."""
         return self._engine is not None and self._engine.in_process
+
+    @property
+    def engine_dtype(self) -> torch.dtype:
+        """The dtype the engine runs the model in."""
+        return self._engine_dtype
+
+    @property
+    def enforce_eager(self) -> bool | None:
+        """Whether the engine runs eagerly (not compiled); None on a rank without an engine."""
+        return None if self._engine is None else self._engine.enforce_eager
 
     @property
     def llm(self):

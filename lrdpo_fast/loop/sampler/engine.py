@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -13,12 +15,14 @@ from typing import Any
 
 import torch
 
+from .eager import EagerInputs, cache_warm, choose_enforce_eager, compile_cache_key, note_compiled
 from .layout import RankLayout
 from .process import Env, ProcessState, Threads
 from .specs import EngineSpec
-from .weights import save_module
+from .weights import checkpoint_specs, save_module
 from .worker_ext import QUALNAME as WORKER_EXTENSION
 
+logger = logging.getLogger(__name__)
 DEFAULT_CPU_KVCACHE_GIB = "1"
 TORCHRUN_ENV = (
     "RANK",
@@ -53,6 +57,7 @@ class Engine:
     max_model_len: int
     dtype: torch.dtype
     layout: RankLayout
+    enforce_eager: bool = True
 
 
 def model_folder(model, state, mkdtemp: Callable[[str], str]) -> str:
@@ -161,8 +166,8 @@ def start_engine(
     import torch.distributed as dist
 
     kwargs = dict(engine_kwargs)
-    if spec.enforce_eager:
-        kwargs.setdefault("enforce_eager", True)
+    eager, cache_key = _engine_mode(model_dir, spec)
+    kwargs["enforce_eager"] = eager
     if spec.quiet:
         kwargs.setdefault("use_tqdm_on_load", False)
     kwargs.setdefault("worker_extension_cls", WORKER_EXTENSION)
@@ -204,6 +209,8 @@ def start_engine(
             groups=pc.data_parallel_size,
             leader=get_tensor_model_parallel_rank() == 0,
         )
+    if not eager and not torch.cuda.is_available():
+        note_compiled(cache_key)  # vLLM's compile cache now holds this model's graphs
     model_config = llm.llm_engine.model_config
     in_process = isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor)
     if in_process:
@@ -216,7 +223,21 @@ def start_engine(
         max_model_len=int(model_config.max_model_len),
         dtype=model_config.dtype,
         layout=layout,
+        enforce_eager=eager,
     )
+
+
+def _engine_mode(model_dir: str, spec: EngineSpec) -> tuple[bool, str]:
+    """(enforce_eager, compile cache key): the spec's bool, or ``eager.choose_enforce_eager``'s
+    choice for "auto" (logged) without a token count (the loop resolves "auto" itself)."""
+    key = compile_cache_key(model_dir, spec.dtype, spec.max_model_len)
+    if spec.enforce_eager != "auto":
+        return bool(spec.enforce_eager), key
+    params = sum(math.prod(s.shape) for s in checkpoint_specs(model_dir).values())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    eager, why = choose_enforce_eager(EagerInputs(device, params, None, cache_warm(key)))
+    logger.info("VLLMSampler: enforce_eager=%s (%s)", eager, why)
+    return eager, key
 
 
 def shutdown_engine(engine: Engine) -> None:

@@ -30,7 +30,7 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool | None = None
     cpu_threads: int | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool | str = "auto"  # "auto": eager.choose_enforce_eager decides at the start
     verify_sync: bool = True
     quiet: bool = False
     where: str = field(default="", compare=False, repr=False)
@@ -49,7 +49,9 @@ class EngineSpec:
             _check_bool(f"{w}enable_sleep_mode", self.enable_sleep_mode)
         if self.cpu_threads is not None:
             check_int(f"{w}cpu_threads", self.cpu_threads, 1)
-        for name in ("enforce_eager", "verify_sync", "quiet"):
+        if self.enforce_eager != "auto":
+            _check_bool(f"{w}enforce_eager", self.enforce_eager, " or auto")
+        for name in ("verify_sync", "quiet"):
             _check_bool(f"{w}{name}", getattr(self, name))
 
     def engine_args(self) -> dict[str, Any]:
@@ -87,9 +89,9 @@ class GenerationSpec:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("where", "min_n")}
 
 
-def _check_bool(name: str, value: Any) -> None:
+def _check_bool(name: str, value: Any, also: str = "") -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool (true or false), got {value!r}")
+        raise ValueError(f"{name} must be a bool (true or false){also}, got {value!r}")
 
 
 def _stop_strings(stop: Any, name: str) -> tuple[str, ...] | None:
