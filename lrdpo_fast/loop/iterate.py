@@ -30,6 +30,7 @@ import torch
 from ..data.atomic import atomic_write_jsonl
 from ..data.files import read_jsonl
 from ..train.distributed import DistInfo, barrier, init_distributed
+from ..train.tracking import build_tracker, require_trackers
 from .config import EXAMPLE, IterateConfig
 from .phases import PHASE_FUNCS, LoopState
 from .report import format_table, plot_summary
@@ -201,6 +202,7 @@ def iterate(
     ranks = _start_distributed(cfg)
     run = RunDir(Path(cfg.run_dir))
     check_run_config(run, cfg, ranks, lrdpo_fast.__version__)  # before anything loads or prints
+    require_trackers(cfg.report_to)  # a missing tracker package: refused before any work
     prompt_pool = load_prompts(cfg.prompts, "train")
     start = load_start_policy(cfg)
     first = first_to_run(run, cfg.iterations, ranks)
@@ -215,10 +217,14 @@ def iterate(
         cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )
     state.start_path = start.path
+    if ranks.is_main:
+        state.tracker = build_tracker(cfg.report_to, run.root, run_name=run.root.name, config=cfg.to_dict())
     try:
         return _run(state, first, evaluation, Reporting(progress, on_row, stop_after))
     finally:
         sampler.close()
+        if state.tracker is not None:
+            state.tracker.close()
 
 
 def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting) -> list[dict]:
@@ -238,7 +244,9 @@ def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting
     rows = summary_rows(state.run, state.cfg.iterations, state.cfg.iterations)
     if state.dist.is_main:
         atomic_write_jsonl(state.run.summary_path, rows)
-        plot_summary(rows, state.run.root / "report.png")
+        plot = plot_summary(rows, state.run.root / "report.png")
+        if state.tracker is not None:
+            state.tracker.log_image("report", plot, state.cfg.iterations)
     barrier(state.dist)
     return rows
 
@@ -278,6 +286,10 @@ def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
     if not state.dist.is_main:
         return
     atomic_write_jsonl(state.run.summary_path, rows)
+    if state.tracker is not None:  # the rows this process has not handed over yet (all, on a resume)
+        for row in rows[state.tracked_rows :]:
+            state.tracker.log_row(row, row["iteration"], prefix="summary/", axis="summary/iteration")
+        state.tracked_rows = len(rows)
     if report.progress:
         print(format_table(rows, SUMMARY_TABLE), flush=True)
     if report.on_row is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from ..data.files import read_yaml_mapping
 from ..ops.checks import check_choice, check_int, check_number
 from ..ops.losses import LENGTH_NORMALIZED, LossArgs
+from .tracking import check_report_to
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16")
@@ -65,6 +66,8 @@ class TrainConfig:
     Output: ``output_dir`` receives metrics.jsonl, checkpoints (``save_steps``: every N steps,
     None = only the final one when ``save_final``), ``logging_steps`` between metrics rows,
     ``progress`` toggles the tqdm bar, ``plot`` writes training_curves.png at the end.
+    ``report_to``: trackers that get a copy of every metrics row, same names and steps (any of
+    "tensorboard", "wandb", "mlflow"; default none; the ``track`` extra; see ``train/tracking.py``).
     """
 
     # objective
@@ -111,6 +114,7 @@ class TrainConfig:
     logging_steps: int = 1
     progress: bool = True
     plot: bool = True
+    report_to: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
 
     def __post_init__(self) -> None:
@@ -119,6 +123,7 @@ class TrainConfig:
         _check_numbers(self)
         _check_ints(self)
         _check_choices(self)
+        _check_lists(self)
         _check_combinations(self)
         if not str(self.output_dir):
             raise ValueError(f"TrainConfig: output_dir must be a non-empty path, got {self.output_dir!r}")
@@ -199,6 +204,8 @@ _INT_FIELDS = (
     ("max_bad_steps", 1),
 )
 _CHOICE_FIELDS = (("lr_scheduler", LR_SCHEDULES), ("dtype", DTYPES), ("backend", BACKENDS))
+# (field, checker): list fields, normalised to a list (a single name or None is accepted)
+_LIST_FIELDS = (("report_to", check_report_to),)
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -220,6 +227,11 @@ def _check_ints(cfg: TrainConfig) -> None:
 def _check_choices(cfg: TrainConfig) -> None:
     for name, choices in _CHOICE_FIELDS:
         check_choice(f"TrainConfig: {name}", getattr(cfg, name), choices)
+
+
+def _check_lists(cfg: TrainConfig) -> None:
+    for name, check in _LIST_FIELDS:
+        setattr(cfg, name, check(f"TrainConfig: {name}", getattr(cfg, name)))
 
 
 def _check_combinations(cfg: TrainConfig) -> None:

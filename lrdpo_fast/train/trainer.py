@@ -53,6 +53,7 @@ from .optim import build_optimizer, build_scheduler
 from .policy import PolicyLoss, disable_dropout
 from .reference import precompute_through_root, reference_source
 from .steps import PAIR_METRICS, StepTotals, step_row
+from .tracking import build_tracker, require_trackers
 
 __all__ = [
     "PAIR_METRICS",
@@ -140,6 +141,8 @@ class Trainer:
         self.scheduler = None
         self._is_set_up = False
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.dist.is_main)
+        if cfg.report_to and self.dist.is_main:
+            require_trackers(cfg.report_to)  # a missing package fails here, before any work
 
     # ---- set-up: each part in its own method, returning what it builds -----------------------
     @property
@@ -342,6 +345,11 @@ class Trainer:
         self.setup()
         if info.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "train_config.yaml")
+        own_tracker = self.writer.tracker is None and bool(cfg.report_to) and info.is_main
+        if own_tracker:  # else none, or the iterative loop's (set on the writer)
+            self.writer.tracker = build_tracker(
+                cfg.report_to, cfg.output_dir, run_name=Path(cfg.output_dir).name, config=cfg.to_dict()
+            )
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -377,8 +385,10 @@ class Trainer:
             and (self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}"))
         ):
             self.save_checkpoint()
-        if cfg.plot and info.is_main:
-            plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE)
+        plot = plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE) if cfg.plot and info.is_main else None
+        if own_tracker:
+            self.writer.tracker.log_image("training_curves", plot, self.global_step)
+            self.writer.tracker.close()
         return self.history
 
     def summary(self) -> str:
