@@ -136,6 +136,8 @@ def _train_section(values: Any, seed: int) -> TrainConfig:
     values = _mapping("train", values)
     if "output_dir" in values:
         _fail("train.output_dir", "is set by the loop (run_dir/iter_<i>/train); remove it")
+    if values.get("lora") is not None:  # each iteration would need a merge and a fresh adapter
+        _fail("train.lora", "is not supported by the iterative loop yet (TrainConfig(lora=...) trains alone)")
     try:
         return TrainConfig.from_dict({"seed": seed, "progress": True, **values})
     except ValueError as e:

@@ -15,6 +15,7 @@ from typing import Any
 from ..data.files import read_yaml_mapping
 from ..ops.checks import check_choice, check_int, check_number
 from ..ops.losses import LENGTH_NORMALIZED, LossArgs
+from .lora import check_lora
 from .tracking import check_report_to
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -68,6 +69,11 @@ class TrainConfig:
     ``progress`` toggles the tqdm bar, ``plot`` writes training_curves.png at the end.
     ``report_to``: trackers that get a copy of every metrics row, same names and steps (any of
     "tensorboard", "wandb", "mlflow"; default none; the ``track`` extra; see ``train/tracking.py``).
+
+    LoRA: ``lora`` (None = full fine-tuning) a mapping of PEFT's LoRA settings (``r``,
+    ``lora_alpha``, ``lora_dropout``, ``target_modules`` default "all-linear", ``bias``,
+    ``use_rslora``) or a ``peft.LoraConfig``: only adapter weights train, the LM head stays
+    frozen, the reference is the model with its adapters off (``train/lora.py``; the ``lora`` extra).
     """
 
     # objective
@@ -115,15 +121,16 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     report_to: list[str] = field(default_factory=list)
+    lora: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
 
     def __post_init__(self) -> None:
+        _normalize(self)  # first: a LoraConfig or a single tracker name become the stored form
         _check_types(self)
         self.loss_args()
         _check_numbers(self)
         _check_ints(self)
         _check_choices(self)
-        _check_lists(self)
         _check_combinations(self)
         if not str(self.output_dir):
             raise ValueError(f"TrainConfig: output_dir must be a non-empty path, got {self.output_dir!r}")
@@ -204,8 +211,9 @@ _INT_FIELDS = (
     ("max_bad_steps", 1),
 )
 _CHOICE_FIELDS = (("lr_scheduler", LR_SCHEDULES), ("dtype", DTYPES), ("backend", BACKENDS))
-# (field, checker): list fields, normalised to a list (a single name or None is accepted)
-_LIST_FIELDS = (("report_to", check_report_to),)
+# (field, checker): fields whose checker returns their stored form (report_to: a list of names;
+# lora: a dict with every key filled in, from a mapping or a peft.LoraConfig)
+_NORMALIZED_FIELDS = (("report_to", check_report_to), ("lora", check_lora))
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -229,8 +237,8 @@ def _check_choices(cfg: TrainConfig) -> None:
         check_choice(f"TrainConfig: {name}", getattr(cfg, name), choices)
 
 
-def _check_lists(cfg: TrainConfig) -> None:
-    for name, check in _LIST_FIELDS:
+def _normalize(cfg: TrainConfig) -> None:
+    for name, check in _NORMALIZED_FIELDS:
         setattr(cfg, name, check(f"TrainConfig: {name}", getattr(cfg, name)))
 
 
