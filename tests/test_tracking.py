@@ -198,3 +198,39 @@ def test_iterate_config_report_to_is_top_level_and_resumable():
     with pytest.raises(ValueError, match="IterateConfig: report_to"):
         lf.IterateConfig.from_dict({**base, "report_to": ["neptune"]})
     assert "report_to" in RESUMABLE_CHANGES  # adding a tracker on a resume is not another run
+
+
+@pytest.mark.slow
+def test_loop_report_to_gets_every_training_and_summary_row(tmp_path, tiny_model_dir):
+    """One tracked run for the loop: each iteration's metrics rows at steps counted across
+    iterations, every summary row as summary/<name> at its iteration, and the report plot."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("tensorboard")
+    from loop_runs import _cli, _write_run
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _write_run(tmp_path, tiny_model_dir, eval_section=False)
+    cfg.write_text(cfg.read_text() + "report_to: [tensorboard]\n")
+    proc = _cli(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    got = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    expected: dict[str, dict[int, float]] = {}
+    offset = 0
+    for i in range(2):
+        rows = read_metrics(run / f"iter_{i}" / "train")
+        for r in rows:
+            for k, v in numeric_metrics(r).items():
+                if k != "step":
+                    expected.setdefault(k, {})[r["step"] + offset] = v
+        offset += rows[-1]["step"]
+    summary = [json.loads(line) for line in (run / "summary.jsonl").read_text().splitlines()]
+    assert len(summary) == 3
+    for r in summary:
+        for k, v in numeric_metrics(r, "summary/").items():
+            if k != "summary/iteration":
+                expected.setdefault(k, {})[r["iteration"]] = v
+    _assert_same(expected, got, rel=1e-5)
+    assert "report" in acc.Tags()["images"]
