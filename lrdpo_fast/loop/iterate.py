@@ -286,14 +286,23 @@ def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
     if not state.dist.is_main:
         return
     atomic_write_jsonl(state.run.summary_path, rows)
-    if state.tracker is not None:  # the rows this process has not handed over yet (all, on a resume)
-        for row in rows[state.tracked_rows :]:
-            state.tracker.log_row(row, row["iteration"], prefix="summary/", axis="summary/iteration")
-        state.tracked_rows = len(rows)
+    if state.tracker is not None:
+        _track_summary(state, rows)
     if report.progress:
         print(format_table(rows, SUMMARY_TABLE), flush=True)
     if report.on_row is not None:
         report.on_row(rows[-1])
+
+
+def _track_summary(state: LoopState, rows: list[dict]) -> None:
+    """Hand the tracker each summary value this process has not handed over yet (all rows on a
+    resume): a row gains fields later (row i's sampling stats come with iteration i)."""
+    for row in rows:
+        sent = state.tracked.setdefault(row["iteration"], {})
+        new = {k: v for k, v in row.items() if sent.get(k) != v}
+        if set(new) - {"iteration"}:
+            state.tracker.log_row(new, row["iteration"], prefix="summary/", axis="summary/iteration")
+            sent.update(new)
 
 
 def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:

@@ -63,7 +63,7 @@ class LoopState:
     dist: DistInfo = field(default_factory=DistInfo)
     progress: bool = False  # progress bars for sampling and evaluation (rank 0)
     tracker: Any = None  # report_to's Tracker of the whole run (rank 0), or None
-    tracked_rows: int = 0  # summary rows this process has handed to the tracker
+    tracked: dict[int, dict] = field(default_factory=dict)  # summary row values handed to the tracker
 
     @property
     def model(self) -> torch.nn.Module:
