@@ -31,7 +31,10 @@ STEPS = 5
 LR = 1e-3
 
 
-def _trl_run(model, tok, records, out_dir, steps=STEPS, **extra):
+def _trl_run(model, tok, records, out_dir, steps=STEPS, *, peft_config=None, adapter_at_start=None, **extra):
+    """TRL's DPOTrainer on ``records``; with ``peft_config`` TRL wraps the model in LoRA (its
+    reference: the adapter disabled) and ``adapter_at_start`` (a dict) receives the adapter
+    weights as initialised, before the first step."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -76,11 +79,16 @@ def _trl_run(model, tok, records, out_dir, steps=STEPS, **extra):
     )
     trainer = RecordingDPOTrainer(
         model=model,
-        ref_model=copy.deepcopy(model),
+        ref_model=None if peft_config is not None else copy.deepcopy(model),
         args=args,
         train_dataset=Dataset.from_list(records),
         processing_class=tok,
+        peft_config=peft_config,
     )
+    if adapter_at_start is not None:
+        from peft import get_peft_model_state_dict
+
+        adapter_at_start.update({k: v.detach().clone() for k, v in get_peft_model_state_dict(trainer.model).items()})
     tokenized = [
         {
             "prompt_input_ids": r["prompt_ids"],

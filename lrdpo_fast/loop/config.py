@@ -12,6 +12,7 @@
     pairs: {strategy: best_worst, length_alpha: 0.0, drop_truncated: true}
     train: {beta: 0.1, alpha: 0.02, learning_rate: 5.0e-7, pairs_per_step: 32, num_epochs: 1}
     eval: {prompts: heldout.jsonl, n: 1, judge: {callable: ...}, metrics: {true_accuracy: "pkg.mod:fn"}}
+    report_to: [tensorboard, wandb, mlflow]   # optional, any subset: one tracked run for the loop
 
 Each section becomes its callee's own parameter object, built and checked once where the callee
 lives: ``sampler:`` the sampler's ``SamplerSection`` (an ``EngineSpec`` and a ``GenerationSpec``),
@@ -34,6 +35,7 @@ from typing import Any
 from ..data.files import read_yaml_mapping, resolve_path
 from ..ops.checks import check_int, check_str
 from ..train.config import TrainConfig
+from ..train.tracking import check_report_to
 from .evaluation import EvalSpec
 from .pairs import PairsSpec
 from .rewards.spec import RewardSpec
@@ -50,6 +52,8 @@ KEY_DOCS = {
     "prompts_per_iteration": "prompts drawn per iteration, without replacement, seeded (int >= 1)",
     "run_dir": "output folder of the run (resumable)",
     "seed": "seed of prompt draws, samples, pair choice and training (int >= 0)",
+    "report_to": "trackers of the whole run (tensorboard, wandb, mlflow; default none): every training "
+    "metrics row (steps counted across iterations) and summary row (as summary/<name> by iteration)",
     "sampler.n": "samples per prompt (int >= 2)",
     "sampler.temperature": "sampling temperature (>= 0)",
     "sampler.top_p": "nucleus mass in (0, 1]",
@@ -136,6 +140,8 @@ def _train_section(values: Any, seed: int) -> TrainConfig:
     values = _mapping("train", values)
     if "output_dir" in values:
         _fail("train.output_dir", "is set by the loop (run_dir/iter_<i>/train); remove it")
+    if values.get("lora") is not None:  # each iteration would need a merge and a fresh adapter
+        _fail("train.lora", "is not supported by the iterative loop yet (TrainConfig(lora=...) trains alone)")
     try:
         return TrainConfig.from_dict({"seed": seed, "progress": True, **values})
     except ValueError as e:
@@ -205,8 +211,10 @@ class IterateConfig:
     pairs: PairsSpec | dict = field(default_factory=dict)
     train: TrainConfig | dict = field(default_factory=dict)
     eval: EvalSpec | dict | None = None
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.report_to = check_report_to("IterateConfig: report_to", self.report_to)
         for key in ("policy", "prompts"):
             check_str(f"IterateConfig: {key}", getattr(self, key))
         if self.tokenizer is not None:
@@ -279,6 +287,7 @@ class IterateConfig:
             "pairs": self.pairs.to_dict(),
             "train": train,
             "eval": None if self.eval is None else dataclasses.asdict(self.eval),
+            "report_to": list(self.report_to),
         }
 
     def to_yaml(self) -> str:

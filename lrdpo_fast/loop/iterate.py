@@ -30,6 +30,7 @@ import torch
 from ..data.atomic import atomic_write_jsonl
 from ..data.files import read_jsonl
 from ..train.distributed import DistInfo, barrier, init_distributed
+from ..train.tracking import build_tracker, require_trackers
 from . import engine_mode
 from .config import EXAMPLE, IterateConfig
 from .phases import PHASE_FUNCS, LoopState
@@ -217,6 +218,7 @@ def iterate(
     ranks = _start_distributed(cfg)
     run = RunDir(Path(cfg.run_dir))
     check_run_config(run, cfg, ranks, lrdpo_fast.__version__)  # before anything loads or prints
+    require_trackers(cfg.report_to)  # a missing tracker package: refused before any work
     prompt_pool = load_prompts(cfg.prompts, "train")
     start = load_start_policy(cfg)
     mode = engine_mode.resolve(cfg, run, start.path, start.model, ranks)
@@ -233,10 +235,14 @@ def iterate(
         cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )
     state.start_path = start.path
+    if ranks.is_main:
+        state.tracker = build_tracker(cfg.report_to, run.root, run_name=run.root.name, config=cfg.to_dict())
     try:
         return _run(state, first, evaluation, Reporting(progress, on_row, stop_after))
     finally:
         sampler.close()
+        if state.tracker is not None:
+            state.tracker.close()
 
 
 def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting) -> list[dict]:
@@ -256,7 +262,9 @@ def _run(state: LoopState, first: int, evaluation: Evaluation, report: Reporting
     rows = summary_rows(state.run, state.cfg.iterations, state.cfg.iterations)
     if state.dist.is_main:
         atomic_write_jsonl(state.run.summary_path, rows)
-        plot_summary(rows, state.run.root / "report.png")
+        plot = plot_summary(rows, state.run.root / "report.png")
+        if state.tracker is not None:
+            state.tracker.log_image("report", plot, state.cfg.iterations)
     barrier(state.dist)
     return rows
 
@@ -296,10 +304,23 @@ def _write_summary(state: LoopState, r: int, report: Reporting) -> None:
     if not state.dist.is_main:
         return
     atomic_write_jsonl(state.run.summary_path, rows)
+    if state.tracker is not None:
+        _track_summary(state, rows)
     if report.progress:
         print(format_table(rows, SUMMARY_TABLE), flush=True)
     if report.on_row is not None:
         report.on_row(rows[-1])
+
+
+def _track_summary(state: LoopState, rows: list[dict]) -> None:
+    """Hand the tracker each summary value this process has not handed over yet (all rows on a
+    resume): a row gains fields later (row i's sampling stats come with iteration i)."""
+    for row in rows:
+        sent = state.tracked.setdefault(row["iteration"], {})
+        new = {k: v for k, v in row.items() if sent.get(k) != v}
+        if set(new) - {"iteration"}:
+            state.tracker.log_row(new, row["iteration"], prefix="summary/", axis="summary/iteration")
+            sent.update(new)
 
 
 def _evaluate(state: LoopState, r: int, evaluation: Evaluation) -> dict | None:

@@ -63,6 +63,8 @@ class LoopState:
     timings: dict[str, float] = field(default_factory=dict)
     dist: DistInfo = field(default_factory=DistInfo)
     progress: bool = False  # progress bars for sampling and evaluation (rank 0)
+    tracker: Any = None  # report_to's Tracker of the whole run (rank 0), or None
+    tracked: dict[int, dict] = field(default_factory=dict)  # summary row values handed to the tracker
 
     @property
     def model(self) -> torch.nn.Module:
@@ -296,6 +298,9 @@ def train_phase(state: LoopState, i: int) -> dict:
     out_dir = state.run.path(i, "train")
     pairs = read_jsonl(state.run.path(i, "pairs.jsonl"))
     trainer = Trainer(state.policy, state.tokenizer, pairs, iteration_train_config(state.cfg.train, str(out_dir)))
+    if state.tracker is not None:  # the run's tracker: training steps counted across iterations
+        trainer.writer.tracker = state.tracker
+        trainer.writer.step_offset = sum(state.run.done_info(j, "train").get("steps", 0) for j in range(i))
     resume = "latest" if latest_checkpoint(out_dir) is not None else None
     t0 = time.perf_counter()
     history = trainer.train(resume_from_checkpoint=resume)

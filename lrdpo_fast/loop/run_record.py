@@ -9,7 +9,8 @@ A run directory is identified by what it computes, not where it lies: a resume c
 config without the keys that only say where things are (``run_dir``, and every input path whose
 content is recorded), and the inputs by content (the digests). So the folder (or the project
 around it) can move or be copied to another machine and resume, and ``lrdpo-fast iterate`` can
-extend a run that ``lrdpo-fast demo`` started. Only ``iterations`` may change on a resume.
+extend a run that ``lrdpo-fast demo`` started. Only ``iterations`` and the trackers (``report_to``)
+may change on a resume.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from ..data.atomic import atomic_write_text
 from ..data.digests import damage, tree_digest
 
 RUN_FORMAT = 1
-RESUMABLE_CHANGES = ("iterations",)  # keys a resumed run may change: only how far it goes
+# keys a resumed run may change: how far it goes, and where its metrics are copied to
+RESUMABLE_CHANGES = ("iterations", "report_to", "train.report_to")
 LOCATION_KEYS = ("run_dir",)  # where the run lies: never compared
 # how the engine starts, not what the run computes (a resume reuses the recorded mode: engine_mode.py)
 ENGINE_KEYS = ("sampler.enforce_eager",)

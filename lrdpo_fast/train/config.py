@@ -15,6 +15,8 @@ from typing import Any
 from ..data.files import read_yaml_mapping
 from ..ops.checks import check_choice, check_int, check_number
 from ..ops.losses import LENGTH_NORMALIZED, LossArgs
+from .lora import check_lora
+from .tracking import check_report_to
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16")
@@ -70,6 +72,13 @@ class TrainConfig:
     Output: ``output_dir`` receives metrics.jsonl, checkpoints (``save_steps``: every N steps,
     None = only the final one when ``save_final``), ``logging_steps`` between metrics rows,
     ``progress`` toggles the tqdm bar, ``plot`` writes training_curves.png at the end.
+    ``report_to``: trackers that get a copy of every metrics row, same names and steps (any of
+    "tensorboard", "wandb", "mlflow"; default none; the ``track`` extra; see ``train/tracking.py``).
+
+    LoRA: ``lora`` (None = full fine-tuning) a mapping of PEFT's LoRA settings (``r``,
+    ``lora_alpha``, ``lora_dropout``, ``target_modules`` default "all-linear", ``bias``,
+    ``use_rslora``) or a ``peft.LoraConfig``: only adapter weights train, the LM head stays
+    frozen, the reference is the model with its adapters off (``train/lora.py``; the ``lora`` extra).
     """
 
     # objective
@@ -117,9 +126,12 @@ class TrainConfig:
     logging_steps: int = 1
     progress: bool = True
     plot: bool = True
+    report_to: list[str] = field(default_factory=list)
+    lora: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user notes, copied to the run's config.yaml
 
     def __post_init__(self) -> None:
+        _normalize(self)  # first: a LoraConfig or a single tracker name become the stored form
         _check_types(self)
         self.loss_args()
         _check_numbers(self)
@@ -210,6 +222,9 @@ _CHOICE_FIELDS = (
     ("backend", BACKENDS),
     ("reference", REFERENCES),
 )
+# (field, checker): fields whose checker returns their stored form (report_to: a list of names;
+# lora: a dict with every key filled in, from a mapping or a peft.LoraConfig)
+_NORMALIZED_FIELDS = (("report_to", check_report_to), ("lora", check_lora))
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -231,6 +246,11 @@ def _check_ints(cfg: TrainConfig) -> None:
 def _check_choices(cfg: TrainConfig) -> None:
     for name, choices in _CHOICE_FIELDS:
         check_choice(f"TrainConfig: {name}", getattr(cfg, name), choices)
+
+
+def _normalize(cfg: TrainConfig) -> None:
+    for name, check in _NORMALIZED_FIELDS:
+        setattr(cfg, name, check(f"TrainConfig: {name}", getattr(cfg, name)))
 
 
 def _check_combinations(cfg: TrainConfig) -> None:

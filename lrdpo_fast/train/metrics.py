@@ -29,11 +29,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class MetricsWriter:
-    """Appends one JSON row per logged step to ``output_dir/metrics.jsonl`` (main process only)."""
+    """Appends one JSON row per logged step to ``output_dir/metrics.jsonl`` (main process only),
+    and hands the same row to ``tracker`` (a ``tracking.Tracker``, or None) at its ``step`` plus
+    ``step_offset`` (the iterative loop's one tracker counts steps across iterations)."""
 
     def __init__(self, output_dir: str | os.PathLike, enabled: bool = True):
         self.path = Path(output_dir) / METRICS_FILE
         self.enabled = enabled
+        self.tracker = None
+        self.step_offset = 0
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -62,6 +66,9 @@ class MetricsWriter:
             f.write(json.dumps(_jsonable(row)) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tracker is not None:  # after the source of truth is on disk
+            step = int(row.get("step", 0)) + self.step_offset
+            self.tracker.log_row({**row, "step": step}, step)
 
 
 def _jsonable(row: dict) -> dict:

@@ -19,6 +19,7 @@ from ..ops.length_control import ld_token_weights, sampo_token_weights
 from ..ops.validation import NonFiniteInputError
 from . import distributed as dist_utils
 from .config import TrainConfig
+from .lora import adapters_off
 from .policy import PolicyLoss
 from .steps import StepTotals
 
@@ -79,7 +80,7 @@ def reference_logps(
     if cfg.loss_type == "simpo":
         return None
     if cfg.live_reference:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(), adapters_off(ref_model):  # LoRA: the reference is the base
             logps, _ = model_sequence_logprobs(ref_model, batch, backend=cfg.backend, token_weights=token_weights)
         return logps.float()
     return batch.ref_logps

@@ -48,11 +48,13 @@ from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from . import micro_batches, trainer_state
 from .config import TrainConfig
+from .lora import adapters_off, apply_lora, save_adapter
 from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
 from .optim import build_optimizer, build_scheduler
 from .policy import PolicyLoss, disable_dropout
 from .reference import precompute_through_root, reference_source
 from .steps import PAIR_METRICS, StepTotals, step_row
+from .tracking import build_tracker, require_trackers
 
 __all__ = [
     "PAIR_METRICS",
@@ -125,6 +127,9 @@ class Trainer:
         self.policy_loss: PolicyLoss | None = model if isinstance(model, PolicyLoss) else None
         self.model: nn.Module = (model.policy if self.policy_loss is not None else model).to(self.device)
         disable_dropout(self.model)
+        if cfg.lora is not None and (self.dist.enabled or self.policy_loss is not None):
+            raise ValueError("TrainConfig: lora is not supported under torchrun (FSDP2) or on a reused policy root yet")
+        self.peft_model = apply_lora(self.model, cfg.lora)  # None without lora; LoRA layers injected in place
         self.ref_model = ref_model
         self.compute_dtype = self._compute_dtype()
         self.steps_per_epoch = math.ceil(len(self.examples) / cfg.pairs_per_step)
@@ -140,6 +145,8 @@ class Trainer:
         self.scheduler = None
         self._is_set_up = False
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.dist.is_main)
+        if cfg.report_to and self.dist.is_main:
+            require_trackers(cfg.report_to)  # a missing package fails here, before any work
 
     # ---- set-up: each part in its own method, returning what it builds -----------------------
     @property
@@ -194,6 +201,8 @@ class Trainer:
         cfg = self.cfg
         if source == "live":
             ref = self.ref_model
+            if ref is None and self.peft_model is not None:
+                return self.model  # run with its adapters off (lora.adapters_off): no second copy
             if ref is None:
                 if self.policy_loss is not None and self.policy_loss.sharded:
                     raise ValueError(
@@ -207,7 +216,7 @@ class Trainer:
         if source == "precompute":
             ref = self.ref_model if self.ref_model is not None else self.model
             ref.to(self.device)
-            with self._autocast():
+            with self._autocast(), adapters_off(ref):
                 self.examples = precompute_reference_logps(
                     ref,
                     self.examples,
@@ -342,6 +351,11 @@ class Trainer:
         self.setup()
         if info.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "train_config.yaml")
+        own_tracker = self.writer.tracker is None and bool(cfg.report_to) and info.is_main
+        if own_tracker:  # else none, or the iterative loop's (set on the writer)
+            self.writer.tracker = build_tracker(
+                cfg.report_to, cfg.output_dir, run_name=Path(cfg.output_dir).name, config=cfg.to_dict()
+            )
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -377,8 +391,10 @@ class Trainer:
             and (self.last_checkpoint is None or not self.last_checkpoint.endswith(f"-{self.global_step}"))
         ):
             self.save_checkpoint()
-        if cfg.plot and info.is_main:
-            plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE)
+        plot = plot_history(self.history, Path(cfg.output_dir) / PLOT_FILE) if cfg.plot and info.is_main else None
+        if own_tracker:
+            self.writer.tracker.log_image("training_curves", plot, self.global_step)
+            self.writer.tracker.close()
         return self.history
 
     def summary(self) -> str:
@@ -395,7 +411,11 @@ class Trainer:
     def save_model(self, path: str | os.PathLike) -> str:
         """``save_pretrained`` of the policy (+ tokenizer) to ``path`` (rank 0 writes)."""
         sd = self.export_state_dict() if self.dist.enabled else None
-        if self.dist.is_main:
+        if self.peft_model is not None:  # the adapter only, in PEFT's format (train/lora.py)
+            save_adapter(self.peft_model, path)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(path))
+        elif self.dist.is_main:
             ckpt.save_model(self.model, path, tokenizer=self.tokenizer, state_dict=sd)
         dist_utils.barrier(self.dist)
         return str(path)

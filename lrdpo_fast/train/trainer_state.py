@@ -15,6 +15,7 @@ from ..data.atomic import begin_dir, cleaned_on_failure, commit_dir
 from ..data.records import PairExample
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
+from .lora import load_adapter
 from .metrics import read_metrics
 
 
@@ -32,6 +33,7 @@ class Trainer(Protocol):
     is_set_up: bool
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    peft_model: Any  # the PEFT wrapper of a LoRA run, else None
     policy_loss: torch.nn.Module
     position: int
     ref_model: torch.nn.Module | None
@@ -122,10 +124,14 @@ def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     if ref is not None:
         trainer.examples = [ex.with_ref(float(r[0]), float(r[1])) for ex, r in zip(trainer.examples, ref.tolist())]
         trainer.ref_model = None
-    weights = ckpt.load_model_weights(path)
     if trainer.is_set_up and trainer.dist.enabled:
         raise ValueError("load_checkpoint must run before training starts when distributed")
-    ckpt.apply_model_weights(trainer.model, {k: v.to(trainer.device) for k, v in weights.items()})
+    if trainer.peft_model is not None:  # a LoRA run's checkpoint holds the adapter only
+        load_adapter(trainer.peft_model, path)
+    else:
+        ckpt.apply_model_weights(
+            trainer.model, {k: v.to(trainer.device) for k, v in ckpt.load_model_weights(path).items()}
+        )
     trainer.setup()
     _restore_optimizer(trainer, state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
