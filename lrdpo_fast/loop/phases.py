@@ -22,6 +22,7 @@ import contextlib
 import copy
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,7 +239,9 @@ def _with_replay(pairs: list[dict], cfg: IterateConfig, i: int) -> tuple[list[di
     # this iteration's reference pass scores every pair again
     stale = ("ref_chosen_logps", "ref_rejected_logps")
     offline = [{**{k: v for k, v in p.items() if k not in stale}, "origin": "replay"} for p in replay_pool(spec)]
-    mixed = mix_replay(generated, offline, ratio=spec.ratio, seed=stream_seed(cfg.seed, i))
+    with warnings.catch_warnings():  # fewer eligible than the ratio asks: the marker's count says so
+        warnings.simplefilter("ignore", UserWarning)
+        mixed = mix_replay(generated, offline, ratio=spec.ratio, seed=stream_seed(cfg.seed, i))
     return [dict(p) for p in mixed], len(mixed) - len(generated)
 
 
