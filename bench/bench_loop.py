@@ -290,9 +290,11 @@ def lrdpo_fast_run(spec: dict) -> dict:
 
 
 # ---- the comparison ------------------------------------------------------------------------------------
-def run_scripted(tmp: Path, policy: Path, common: dict, log=print, prompts: str = "prompts.jsonl") -> dict:
-    """The scripted pipeline's three programs on ``policy`` (each in a fresh, monitored process),
-    handing over through files in ``tmp``; stops at the first that fails."""
+def run_scripted(
+    tmp: Path, policy: Path, common: dict, log=print, prompts: str = "prompts.jsonl", timeout: float = 1800
+) -> dict:
+    """The scripted pipeline's three programs on ``policy`` (each in a fresh, monitored process,
+    ``timeout`` seconds at most), handing over through files in ``tmp``; stops at the first that fails."""
     from bench.harness import run_isolated
 
     stages = [
@@ -314,7 +316,7 @@ def run_scripted(tmp: Path, policy: Path, common: dict, log=print, prompts: str 
     ]
     scripted = {}
     for name, target, extra in stages:
-        r = run_isolated(target, {**common, **extra}, timeout=1800, env=ENGINE_ENV, monitor=True)
+        r = run_isolated(target, {**common, **extra}, timeout=timeout, env=ENGINE_ENV, monitor=True)
         scripted[name] = r
         log(f"  scripted {name}: {_brief(r)}")
         if r.get("status") != "ok":

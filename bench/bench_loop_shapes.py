@@ -180,7 +180,9 @@ def run(cfg: dict, *, shape: dict, scale, scripted: bool = True, log=print, prog
             _write_jsonl(tmp / f"prompts_{size}.jsonl", [{"prompt": p} for p in prompts[:size]])
         if scripted:
             engine = {"enforce_eager": True}
-            res["scripted"] = run_scripted(tmp, policy, common | engine, log, prompts=f"prompts_{scale[0]}.jsonl")
+            res["scripted"] = run_scripted(
+                tmp, policy, common | engine, log, prompts=f"prompts_{scale[0]}.jsonl", timeout=4 * 3600
+            )
             res["load"].append(_load())
         for size in scale:
             spec = {

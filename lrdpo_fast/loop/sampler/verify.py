@@ -60,7 +60,8 @@ def engine_probe_logprobs(llm, ids: Sequence[int]) -> list[float]:
     """log p(ids[t] | ids[:t]) for t = 1 .. T-1 as the engine computes them (prompt log-probs)."""
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    # no detokenization: only the ids' log-probs are read (decoding each position's token costs)
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
     out = llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)[0]
     return [float(out.prompt_logprobs[t][ids[t]].logprob) for t in range(1, len(ids))]
 
