@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vllm_sampler(tiny_model_dir):
     """A ``VLLMSampler`` over ``tiny_model_dir`` (in-process engine, fp32, eager, max_model_len 256,
-    1 GiB KV cache on the CPU), started once per session (~5-20 s). Skipped without vllm.
+    KV cache sized by the sampler on the CPU), started once per session (~5-20 s). Skipped without vllm.
 
     Shared state: a test that calls ``load_weights`` must load ``tiny_model("llama", seed=0)``
     back before it ends (``try/finally``), and must not ``close`` or ``sleep`` it.

@@ -59,8 +59,9 @@ policy folder). Under torchrun pass ``load_weights(fsdp_module, verify_with=poli
 probe is scored through the root, every rank taking part.
 
 The CPU backend. vLLM's CPU build reserves ``gpu_memory_utilization`` of the machine's RAM for the
-KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is set: the sampler sets it to 1 when unset, enough
-for ~2M cached tokens of a small model. Chunked prefill is off by default on the CPU
+KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) or ``kv_cache_memory_bytes`` is set; the sampler
+passes ``kv_cache_memory_bytes`` sized to ``max_num_seqs`` full sequences of the model (64 MiB to
+1 GiB, ``kv_cache.py``) when neither is: the cache is zeroed at start and stays resident. Chunked prefill is off by default on the CPU
 (``enable_chunked_prefill=False``): with it, a seeded request whose prompt is split across engine
 steps crashes vLLM 0.32's CPU runner (it rewinds the request's generator, which a CPU generator
 cannot do). An in-process vLLM engine reseeds the global RNGs and

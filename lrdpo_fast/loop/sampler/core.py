@@ -48,7 +48,8 @@ class VLLMSampler(WeightSync):
         max_model_len: prompt + response token budget of the engine (default: the model's).
         gpu_memory_utilization: share of GPU memory for weights + KV cache (vLLM's meaning). On the
             CPU backend it is the share of RAM for the KV cache unless ``VLLM_CPU_KVCACHE_SPACE``
-            is set, which the sampler sets to 1 (GiB) when unset.
+            or ``kv_cache_memory_bytes`` is set; when neither is, the sampler sizes the cache to
+            ``max_num_seqs`` full sequences of ``max_model_len`` (64 MiB to 1 GiB).
         tensor_parallel_size: GPUs per engine, passed to vLLM.
         enable_sleep_mode: allow ``sleep``/``wake_up`` to free accelerator memory; default True
             with CUDA, False otherwise (the CPU backend has no sleep mode; True there is refused).

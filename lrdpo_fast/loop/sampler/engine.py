@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .eager import EagerInputs, cache_warm, choose_enforce_eager, compile_cache_key, note_compiled
+from .kv_cache import cpu_kv_cache_bytes
 from .layout import RankLayout
 from .process import Env, ProcessState, Threads
 from .specs import EngineSpec
@@ -23,7 +24,6 @@ from .weights import checkpoint_specs, save_module
 from .worker_ext import QUALNAME as WORKER_EXTENSION
 
 logger = logging.getLogger(__name__)
-DEFAULT_CPU_KVCACHE_GIB = "1"
 TORCHRUN_ENV = (
     "RANK",
     "WORLD_SIZE",
@@ -126,11 +126,17 @@ def tokenizer_folder(tokenizer, model, model_dir: str, mkdtemp: Callable[[str], 
     return folder
 
 
-def _environment(layout: RankLayout, spec: EngineSpec, kwargs: dict) -> tuple[dict[str, str], list[str]]:
+def _environment(
+    layout: RankLayout, spec: EngineSpec, kwargs: dict, model_dir: str
+) -> tuple[dict[str, str], list[str]]:
     """(variables to set, variables to unset) around the start; fills layout-specific kwargs."""
     cuda = torch.cuda.is_available()
     if not cuda:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and kwargs.get("kv_cache_memory_bytes") is None:
+            # sized to what the engine can hold at once (kv_cache.py), not a fixed GiB
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
+                model_dir, spec.max_model_len, kwargs.get("max_num_seqs")
+            )
         # A prompt prefilled over several steps makes vLLM rewind the request's generator,
         # which a CPU torch.Generator cannot do ("CPU Generator does not use offset"): every
         # request is seeded here, so prompts are prefilled whole on the CPU.
@@ -171,7 +177,7 @@ def start_engine(
     if spec.quiet:
         kwargs.setdefault("use_tqdm_on_load", False)
     kwargs.setdefault("worker_extension_cls", WORKER_EXTENSION)
-    env_set, env_unset = _environment(layout, spec, kwargs)
+    env_set, env_unset = _environment(layout, spec, kwargs, model_dir)
     owned = not (dist.is_available() and dist.is_initialized())
     saved = ProcessState()
     from ..quiet import ENGINE_START_NOISE, dropped_stderr_lines
