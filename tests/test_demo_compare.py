@@ -176,6 +176,7 @@ def test_compare_through_the_cli(tmp_path):
     wpo_pairs = [json.loads(x) for x in (out / "wpo/iter_0/pairs.jsonl").read_text().splitlines()]
     assert all("ref_chosen_logps" in p for p in wpo_pairs)
     metrics = [json.loads(x) for x in (out / "wpo/iter_0/train/metrics.jsonl").read_text().splitlines()]
-    assert all(0 < m["wpo/weight"] <= 1.5 for m in metrics if "loss" in m)
+    weights = [m["wpo/weight"] for m in metrics if "loss" in m]
+    assert weights and all(0 < w < float("inf") for w in weights) and len(set(weights)) > 1
     simpo_metrics = [json.loads(x) for x in (out / "simpo/iter_0/train/metrics.jsonl").read_text().splitlines()]
     assert not any("wpo/weight" in m for m in simpo_metrics)

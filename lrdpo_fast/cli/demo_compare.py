@@ -99,7 +99,12 @@ def run_methods(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=setup_process, initargs=worker_setup) as pool:
         futures = {name: pool.submit(_run_one, configs[name], out, labels[name], list(configs)) for name in configs}
-        return {name: f.result() for name, f in futures.items()}
+        try:
+            return {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            for f in futures.values():  # a failed run stops the ones not started (the started end)
+                f.cancel()
+            raise
 
 
 def _run_one(config: dict, out: Path, label: str, names: list[str]) -> list[dict]:
