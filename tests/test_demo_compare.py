@@ -55,13 +55,13 @@ def test_each_method_is_the_demo_run_with_its_own_train_keys(tmp_path):
     assert len(seen) == len(METHODS)  # no two methods train alike
     want = {
         "lr_dpo": ("alpha", 0.0),
-        "ln_dpo": ("loss_type", "sigmoid_norm"),
-        "simpo": ("loss_type", "simpo"),
+        "ln_dpo": ("loss_type", "sigmoid"),
+        "simpo": ("loss_type", "sigmoid"),
         "ld_dpo": ("ld_alpha", None),
         "sampo": ("sampo", False),
         "wpo": ("wpo", False),
     }
-    for name, (key, plain) in want.items():
+    for name, (key, plain) in want.items():  # plain: DPO's value
         assert getattr(IterateConfig.from_dict(method_config(QUICK, METHODS[name], tmp_path, 0)).train, key) != plain
 
 
