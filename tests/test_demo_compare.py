@@ -129,15 +129,15 @@ def test_sweep_picks_and_table():
     plan = sweep_methods(["dpo", "simpo"])
     assert [n for n in plan] == [f"{m}__{candidate_tag(v)}" for m in ("dpo", "simpo") for v in CANDIDATES[m]]
     assert all(m.train["loss_type"] == "simpo" for n, (_, _, m) in plan.items() if n.startswith("simpo"))
-    finals = [0.86, 0.88, 0.88, 0.90, 0.85, 0.89]  # dpo: 2nd (first on a tie); simpo: 1st
+    finals = [0.88, 0.88, 0.85, 0.90]  # dpo: a tie, the first listed; simpo: the second
     runs = {run: _rows([0.8, acc], [27.0, 30.0]) for run, acc in zip(plan, finals)}
     got = picks(runs, plan)
-    assert got == {"dpo": list(plan)[1], "simpo": list(plan)[3]}
+    assert got == {"dpo": list(plan)[0], "simpo": list(plan)[3]}
     table = sweep_table(runs, plan)
-    assert table.count("**yes**") == 2 and "| SimPO | beta=1,gamma=0.5 | 0.800 → 0.900 | 27.0 → 30.0 |" in table
-    # simpo's pick (beta 1) is not what METHODS holds: said by name
+    assert table.count("**yes**") == 2 and "| SimPO | learning_rate=0.0001 | 0.800 → 0.900 | 27.0 → 30.0 |" in table
+    # simpo's pick is not what METHODS holds (5e-5): said by name; dpo's is
     lines = disagreements(runs, plan)
-    assert any(line.startswith("simpo: the sweep picks beta=1,gamma=0.5") for line in lines)
+    assert [line.split(":")[0] for line in lines] == ["simpo"] and "learning_rate=0.0001" in lines[0]
 
 
 @pytest.mark.slow

@@ -33,13 +33,15 @@ class Method:
 
 # The values scripts/sweep_compare.py chose (quick setting, seed 1; the README has its table).
 METHODS: dict[str, Method] = {
-    "dpo": Method("DPO", {"beta": 0.1}),
-    "lr_dpo": Method("LR-DPO", {"beta": 0.1, "alpha": 0.065}),
-    "ln_dpo": Method("LN-DPO", {"loss_type": "sigmoid_norm", "beta": 2.5}),
-    "simpo": Method("SimPO", {"loss_type": "simpo", "beta": 2.5, "gamma": 1.25}),
-    "ld_dpo": Method("LD-DPO", {"beta": 0.1, "ld_alpha": 0.5}),
-    "sampo": Method("SamPO", {"beta": 0.1, "sampo": True, "live_reference": True}),
-    "wpo": Method("WPO", {"beta": 0.1, "wpo": True}),
+    # beta per token for LN-DPO and SimPO: 2.5 is about DPO's 0.1 times the start's 27 tokens;
+    # SimPO's gamma / beta = 0.5 (the paper's range 0.3 to 0.8)
+    "dpo": Method("DPO", {"learning_rate": 5e-5}),
+    "lr_dpo": Method("LR-DPO", {"alpha": 0.065}),
+    "ln_dpo": Method("LN-DPO", {"loss_type": "sigmoid_norm", "beta": 2.5, "learning_rate": 5e-5}),
+    "simpo": Method("SimPO", {"loss_type": "simpo", "beta": 2.5, "gamma": 1.25, "learning_rate": 5e-5}),
+    "ld_dpo": Method("LD-DPO", {"ld_alpha": 0.5}),
+    "sampo": Method("SamPO", {"sampo": True, "live_reference": True, "learning_rate": 5e-5}),
+    "wpo": Method("WPO", {"wpo": True, "learning_rate": 5e-5}),
 }
 
 COMPARE_COLUMNS = (
