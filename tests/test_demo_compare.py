@@ -102,7 +102,8 @@ def test_parse_methods():
     ],
 )
 def test_bad_flag_combinations_refused_in_one_line(args, says, capsys, tmp_path):
-    assert cli_main(["demo", "--quick", "--out", str(tmp_path / "o"), *args]) == 2
+    # --threads 0 would be refused next: a combination let through fails fast, never runs a demo
+    assert cli_main(["demo", "--quick", "--threads", "0", "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lrdpo-fast: error: ") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()  # refused before anything ran
