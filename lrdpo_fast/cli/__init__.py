@@ -1,6 +1,6 @@
 """``lrdpo-fast``: the command line, one module per subcommand.
 
-    lrdpo-fast demo [--quick] [--alpha A]        (cli/demo.py: the main job)
+    lrdpo-fast demo [--quick] [--alpha A | --dice | --compare]   (cli/demo.py: the main job)
     lrdpo-fast train CONFIG.yaml | --example     (cli/train.py)
     lrdpo-fast iterate RUN.yaml [--set k=v]      (cli/iterate.py; also sample|score|pairs|train-phase, report)
     lrdpo-fast doctor [--skip-vllm]              (cli/doctor.py: environment + self-checks for bug reports)

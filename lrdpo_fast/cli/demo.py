@@ -11,7 +11,6 @@ accuracy is only measured, on held-out prompts. Writes ``OUT/alpha_0/`` and ``OU
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,31 +25,16 @@ from .demo_setup import (  # noqa: F401  (re-exported: the demo's public names)
     _alpha_name,
     demo_table,
     run_config,
+    run_demo_dir,
     run_label,
+    setup_process,
 )
-
-
-def _row_printer(iterations: int, t0: float):
-    def show(row: dict) -> None:
-        it = row["iteration"]
-        what = "start policy" if it == 0 else f"iteration {it}/{iterations}"
-        pairs = f", {row['pairs_kept']} pairs" if row.get("pairs_kept") else ""
-        print(
-            f"  {what}: true accuracy {row.get('true_accuracy', float('nan')):.3f}, judge "
-            f"{row.get('judge_reward', float('nan')):.3f}, length {row.get('mean_response_length', float('nan')):.1f}"
-            f" tokens{pairs}  ({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
-
-    return show
 
 
 def run_demo(
     out: Path, *, settings: DemoSettings, alpha: float, seed: int = 0, policy: str = "example"
 ) -> dict[str, list[dict]]:
     """Both runs (alpha = 0, then ``alpha``) into ``out``; returns {run name: summary rows}."""
-    from ..loop.config import IterateConfig
-    from ..loop.iterate import iterate
     from ..loop.report import plot_summary
 
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
@@ -60,29 +44,10 @@ def run_demo(
     first_eval = None
     for a in (0.0, float(alpha)):
         name = _alpha_name(a)
-        run_dir = out / name
-        if first_eval is not None and not (run_dir / "eval" / "row_0.json").exists():
-            # the same start policy, prompts and seeds: row 0's evaluation is shared, not redone
-            (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-            for f in ("row_0.json", "row_0.jsonl"):
-                shutil.copyfile(first_eval / f, run_dir / "eval" / f)
-        t0 = time.perf_counter()
-        print(f"lrdpo-fast demo: {run_label(name)}, {settings.iterations} iterations -> {run_dir}", flush=True)
-        finished = _finished(run_dir, settings.iterations)
-        try:
-            runs[name] = iterate(
-                IterateConfig.from_dict(run_config(settings, a, run_dir, seed, policy)),
-                progress=False,
-                on_row=_row_printer(settings.iterations, t0),
-            )
-        except ValueError as e:
-            if "made by another config" in str(e):
-                raise ValueError(f"{e}. For the demo: pass --out NEW_DIR, or remove {out}") from None
-            raise
-        if finished:
-            print(f"  (already complete in {run_dir}: read back from its files; remove {out} to run it again)")
-        print(f"lrdpo-fast demo: {run_label(name)} done in {time.perf_counter() - t0:.0f} s", flush=True)
-        first_eval = first_eval or run_dir / "eval"
+        config = run_config(settings, a, out / name, seed, policy)
+        runs[name] = run_demo_dir(config, out, first_eval=first_eval, label=run_label(name))
+        # the same start policy, prompts and seeds: row 0's evaluation is shared, not redone
+        first_eval = first_eval or out / name / "eval"
     plot_summary(
         [],
         out / "demo.png",
@@ -92,15 +57,6 @@ def run_demo(
     )
     atomic_write_json(out / "demo.json", {"settings": asdict(settings), "alpha": alpha, "seed": seed, "runs": runs})
     return runs
-
-
-def _finished(run_dir: Path, iterations: int) -> bool:
-    """True when ``run_dir`` already holds a finished run of ``iterations`` iterations."""
-    try:
-        lines = (run_dir / "summary.jsonl").read_text(encoding="utf-8").splitlines()
-        return len([x for x in lines if x.strip()]) == iterations + 1
-    except OSError:
-        return False
 
 
 def add_parser(sub) -> None:
@@ -114,7 +70,19 @@ def add_parser(sub) -> None:
         action="store_true",
         help="DICE instead: a judge round, then implicit-reward rounds with/without length shaping and replay",
     )
-    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument(
+        "--compare",
+        action="store_true",
+        help="DPO, LR-DPO, LN-DPO, SimPO, LD-DPO, SamPO and WPO side by side instead (swept hyper-parameters)",
+    )
+    d.add_argument("--methods", default=None, help="with --compare: which of them, comma-separated (default all)")
+    d.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="with --compare: runs at a time, one process each (default 2, or 1 on one core; same numbers)",
+    )
+    d.add_argument("--out", default=None, help="output folder (default out/demo; out/compare with --compare)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--policy", default="example", help="start policy folder (default: the shipped one)")
     d.add_argument(
@@ -127,34 +95,12 @@ def add_parser(sub) -> None:
     d.set_defaults(run=run)
 
 
-def _quiet() -> None:
-    """vLLM's info/warning lines and transformers' progress bars would bury the demo's own output
-    (a user's own VLLM_LOGGING_LEVEL / TRANSFORMERS_VERBOSITY still win)."""
-    import os
-
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    import logging
-
-    if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":  # what vLLM logs before it configures its logging
-        logging.getLogger("vllm").setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-
-
 def run(args) -> int:
     """``lrdpo-fast demo``: check the arguments, then both runs, the table and the plot."""
     import os
     from dataclasses import replace
 
+    methods = _check_modes(args)
     s = QUICK if args.quick else FULL
     if args.iterations is not None:
         if args.iterations < 1:
@@ -167,22 +113,46 @@ def run(args) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if not args.verbose:
-        _quiet()
-    import torch
-
-    torch.set_num_threads(args.threads)
+    setup_process(args.verbose, args.threads)
     if args.dice:
         from .demo_dice import main as dice_main
 
-        return dice_main(Path(args.out), replace(s, iterations=args.iterations or 2), args.seed)
+        return dice_main(Path(args.out or "out/demo"), replace(s, iterations=args.iterations or 2), args.seed)
+    if args.compare:
+        from .demo_compare import main as compare_main
+
+        jobs = args.jobs or min(2, os.cpu_count() or 1)
+        return compare_main(
+            Path(args.out or "out/compare"), s, methods, args.seed, args.policy, jobs, (args.verbose, args.threads)
+        )
+    out = Path(args.out or "out/demo")
     t0 = time.perf_counter()
-    runs = run_demo(Path(args.out), settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
+    runs = run_demo(out, settings=s, alpha=alpha, seed=args.seed, policy=args.policy)
     print()
     print(demo_table(runs))
     print(
-        f"\nplot: {Path(args.out) / 'demo.png'}   runs: {', '.join(str(Path(args.out) / n) for n in runs)}   "
-        f"({time.perf_counter() - t0:.0f} s)"
+        f"\nplot: {out / 'demo.png'}   runs: {', '.join(str(out / n) for n in runs)}   ({time.perf_counter() - t0:.0f} s)"
     )
     return 0
+
+
+def _check_modes(args) -> dict | None:
+    """Refuse flags of one mode given to another, in one line naming both; returns ``--compare``'s
+    methods (name -> ``demo_compare.Method``), None in the other modes."""
+    if args.compare and args.dice:
+        raise ValueError("--compare and --dice are two modes of the demo; give one of them")
+    if args.compare and args.alpha is not None:
+        raise ValueError(
+            "--alpha is the iLR-DPO run's; --compare runs every objective with its swept values (LR-DPO's "
+            "alpha included): leave --alpha out"
+        )
+    for flag, value in (("--methods", args.methods), ("--jobs", args.jobs)):
+        if value is not None and not args.compare:
+            raise ValueError(f"{flag} is an option of --compare; it needs --compare")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if not args.compare:
+        return None
+    from .demo_compare import parse_methods
+
+    return parse_methods(args.methods)

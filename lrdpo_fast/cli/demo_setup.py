@@ -1,8 +1,12 @@
-"""What the demo's modes share: the settings, the run config of one demo run, and the side-by-side
-table (``lrdpo-fast demo`` and ``lrdpo-fast demo --dice``)."""
+"""What the demo's modes share: the settings, the run config of one demo run, running one demo run
+(its start policy's evaluation shared), the progress lines and the side-by-side table
+(``lrdpo-fast demo``, ``--dice`` and ``--compare``)."""
 
 from __future__ import annotations
 
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,15 +125,117 @@ def demo_table(runs: dict[str, list[dict]], label=None) -> str:
     gap = "    "
     lines = [iters[k].rjust(iw) + "".join(gap + block_line(n, k) for n in names) for k in range(n_rows + 1)]
     top = " " * iw + "".join(gap + run_label_of(n).center(len(block_line(n, 0))) for n in names)
-    out = [top.rstrip(), *lines, ""]
-    for n in names:
-        first, last = runs[n][0], runs[n][-1]
-        if len(runs[n]) > 1 and all(
+    return "\n".join([top.rstrip(), *lines, "", *change_lines(runs, run_label_of)]).rstrip()
+
+
+def change_lines(runs: dict[str, list[dict]], label: Callable[[str], str]) -> list[str]:
+    """One line per run with rows from two policies on: its length change and true accuracy from
+    its first row to its last (``label``: run name -> its title)."""
+    out = []
+    for n, rows in runs.items():
+        first, last = rows[0], rows[-1]
+        if len(rows) > 1 and all(
             r.get("mean_response_length") and r.get("true_accuracy") is not None for r in (first, last)
         ):
             dl = last["mean_response_length"] / first["mean_response_length"] - 1
             out.append(
-                f"{run_label_of(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
+                f"{label(n)}: length {dl:+.0%}, true accuracy {first['true_accuracy']:.3f} -> "
                 f"{last['true_accuracy']:.3f} after {last['iteration']} iteration{'s' if last['iteration'] != 1 else ''}"
             )
-    return "\n".join(out).rstrip()
+    return out
+
+
+def row_printer(iterations: int, t0: float, prefix: str = "") -> Callable[[dict], None]:
+    """The progress line of each summary row (row 0: the start policy), with the seconds since
+    ``t0``; ``prefix`` after the indent (the run's name, where runs print side by side)."""
+
+    def show(row: dict) -> None:
+        it = row["iteration"]
+        what = "start policy" if it == 0 else f"iteration {it}/{iterations}"
+        pairs = f", {row['pairs_kept']} pairs" if row.get("pairs_kept") else ""
+        print(
+            f"  {prefix}{what}: true accuracy {row.get('true_accuracy', float('nan')):.3f}, judge "
+            f"{row.get('judge_reward', float('nan')):.3f}, length {row.get('mean_response_length', float('nan')):.1f}"
+            f" tokens{pairs}  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+
+    return show
+
+
+def finished(run_dir: Path, iterations: int) -> bool:
+    """True when ``run_dir`` already holds a finished run of ``iterations`` iterations."""
+    try:
+        lines = (run_dir / "summary.jsonl").read_text(encoding="utf-8").splitlines()
+        return len([x for x in lines if x.strip()]) == iterations + 1
+    except OSError:
+        return False
+
+
+def run_demo_dir(config: dict, out: Path, *, first_eval: Path | None, label: str, tag_rows: bool = False) -> list[dict]:
+    """One demo run (``config``: an ``IterateConfig`` mapping whose ``run_dir`` lies in ``out``)
+    with its progress lines; returns its summary rows. ``first_eval``: an earlier run's ``eval/``
+    folder of the same start policy, held-out prompts and seed, whose row 0 is copied rather than
+    redone. ``tag_rows``: each progress line starts with ``label`` (runs printing side by side).
+    A folder made by another config is refused naming ``--out``."""
+    from ..loop.config import IterateConfig
+    from ..loop.iterate import iterate
+
+    run_dir, iterations = Path(config["run_dir"]), config["iterations"]
+    if first_eval is not None and not (run_dir / "eval" / "row_0.json").exists():
+        (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+        for f in ("row_0.json", "row_0.jsonl"):
+            shutil.copyfile(first_eval / f, run_dir / "eval" / f)
+    t0 = time.perf_counter()
+    print(f"lrdpo-fast demo: {label}, {iterations} iterations -> {run_dir}", flush=True)
+    done_before = finished(run_dir, iterations)
+    try:
+        rows = iterate(
+            IterateConfig.from_dict(config),
+            progress=False,
+            on_row=row_printer(iterations, t0, f"{label}, " if tag_rows else ""),
+        )
+    except ValueError as e:
+        if "made by another config" in str(e):
+            raise ValueError(f"{e}. For the demo: pass --out NEW_DIR, or remove {out}") from None
+        raise
+    if done_before:
+        print(f"  (already complete in {run_dir}: read back from its files; remove {out} to run it again)")
+    print(f"lrdpo-fast demo: {label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def _quiet() -> None:
+    """vLLM's info/warning lines and transformers' progress bars would bury the demo's own output
+    (a user's own VLLM_LOGGING_LEVEL / TRANSFORMERS_VERBOSITY still win)."""
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import logging
+
+    if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":  # what vLLM logs before it configures its logging
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def setup_process(verbose: bool, threads: int) -> None:
+    """What every process running demo runs needs first: vLLM in-process, its logs quiet unless
+    ``verbose``, and ``threads`` torch threads."""
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not verbose:
+        _quiet()
+    import torch
+
+    torch.set_num_threads(threads)

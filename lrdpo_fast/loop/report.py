@@ -16,6 +16,8 @@ PLOT_KEYS = (
     ("lc_win_rate", "LC win rate vs start"),
 )
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
 
 def read_summary(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``run_dir/summary.jsonl``; ValueError naming the path when there is none."""
@@ -58,7 +60,8 @@ def plot_summary(
 ) -> str | None:
     """One panel per quantity of ``keys`` ((row key, panel title) pairs, default ``PLOT_KEYS``)
     that the rows carry, against the iteration, at most three panels a line; several runs
-    (``runs``: label -> rows) share the panels. Returns the path, or None without matplotlib."""
+    (``runs``: label -> rows) share the panels (more than four: each its own marker, and one
+    legend under the panels). Returns the path, or None without matplotlib."""
     try:
         import matplotlib
 
@@ -75,22 +78,26 @@ def plot_summary(
     nrows = -(-len(keys) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
     flat = [ax for line in axes for ax in line]
+    many = len(runs) > 4
     for ax, (k, label) in zip(flat, keys):
-        for name, rs in runs.items():
+        for j, (name, rs) in enumerate(runs.items()):
             pts = [(r["iteration"], r[k]) for r in rs if r.get(k) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts), marker=MARKERS[j % len(MARKERS)] if many else "o", label=name)
         ax.set_title(label)
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in flat[len(keys) :]:
         ax.axis("off")
-    if len(runs) > 1:
+    if many:
+        lines = {lab: h for ax in flat for h, lab in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(lines.values()), list(lines), loc="lower center", ncol=-(-len(lines) // 2), frameon=False)
+    elif len(runs) > 1:
         flat[0].legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if many else 0, 1, 1))
 
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
