@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 GOAL_SHARE = 0.10
 
 
 def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from bench.timing import time_step
+
+    return time_step(fn, "cpu", warmup=0, repeats=repeats)["median_s"]
 
 
 def measure(layers: int, repeats: int) -> dict:
