@@ -48,6 +48,12 @@ def test_unknown_configs_keep_the_old_fixed_size(tmp_path):
     assert cpu_kv_cache_bytes(no_length, None, None) == MAX_BYTES  # no max_model_len, no max_position_embeddings
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True])
+def test_bad_max_num_seqs_is_named(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        cpu_kv_cache_bytes(_folder(tmp_path, GQA), 256, bad)
+
+
 def test_the_engine_gets_the_sized_cache_and_samples(tiny_model_dir, monkeypatch):
     """A real engine started without VLLM_CPU_KVCACHE_SPACE holds the sized cache (not 1 GiB) and
     samples; a user's VLLM_CPU_KVCACHE_SPACE would still win (vLLM reads it over the argument)."""

@@ -37,7 +37,12 @@ def kv_bytes_per_token(config: dict) -> int | None:
 def cpu_kv_cache_bytes(model_dir: str, max_model_len: int | None, max_num_seqs: int | None) -> int:
     """Bytes of KV cache for ``max_num_seqs`` (vLLM's CPU default when None) full sequences of
     ``max_model_len`` tokens (the config's ``max_position_embeddings`` when None) of the model
-    in ``model_dir``, clamped to [MIN_BYTES, MAX_BYTES]; MAX_BYTES when the config does not say."""
+    in ``model_dir``, clamped to [MIN_BYTES, MAX_BYTES]; MAX_BYTES when the config does not say.
+    ValueError naming ``max_num_seqs`` when it is not an int >= 1."""
+    if max_num_seqs is not None and (
+        not isinstance(max_num_seqs, int) or isinstance(max_num_seqs, bool) or max_num_seqs < 1
+    ):
+        raise ValueError(f"max_num_seqs must be an int >= 1, got {max_num_seqs!r}")
     try:
         with open(os.path.join(model_dir, "config.json")) as f:
             config = json.load(f)
