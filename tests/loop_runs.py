@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -75,3 +77,14 @@ def _outputs(run: Path) -> dict[str, bytes]:
         for p in sorted(run.rglob("*"))
         if p.name in keep and "checkpoint-" not in str(p)
     }
+
+
+def _float64_logps(model, prompt_ids, response_ids) -> float:
+    """Summed log-prob of ``response_ids`` after ``prompt_ids`` with materialized float64 logits."""
+    m = model.double().eval()
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = m(ids).logits[0, :-1].log_softmax(-1)
+    tgt = ids[0, 1:]
+    lp = logits.gather(-1, tgt[:, None])[:, 0]
+    return float(lp[len(prompt_ids) - 1 :].sum())

@@ -4,6 +4,7 @@ the run directory of one process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from helpers import random_records, tiny_model, tiny_tokenizer
 from lrdpo_fast import cli
 from lrdpo_fast.train.checkpoint import load_model_weights, load_trainer_state
 
+_HAS_PEFT = importlib.util.find_spec("peft") is not None
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 CONFIG = """\
@@ -38,14 +40,34 @@ def _rows(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(tmp_path):
+def _weights(checkpoint) -> dict[str, torch.Tensor]:
+    """What a checkpoint's step trained: the LoRA adapter (PEFT's file) or the full weights."""
+    adapter = checkpoint / "adapter_model.safetensors"
+    if adapter.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(adapter))
+    return load_model_weights(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        # LoRA under FSDP2: the adapter injected before sharding, frozen base shards with no
+        # optimizer state, the adapter saved from the gathered weights and resumed into 2 ranks
+        pytest.param("lora: {r: 4, lora_alpha: 8}\n", marks=pytest.mark.skipif(not _HAS_PEFT, reason="no peft")),
+    ],
+    ids=["full", "lora"],
+)
+def test_two_processes_match_one(tmp_path, extra):
     # 8 pairs, 5 per step: ranks get 3 and 2 pairs, steps cross an epoch, and the 120-token
     # budget gives each rank a different number of micro-batches.
     tiny_model("llama", seed=0).save_pretrained(tmp_path / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     records = random_records(8, seed=21, max_words=6)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    (tmp_path / "cfg.yaml").write_text(CONFIG + extra)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [
@@ -93,16 +115,16 @@ def test_two_processes_match_one(tmp_path):
     assert resumed["step"] == 3
     assert resumed["loss"] == pytest.approx(two[2]["loss"], abs=1e-6)
     assert resumed["rewards/margins"] == pytest.approx(two[2]["rewards/margins"], abs=1e-6)
-    w1 = load_model_weights(tmp_path / "one" / "checkpoint-3")
-    w2 = load_model_weights(tmp_path / "two" / "checkpoint-3")
+    w1 = _weights(tmp_path / "one" / "checkpoint-3")
+    w2 = _weights(tmp_path / "two" / "checkpoint-3")
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4, msg=k)
     # The step-3 metrics above come from the checkpoint's weights, before any resumed update. What
     # the resume must restore shows in the step it then takes: weights and AdamW moments after step
     # 3 equal the uninterrupted run's (fresh moments or a restarted schedule would move them).
-    w_resumed = load_model_weights(tmp_path / "two_resumed" / "checkpoint-3")
-    w_before = load_model_weights(tmp_path / "two" / "checkpoint-2")
+    w_resumed = _weights(tmp_path / "two_resumed" / "checkpoint-3")
+    w_before = _weights(tmp_path / "two" / "checkpoint-2")
     assert w_resumed.keys() == w2.keys()
     moved = max(float((w2[k] - w_before[k]).abs().max()) for k in w2)
     assert moved > 1e-4  # step 3 changed the weights well beyond the tolerance below

@@ -12,21 +12,10 @@ import torch
 
 pytest.importorskip("vllm")
 
-from loop_runs import TESTS, _cli, _outputs, _write_run  # noqa: E402,F401
+from loop_runs import TESTS, _cli, _float64_logps, _outputs, _write_run  # noqa: E402,F401
 
 from lrdpo_fast.loop.config import IterateConfig  # noqa: E402
 from lrdpo_fast.loop.iterate import iterate  # noqa: E402
-
-
-def _float64_logps(model, prompt_ids, response_ids) -> float:
-    """Summed log-prob of ``response_ids`` after ``prompt_ids`` with materialized float64 logits."""
-    m = model.double().eval()
-    ids = torch.tensor([prompt_ids + response_ids])
-    with torch.no_grad():
-        logits = m(ids).logits[0, :-1].log_softmax(-1)
-    tgt = ids[0, 1:]
-    lp = logits.gather(-1, tgt[:, None])[:, 0]
-    return float(lp[len(prompt_ids) - 1 :].sum())
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +117,30 @@ def test_sampler_got_the_new_weights(finished_run, vllm_sampler):
     assert [s.response_ids for g in again for s in g] == [r["response_ids"] for r in recs]
 
 
+ALL_FAULTS = ("sample", "score@2", "train_step@2", "before_rename@5")
+
+
 @pytest.mark.slow
-def test_kill_anywhere_and_resume_is_identical(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    "train_extra, faults",
+    [
+        ("", ALL_FAULTS),
+        # LoRA: killed mid-training (the adapter and its optimizer state come back from the
+        # checkpoint) and between a temp write and its rename
+        (", lora: {r: 4, lora_alpha: 8}", ("train_step@2", "before_rename@5")),
+    ],
+    ids=["full", "lora"],
+)
+def test_kill_anywhere_and_resume_is_identical(tmp_path, tiny_model_dir, train_extra, faults):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
     ref_dir.mkdir()
     kill_dir.mkdir()
-    done = _cli(_write_run(ref_dir, tiny_model_dir, eval_section=False))
+    done = _cli(_write_run(ref_dir, tiny_model_dir, eval_section=False, train_extra=train_extra))
     assert done.returncode == 0, done.stderr[-3000:]
-    cfg = _write_run(kill_dir, tiny_model_dir, eval_section=False)
+    cfg = _write_run(kill_dir, tiny_model_dir, eval_section=False, train_extra=train_extra)
     # SIGKILL during sampling, scoring, training (after step 2 of iteration 0), and between a temp
     # write and its rename; each rerun of the same command continues where the last one died
-    for fault in ("sample", "score@2", "train_step@2", "before_rename@5"):
+    for fault in faults:
         proc = _cli(cfg, {"LRDPO_FAULT": fault})
         assert proc.returncode == -9, (fault, proc.returncode, proc.stderr[-3000:])
     proc = _cli(cfg)

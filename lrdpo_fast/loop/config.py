@@ -83,6 +83,10 @@ KEY_DOCS = {
     "train.reference": "pairs' reference log-probs: recompute (a fused pass of policy_i; default) or sampler "
     "(the engine's log-probs of the sampled tokens; needs sampler.dtype: float32; the mismatch is measured)",
     "train.wpo": "WPO: weight each pair's loss by how likely the current policy is to produce it",
+    "train.lora": "LoRA through PEFT (the lora extra): {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: "
+    "all-linear or [q_proj, ...], bias: none, use_rslora: false}; only the adapter trains, the LM head stays "
+    "frozen; after each iteration the adapter is merged into policy_{i+1} (what is saved and synced) and a "
+    "fresh one starts the next (one process; not under torchrun)",
     "eval.prompts": "held-out prompts (JSONL or 'example'); no eval section = no evaluation",
     "eval.num_prompts": "how many held-out prompts to use (default: all)",
     "eval.n": "samples per held-out prompt",
@@ -140,8 +144,6 @@ def _train_section(values: Any, seed: int) -> TrainConfig:
     values = _mapping("train", values)
     if "output_dir" in values:
         _fail("train.output_dir", "is set by the loop (run_dir/iter_<i>/train); remove it")
-    if values.get("lora") is not None:  # each iteration would need a merge and a fresh adapter
-        _fail("train.lora", "is not supported by the iterative loop yet (TrainConfig(lora=...) trains alone)")
     try:
         return TrainConfig.from_dict({"seed": seed, "progress": True, **values})
     except ValueError as e:

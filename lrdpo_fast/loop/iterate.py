@@ -163,6 +163,12 @@ def _start_distributed(cfg: IterateConfig) -> DistInfo:
     what the loop cannot run on several ranks."""
     device = cfg.train.device
     ranks = init_distributed(torch.device(device).type if device else None)
+    if ranks.enabled and cfg.train.lora is not None:
+        raise ValueError(
+            f"train.lora: the loop merges each iteration's adapter into the weights, which it does not do "
+            f"for an FSDP2-sharded policy (world size {ranks.world_size}); run a LoRA loop in one process "
+            "(the Trainer alone takes lora under torchrun)"
+        )
     if ranks.enabled and cfg.eval is not None:
         # the reward scores through the sharded root on every rank (score phase); the evaluation
         # judges on rank 0 alone, which a sharded policy cannot serve

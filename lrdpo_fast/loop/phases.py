@@ -5,6 +5,7 @@ outputs atomically and returns a JSON-able summary (stored in the phase's comple
     score:  the reward of every response                             -> scores.jsonl
     pairs:  build_pairs + the reference log-probs under policy_i     -> pairs.jsonl, pairs_stats.json
     train:  LR-DPO of policy_i against itself (stored reference)     -> train/, policy/
+            (LoRA: the adapter trains, then is merged into policy/, a plain model)
 
 ``PHASE_FUNCS`` maps each name of ``run_dir.PHASES`` (the order) to its function: a new phase is
 a function here, its name there, and a CLI command (``cli/iterate.py`` reads ``PHASES``).
@@ -308,7 +309,9 @@ def train_phase(state: LoopState, i: int) -> dict:
     t0 = time.perf_counter()
     history = trainer.train(resume_from_checkpoint=resume)
     dt = time.perf_counter() - t0
-    state.policy = trainer.policy_loss  # one (possibly sharded) policy for the whole run
+    # LoRA: the adapter folded into policy_{i+1}, saved and synced as a plain model; the next
+    # iteration's Trainer injects a fresh one. Else one (possibly sharded) root for the whole run.
+    state.policy = trainer.merge_adapter() if trainer.peft_model is not None else trainer.policy_loss
     if state.dist.is_main:
         with atomic_dir(state.run.path(i, "policy")) as tmp:
             trainer.save_model(tmp)

@@ -8,7 +8,11 @@ so it stays frozen and goes to the kernels as without LoRA. The reference log-pr
 are the same module with its adapters switched off (``adapters_off``), not a second copy of the
 weights. Checkpoints and ``Trainer.save_model`` write the adapter in PEFT's format
 (``adapter_config.json`` + ``adapter_model.safetensors``; load it on the base model with
-``peft.PeftModel.from_pretrained``).
+``peft.PeftModel.from_pretrained``). Under torchrun the adapter is injected before FSDP2 shards
+the layers (frozen base shards hold no optimizer state) and saved from the gathered weights.
+The iterative loop merges each iteration's adapter into the weights (``merge_adapter``): the
+sampler serves, and the run directory holds, plain models; a fresh adapter starts the next
+iteration.
 
 Keys (PEFT's names): ``r`` (rank, default 16), ``lora_alpha`` (default 32), ``lora_dropout``
 (default 0.0: DPO's log-prob differences are deterministic unless asked otherwise),
@@ -140,9 +144,21 @@ def adapters_off(model: nn.Module | None):
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-def save_adapter(wrapper, path: str | Path) -> None:
-    """PEFT's ``save_pretrained`` of the adapter only (adapter_config.json + safetensors)."""
-    wrapper.save_pretrained(str(path), safe_serialization=True)
+def save_adapter(wrapper, path: str | Path, state_dict: dict | None = None) -> None:
+    """PEFT's ``save_pretrained`` of the adapter only (adapter_config.json + safetensors).
+    ``state_dict``: the model's full weights under its own names (FSDP2: gathered on rank 0, the
+    wrapper's own parameters being shards); None reads them from the wrapper."""
+    if state_dict is not None:  # PEFT's names are the wrapper's: base_model.model.<the model's name>
+        state_dict = {f"base_model.model.{k}": v for k, v in state_dict.items()}
+    wrapper.save_pretrained(str(path), safe_serialization=True, state_dict=state_dict)
+
+
+def merge_adapter(wrapper) -> nn.Module:
+    """Fold the adapter into the weights, ``W <- W + (lora_alpha / r) * B @ A`` (``sqrt(r)`` for
+    rsLoRA) in the weights' dtype, and put the plain layers back (PEFT's ``merge_and_unload``).
+    Returns the model the adapter was injected into (the same object), with its original
+    parameter names: a standard transformers model, as saved and synced without LoRA."""
+    return wrapper.merge_and_unload()
 
 
 def load_adapter(wrapper, path: str | Path) -> None:

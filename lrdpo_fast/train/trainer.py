@@ -48,7 +48,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from . import micro_batches, trainer_state
 from .config import TrainConfig
-from .lora import adapters_off, apply_lora, save_adapter
+from .lora import adapters_off, apply_lora, merge_adapter, save_adapter
 from .metrics import PLOT_FILE, MetricsWriter, peak_memory_mb, plot_history, summary_line
 from .optim import build_optimizer, build_scheduler
 from .policy import PolicyLoss, disable_dropout
@@ -127,8 +127,8 @@ class Trainer:
         self.policy_loss: PolicyLoss | None = model if isinstance(model, PolicyLoss) else None
         self.model: nn.Module = (model.policy if self.policy_loss is not None else model).to(self.device)
         disable_dropout(self.model)
-        if cfg.lora is not None and (self.dist.enabled or self.policy_loss is not None):
-            raise ValueError("TrainConfig: lora is not supported under torchrun (FSDP2) or on a reused policy root yet")
+        if cfg.lora is not None and self.policy_loss is not None:
+            raise ValueError("TrainConfig: lora needs the model itself, not an earlier Trainer's root (merge_adapter)")
         self.peft_model = apply_lora(self.model, cfg.lora)  # None without lora; LoRA layers injected in place
         self.ref_model = ref_model
         self.compute_dtype = self._compute_dtype()
@@ -411,14 +411,24 @@ class Trainer:
     def save_model(self, path: str | os.PathLike) -> str:
         """``save_pretrained`` of the policy (+ tokenizer) to ``path`` (rank 0 writes)."""
         sd = self.export_state_dict() if self.dist.enabled else None
-        if self.peft_model is not None:  # the adapter only, in PEFT's format (train/lora.py)
-            save_adapter(self.peft_model, path)
+        if self.peft_model is not None and self.dist.is_main:  # the adapter only, PEFT's format
+            save_adapter(self.peft_model, path, state_dict=sd)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(path))
-        elif self.dist.is_main:
+        elif self.peft_model is None and self.dist.is_main:
             ckpt.save_model(self.model, path, tokenizer=self.tokenizer, state_dict=sd)
         dist_utils.barrier(self.dist)
         return str(path)
+
+    def merge_adapter(self) -> nn.Module:
+        """LoRA: fold the trained adapter into the weights (``lora.merge_adapter``) and train and
+        save the plain model from here on (the loop's policy_{i+1}); returns ``trainer.model``.
+        One process only (a sharded adapter is not merged)."""
+        if self.peft_model is not None:
+            if self.dist.enabled:
+                raise ValueError("merge_adapter: the adapter of an FSDP2-sharded policy is not merged")
+            self.model, self.peft_model, self.policy_loss = merge_adapter(self.peft_model), None, None
+        return self.model
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> str:
         """Weights + tokenizer + trainer state to ``path`` (default output_dir/checkpoint-<step>).
