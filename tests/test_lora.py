@@ -133,11 +133,16 @@ def test_a_peft_lora_config_is_accepted_and_round_trips(tmp_path):
     assert TrainConfig(lora={}).lora["target_modules"] == "all-linear"
 
 
-def test_the_loop_refuses_lora_until_it_merges():
+def test_the_loop_takes_the_same_lora_keys_and_its_help_names_them():
     import lrdpo_fast as lf
+    from lrdpo_fast.loop.config import describe_keys
 
-    with pytest.raises(ValueError, match="train.lora"):
-        lf.IterateConfig.from_dict({"reward": {"callable": "x.y:z"}, "train": {"lora": LORA}})
+    cfg = lf.IterateConfig.from_dict({"reward": {"callable": "x.y:z"}, "train": {"lora": LORA}})
+    assert cfg.train.lora == {**TrainConfig(lora=LORA).lora}
+    with pytest.raises(ValueError, match=r"train: TrainConfig: lora\.r"):
+        lf.IterateConfig.from_dict({"reward": {"callable": "x.y:z"}, "train": {"lora": {"r": 0}}})
+    line = next(row for row in describe_keys().splitlines() if row.strip().startswith("train.lora"))
+    assert all(key in line for key in ("r:", "lora_alpha", "target_modules", "merged"))
 
 
 def test_first_steps_match_trl_with_the_same_peft_config(tmp_path):
