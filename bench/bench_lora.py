@@ -177,6 +177,16 @@ def goal_line(goal: dict) -> str:
     )
 
 
+def _noisy(load_1m: float, cpus: int) -> str:
+    """A warning when the load exceeded the cores: step times then carry the other work's share."""
+    if load_1m <= cpus:
+        return ""
+    return (
+        " The load exceeded the cores, so the step times are noisy (see the spread of the timed steps) and "
+        "their ratio is rough; RSS does not depend on the load."
+    )
+
+
 def render(res: dict) -> str:
     """lora.md: provenance, machine and load, the table, the goal line and what it means."""
     cfg, meta, rows, goal = res["config"], res["meta"], res["rows"], res["goal"]
@@ -192,7 +202,8 @@ def render(res: dict) -> str:
         "reference log-probs precomputed (LoRA: the same model with its adapters off).",
         "",
         f"Machine load (shared; another developer's tests ran beside it): 1-minute load average {l0['loadavg'][0]} at "
-        f"the start, {l1['loadavg'][0]} at the end (`uptime`: `{l0['uptime']}` / `{l1['uptime']}`).",
+        f"the start, {l1['loadavg'][0]} at the end (`uptime`: `{l0['uptime']}` / `{l1['uptime']}`)."
+        + _noisy(max(l0["loadavg"][0], l1["loadavg"][0]), meta["host_cpus"]),
         "",
         "| contender | trainable params | optimizer state (MiB) | peak RSS growth (MiB) | step time, median (s) "
         "| steps timed (s) |",
