@@ -1,4 +1,4 @@
-"""`python -m bench [--profile cpu|gpu|smoke] [--only kernel,scaling,train,sampler,implicit_reward,loop] [--out DIR]`
+"""`python -m bench [--profile cpu|gpu|smoke] [--only kernel,scaling,train,sampler,implicit_reward,loop,lora] [--out DIR]`
 
 Runs the comparisons of the chosen profile (default: gpu when CUDA is available, else cpu), each
 contender in its own worker process on the same seeded inputs; prints markdown tables with ratios
@@ -10,8 +10,10 @@ Sections: kernel, scaling, train (bench/kernel.py, scaling.py, train.py), sample
 only with --only ...,loop), loop-shapes (bench/bench_loop_shapes.py: one iteration at Qwen2.5-0.5B's
 width and vocabulary, and the iteration's time at 64/128/256 prompts, long, only with
 --only ...,loop-shapes) and eval (bench/bench_eval.py: the evaluation's share of an iteration
-at the demo's settings, a full demo run, only with --only ...,eval). A section the profile has no settings for is skipped; the standalone
-scripts also write their own files (sampler.*, implicit_reward.*, loop.*) to the same folder.
+at the demo's settings, a full demo run, only with --only ...,eval) and lora (bench/bench_lora.py:
+peak memory and step time of LoRA against full fine-tuning on a 106M Llama, about 3 minutes,
+only with --only ...,lora). A section the profile has no settings for is skipped; the standalone
+scripts also write their own files (sampler.*, implicit_reward.*, loop.*, lora.*) to the same folder.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from . import report
 from .env import REPO, default_device, device_slug, metadata_record
 from .profiles import get_profile
 
-SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward", "loop", "loop-shapes", "eval")
-DEFAULT_SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward")  # loop*, eval: opt-in (long)
+SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward", "loop", "loop-shapes", "eval", "lora")
+DEFAULT_SECTIONS = ("kernel", "scaling", "train", "sampler", "implicit_reward")  # loop*, eval, lora: opt-in (long)
 STANDALONE = {  # section -> (module, the JSON file its main writes to --out)
     "sampler": ("bench.bench_sampler", "sampler.json"),
     "implicit_reward": ("bench.bench_implicit_reward", "implicit_reward.json"),
     "loop": ("bench.bench_loop", "loop.json"),
     "loop-shapes": ("bench.bench_loop_shapes", "loop_shapes.json"),
     "eval": ("bench.bench_eval", "eval.json"),
+    "lora": ("bench.bench_lora", "lora.json"),
 }
 
 
@@ -48,7 +51,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--only",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma list of {','.join(SECTIONS)} (default: all but loop, loop-shapes and eval)",
+        help=f"comma list of {','.join(SECTIONS)} (default: all but loop, loop-shapes, eval and lora)",
     )
     ap.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     ap.add_argument("--contenders", default=None, help="comma list overriding the profile's kernel contenders")

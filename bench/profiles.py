@@ -1,5 +1,5 @@
 """Benchmark sizes. `cpu` (kernel, scaling, train) finishes in under 10 minutes on 2 cores, the
-sampler and implicit-reward sections add about 3 minutes each, the opt-in loop section 3-5; `gpu` is the bf16 table at
+sampler and implicit-reward sections add about 3 minutes each, the opt-in loop section 3-5, lora about 3; `gpu` is the bf16 table at
 LLM scale (d=4096, V=128256, N up to 32768); `smoke` is the CI-sized toy."""
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ PROFILES: dict[str, dict] = {
         "loop": {"args": []},
         "loop-shapes": {"args": []},
         "eval": {"args": []},
+        "lora": {"args": []},
         "cell_timeout": 600,
     },
     "gpu": {
@@ -112,6 +113,9 @@ PROFILES: dict[str, dict] = {
             "max_tokens_per_batch": 1024,
             "trainers": ["lrdpo_fast", "trl"],
             "tiny": True,
+        },
+        "lora": {
+            "args": "--hidden 64 --layers 1 --intermediate 128 --vocab 512 --tiny-pairs --repeats 1 --rank 4".split()
         },
         # no vLLM engine in the smoke profile (sampler, loop): start-up alone is a minute
         "implicit_reward": {

@@ -270,6 +270,7 @@ STANDALONE_TITLES = {
     "loop": "The loop end to end (bench/bench_loop.py)",
     "loop-shapes": "The loop at Qwen2.5-0.5B's width and vocabulary (bench/bench_loop_shapes.py)",
     "eval": "Evaluation cost per iteration (bench/bench_eval.py)",
+    "lora": "LoRA against full fine-tuning (bench/bench_lora.py)",
 }
 
 
@@ -287,6 +288,8 @@ def standalone_section(key: str, res: dict, meta: dict) -> list[str]:
             from .bench_eval import render as render_md
         elif key == "loop-shapes":
             from .bench_loop_shapes import render as render_md
+        elif key == "lora":
+            from .bench_lora import render as render_md
         else:
             from .bench_loop import render as render_md
         body = render_md(res)

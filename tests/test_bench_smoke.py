@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives at the repo root, not in the package
 
 from bench import report  # noqa: E402
@@ -145,3 +147,22 @@ def test_loop_shapes_table_memory_and_scaling():
     md = render(res)
     assert "**50.0**" in md and "3.22x" in md and "load average 3.00 to 5.00" in md
     assert "| 128 | n/a: out of memory |" in md and f"| 800 | {4 * 800 * 151936 / 2**20:.0f} |" in md
+
+
+def test_lora_bench_toy_adapters_only_and_less_optimizer_state():
+    """bench/bench_lora.py at the smoke profile's size, in-process: both contenders run, LoRA trains
+    adapters only with less optimizer state than full fine-tuning, and the report has its goal line."""
+    pytest.importorskip("peft")
+    from bench.bench_lora import parse_args, render, run
+
+    res = run(parse_args([*get_profile("smoke")["lora"]["args"], "--in-process"]))
+    full, lora = res["rows"]["full"], res["rows"]["lora"]
+    assert full["status"] == "ok" and lora["status"] == "ok", res["rows"]
+    assert full["trainable_params"] == full["base_params"] and not full["frozen_params"]
+    assert lora["trainable_params"] > 0 and lora["trainable_non_adapter"] == []
+    assert lora["frozen_params"] == lora["base_params"]  # every base weight, the LM head included
+    assert 0 < lora["optimizer_state_bytes"] < full["optimizer_state_bytes"]
+    assert full["timing"]["median_s"] > 0 and lora["memory"]["peak_bytes"] >= 0
+    assert res["goal"]["status"] == "ok" and res["goal"]["need_bytes"] == 8 * lora["frozen_params"]
+    md = render(res)
+    assert "| full fine-tuning | " in md and ("**PASS**" in md or "**FAIL**" in md)
