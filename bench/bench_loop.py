@@ -213,20 +213,11 @@ def scripted_train(spec: dict) -> dict:
 
 
 # ---- lrdpo-fast: one process ---------------------------------------------------------------------------
-def lrdpo_fast_run(spec: dict) -> dict:
-    """``lf.iterate`` for ``spec["iterations"]`` on a fresh run directory; phase walls from the markers.
-    ``first_sample_s``: from this function's start (imports included) to the start of the first
-    sampling (the engine ready)."""
-    t_launch = time.time()
-    t0 = time.perf_counter()
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+def iterate_config(spec: dict):
+    """The ``lf.IterateConfig`` of the lrdpo-fast side for ``spec`` (also bench/bench_start.py's)."""
     import lrdpo_fast as lf
-    from lrdpo_fast.loop.run_dir import RunDir
 
-    t_import = time.perf_counter() - t0
-    cfg = lf.IterateConfig.from_dict(
+    return lf.IterateConfig.from_dict(
         {
             "policy": spec["policy"],
             "prompts": spec["prompts"],
@@ -260,6 +251,22 @@ def lrdpo_fast_run(spec: dict) -> dict:
             },
         }
     )
+
+
+def lrdpo_fast_run(spec: dict) -> dict:
+    """``lf.iterate`` for ``spec["iterations"]`` on a fresh run directory; phase walls from the markers.
+    ``first_sample_s``: from this function's start (imports included) to the start of the first
+    sampling (the engine ready)."""
+    t_launch = time.time()
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import lrdpo_fast as lf
+    from lrdpo_fast.loop.run_dir import RunDir
+
+    t_import = time.perf_counter() - t0
+    cfg = iterate_config(spec)
     t0 = time.perf_counter()
     rows = lf.iterate(cfg, progress=False)
     total = time.perf_counter() - t0

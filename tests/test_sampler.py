@@ -315,7 +315,7 @@ def test_constructor_rejects_bad_arguments(tmp_path):
 
 
 TORCHRUN_SCRIPT = """\
-import json, os, sys
+import gc, json, os, sys
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from helpers import hf_greedy_with_logprobs, tiny_model, tiny_tokenizer
@@ -338,6 +338,7 @@ def main():
         model, tok = (model_dir, None) if layout == "rank0" else (tiny_model("llama", seed=0), tiny_tokenizer())
         with VLLMSampler(model, tok, dtype="float32", max_model_len=128, enforce_eager=True) as s:
             r = {"hosts_engine": s.hosts_engine, "in_process": getattr(s, "in_process", None)}
+            r["gc"] = [gc.isenabled(), gc.get_freeze_count()]  # no engine here: the heap given back
             r["sampled"] = [[x.to_record() for x in g] for g in
                             s.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seed=5, logprobs=True)]
             s.load_weights(policy)
@@ -404,6 +405,7 @@ def test_torchrun_layouts_gather_samples_in_prompt_order(vllm_sampler, tiny_mode
         for rank, r in enumerate(ranks):
             got = r[layout]
             assert got["in_process"] in (False, None)
+            assert got["gc"] == [True, 0]
             assert got["fallback_logged"] == got["hosts_engine"]
             ids = [[s["response_ids"] for s in g] for g in got["sampled"]]
             assert ids == [[s.response_ids for s in g] for g in single], (layout, rank)

@@ -38,6 +38,7 @@ from .report import format_table, plot_summary
 from .resume import after_redo, check_run_config, first_to_run, phase_to_redo
 from .rewards import build_reward
 from .run_dir import PHASES, RunDir
+from .sampler.gc_heap import collection_paused
 from .summary import SUMMARY_TABLE, summary_rows
 
 
@@ -225,18 +226,19 @@ def iterate(
     run = RunDir(Path(cfg.run_dir))
     check_run_config(run, cfg, ranks, lrdpo_fast.__version__)  # before anything loads or prints
     require_trackers(cfg.report_to)  # a missing tracker package: refused before any work
-    prompt_pool = load_prompts(cfg.prompts, "train")
-    start = load_start_policy(cfg)
-    mode = engine_mode.resolve(cfg, run, start.path, start.model, ranks)
-    engine_mode.record(run, mode, ranks, progress)
-    first = first_to_run(run, cfg.iterations, ranks)
-    if first > 0:  # resume from the last saved policy
-        from ..train.checkpoint import apply_model_weights, load_model_weights
+    with collection_paused():  # the start's imports: no collector walks over them (sampler/gc_heap.py)
+        prompt_pool = load_prompts(cfg.prompts, "train")
+        start = load_start_policy(cfg)
+        mode = engine_mode.resolve(cfg, run, start.path, start.model, ranks)
+        engine_mode.record(run, mode, ranks, progress)
+        first = first_to_run(run, cfg.iterations, ranks)
+        if first > 0:  # resume from the last saved policy
+            from ..train.checkpoint import apply_model_weights, load_model_weights
 
-        apply_model_weights(start.model, load_model_weights(run.path(first - 1, "policy")))
-    reward = _build_reward(cfg.reward, cfg, start)
-    evaluation = build_evaluation(cfg, reward, start)
-    sampler = start_sampler(cfg, start, progress, mode["enforce_eager"])
+            apply_model_weights(start.model, load_model_weights(run.path(first - 1, "policy")))
+        reward = _build_reward(cfg.reward, cfg, start)
+        evaluation = build_evaluation(cfg, reward, start)
+        sampler = start_sampler(cfg, start, progress, mode["enforce_eager"])
     state = LoopState(
         cfg, run, start.tokenizer, start.model, sampler, reward, prompt_pool, dist=ranks, progress=progress
     )

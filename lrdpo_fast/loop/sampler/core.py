@@ -17,6 +17,7 @@ from ...ops.checks import check_int
 from ...train.distributed import all_gather_agreed
 from ..samples import Sample
 from .engine import Engine, check_servable, model_folder, shutdown_engine, start_engine, tokenizer_folder
+from .gc_heap import collection_paused
 from .layout import agree, resolve_layout
 from .process import Threads
 from .prompts import prompt_ids
@@ -149,6 +150,10 @@ class VLLMSampler(WeightSync):
 
     # ------------------------------------------------------------------ start-up
     def _start(self, model, tokenizer, state, engine_kwargs) -> dict[str, Any]:
+        with collection_paused():  # the vLLM imports and the start: gc_heap.py
+            return self._start_engine(model, tokenizer, state, engine_kwargs)
+
+    def _start_engine(self, model, tokenizer, state, engine_kwargs) -> dict[str, Any]:
         model_dir = model_folder(model, state, self._mkdtemp)
         check_servable(model_dir)  # an architecture vLLM would serve wrongly is refused before it starts
         tokenizer_dir = tokenizer_folder(tokenizer, model, model_dir, self._mkdtemp)

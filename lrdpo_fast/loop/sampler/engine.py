@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .eager import EagerInputs, cache_warm, choose_enforce_eager, compile_cache_key, note_compiled
+from .gc_heap import EngineHeap
 from .kv_cache import cpu_kv_cache_bytes
 from .layout import RankLayout
 from .process import Env, ProcessState, Threads
@@ -182,6 +183,7 @@ def start_engine(
     saved = ProcessState()
     from ..quiet import ENGINE_START_NOISE, dropped_stderr_lines
 
+    heap = EngineHeap()  # vLLM's collections during the start skip the heap already there
     try:
         quiet = dropped_stderr_lines(ENGINE_START_NOISE) if spec.quiet else contextlib.nullcontext()
         with Env(env_set, env_unset), quiet, Threads(prepack_threads):
@@ -190,17 +192,18 @@ def start_engine(
 
             if hasattr(vllm.envs, "disable_envs_cache"):
                 vllm.envs.disable_envs_cache()  # our environment must reach this engine
-            llm = LLM(
-                model_dir,
-                tokenizer=tokenizer_dir,
-                seed=seed,
-                dtype=spec.dtype,
-                max_model_len=spec.max_model_len,
-                gpu_memory_utilization=spec.gpu_memory_utilization,
-                tensor_parallel_size=spec.tensor_parallel_size,
-                enable_sleep_mode=sleep_mode,
-                **kwargs,
-            )
+            with heap:  # after the import: what it allocated is frozen too
+                llm = LLM(
+                    model_dir,
+                    tokenizer=tokenizer_dir,
+                    seed=seed,
+                    dtype=spec.dtype,
+                    max_model_len=spec.max_model_len,
+                    gpu_memory_utilization=spec.gpu_memory_utilization,
+                    tensor_parallel_size=spec.tensor_parallel_size,
+                    enable_sleep_mode=sleep_mode,
+                    **kwargs,
+                )
     finally:
         saved.restore()
     from vllm.v1.executor.uniproc_executor import UniProcExecutor
@@ -219,6 +222,8 @@ def start_engine(
         note_compiled(cache_key)  # vLLM's compile cache now holds this model's graphs
     model_config = llm.llm_engine.model_config
     in_process = isinstance(getattr(llm.llm_engine, "model_executor", None), UniProcExecutor)
+    if not in_process:
+        heap.release()  # vLLM froze its own process's heap, not this one
     if in_process:
         global _live_in_process
         _live_in_process += 1
