@@ -130,12 +130,14 @@ def test_sweep_picks_and_table():
     plan = sweep_methods(["dpo", "simpo"])
     assert [n for n in plan] == [f"{m}__{candidate_tag(v)}" for m in ("dpo", "simpo") for v in CANDIDATES[m]]
     assert all(m.train["loss_type"] == "simpo" for n, (_, _, m) in plan.items() if n.startswith("simpo"))
-    finals = [0.88, 0.88, 0.90, 0.85]  # dpo: a tie, the first listed; simpo: the first
+    finals = [0.88, 0.88, 0.90, 0.85, 0.89, 0.90]  # dpo: a tie, the first listed; simpo: the first of a tie
+    assert len(plan) == len(finals)
     runs = {run: _rows([0.8, acc], [27.0, 30.0]) for run, acc in zip(plan, finals)}
     got = picks(runs, plan)
     assert got == {"dpo": list(plan)[0], "simpo": list(plan)[2]}
     table = sweep_table(runs, plan)
-    assert table.count("**yes**") == 2 and "| SimPO | learning_rate=5e-05 | 0.800 → 0.900 | 27.0 → 30.0 |" in table
+    row = "| SimPO | learning_rate=5e-05,gamma=1.25 | 0.800 → 0.900 | 27.0 → 30.0 |"
+    assert table.count("**yes**") == 2 and row in table
     # dpo's pick (5e-5) is not what METHODS holds (1e-4): said by name; simpo's is
     lines = disagreements(runs, plan)
     assert [line.split(":")[0] for line in lines] == ["dpo"] and "learning_rate=5e-05" in lines[0]

@@ -2,7 +2,7 @@
 
 Each objective runs at a few candidate values of what moves it (``CANDIDATES``: LR-DPO's alpha and
 LD-DPO's ld_alpha at the demo's learning rate 5e-5, the learning rate 5e-5 or 1e-4 of the others,
-whose beta Adam makes nearly a no-op here), in the ``--quick`` setting, 3 iterations, on seed 1,
+whose beta Adam makes nearly a no-op here; LN-DPO's beta and SimPO's gamma too), in the ``--quick`` setting, 3 iterations, on seed 1,
 so that the comparison (seed 0) is not measured on the run its values were picked on. The pick
 of a method is its candidate with the highest held-out true accuracy after the last iteration
 (the first listed on a tie). Writes ``OUT/<method>__<values>/`` run directories, ``OUT/sweep.md``
@@ -31,8 +31,20 @@ SWEEP_SEED = 1
 CANDIDATES: dict[str, list[dict[str, Any]]] = {
     "dpo": [{"learning_rate": 5e-5}, {"learning_rate": 1e-4}],
     "lr_dpo": [{"alpha": 0.03}, {"alpha": 0.065}, {"alpha": 0.1}],
-    "ln_dpo": [{"learning_rate": 5e-5}, {"learning_rate": 1e-4}],
-    "simpo": [{"learning_rate": 5e-5}, {"learning_rate": 1e-4}],
+    # LN-DPO's beta (per token) and SimPO's gamma (its target margin, gamma / beta 0.3 to 0.8 in
+    # the paper) at the rate that picked, to see whether they move anything beyond the rate
+    "ln_dpo": [
+        {"learning_rate": 5e-5, "beta": 2.5},
+        {"learning_rate": 1e-4, "beta": 2.5},
+        {"learning_rate": 1e-4, "beta": 1.0},
+        {"learning_rate": 1e-4, "beta": 5.0},
+    ],
+    "simpo": [
+        {"learning_rate": 5e-5, "gamma": 1.25},
+        {"learning_rate": 1e-4, "gamma": 1.25},
+        {"learning_rate": 5e-5, "gamma": 0.75},
+        {"learning_rate": 5e-5, "gamma": 2.0},
+    ],
     "ld_dpo": [{"ld_alpha": 0.2}, {"ld_alpha": 0.5}, {"ld_alpha": 0.8}],
     "sampo": [{"learning_rate": 5e-5}, {"learning_rate": 1e-4}],
     "wpo": [{"learning_rate": 5e-5}, {"learning_rate": 1e-4}],
