@@ -113,7 +113,9 @@ def test_sequence_logprobs_softcap_hypothesis(n, d, v, n_seqs, ignore_frac, scal
     (logps.double() * upstream).sum().backward()
     (ref * upstream).sum().backward()
     assert_close(h.grad, rh.grad, 1e-5, "dhidden")
-    assert_close(w.grad, rw.grad, 1e-5, "dweight")
+    # dweight sums hidden-sized terms (|h| ~ scale) that cancel to a small gradient: its float32
+    # rounding grows with the hidden scale (CI met 1.6e-5 at scale 30, d=27, v=2)
+    assert_close(w.grad, rw.grad, 1e-5 * scale, "dweight")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
