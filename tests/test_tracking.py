@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import struct
+import time
 import warnings
 
 import pytest
@@ -105,14 +106,28 @@ def test_wandb_offline_run_holds_every_metric_and_step(tmp_path, monkeypatch):
     cfg, _, rows = _train(tmp_path, ["wandb"])
     runs = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*"))
     assert len(runs) == 1  # offline without a key: nothing went to the network
+    want = _expected(rows)
+    # W&B's writer is its own process (wandb-core): once in CI its last records reached the file
+    # just after run.finish() returned, so the file is read again until they are there (20 s)
+    deadline = time.monotonic() + 20
+    while True:
+        got = _wandb_history(runs[0])
+        if set(want) <= set(got) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _assert_same(want, got)
+
+
+def _wandb_history(run_dir) -> dict[str, dict[int, float]]:
+    """name -> {step: value} of the history records of an offline W&B run."""
     got: dict[str, dict[int, float]] = {}
-    for rec in _wandb_records(runs[0]):
+    for rec in _wandb_records(run_dir):
         if rec.WhichOneof("record_type") == "history":
             item = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
             for k, v in item.items():
                 if not k.startswith("_") and k != "step":
                     got.setdefault(k, {})[item["step"]] = v
-    _assert_same(_expected(rows), got)
+    return got
 
 
 def test_mlflow_file_store_holds_every_metric_and_step(tmp_path, monkeypatch):
